@@ -1,0 +1,481 @@
+//! The manifest model of crossfade: typed values for every accepted kind (Argo CD
+//! `Application`, KServe `InferenceService` / `ServingRuntime` / `ClusterServingRuntime`, Argo
+//! Rollouts `Rollout` / `AnalysisTemplate` / `ClusterAnalysisTemplate`), parsed from YAML and
+//! validated with every problem reported at once.
+//!
+//! # Flow
+//!
+//! [`Sources::read`] loads `*.yaml`/`*.yml` files (the only IO of this crate), [`parse`] turns
+//! them into [`Manifests`] plus [`Diagnostic`]s. Each diagnostic names the file, line, column,
+//! field path and a stable [`Code`].
+//!
+//! # Guarantees
+//!
+//! - Never panics on any input; nesting depth and alias expansion are bounded.
+//! - A document with a YAML syntax error is reported and skipped; the other documents of the
+//!   same file are still read.
+//! - [`Manifests`] holds every resource that decoded; it is a consistent desired state only
+//!   when [`Parsed::has_errors`] is false.
+
+mod decode;
+mod diag;
+mod duration;
+mod kinds;
+mod source;
+mod types;
+mod validate;
+mod yaml;
+
+use std::path::PathBuf;
+
+pub use codespan_reporting::term::termcolor;
+pub use diag::{Code, Diagnostic, Related, Severity};
+pub use duration::{DurationError, parse_duration};
+pub use source::{FileId, SourceFile, Sources, Span};
+pub use types::*;
+
+use decode::{At, Cx, Fields};
+use kinds::Doc;
+use validate::{Def, Index};
+
+/// Errors that stop manifests from being read at all. Problems inside files are
+/// [`Diagnostic`]s, not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read {}: {source}", path.display())]
+    Root {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Options of [`parse`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Every `storageUri` must pin a sha256 digest (no floating model versions).
+    pub require_digest: bool,
+}
+
+/// The kinds crossfade reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Application,
+    InferenceService,
+    ServingRuntime,
+    ClusterServingRuntime,
+    Rollout,
+    AnalysisTemplate,
+    ClusterAnalysisTemplate,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Application => "Application",
+            Kind::InferenceService => "InferenceService",
+            Kind::ServingRuntime => "ServingRuntime",
+            Kind::ClusterServingRuntime => "ClusterServingRuntime",
+            Kind::Rollout => "Rollout",
+            Kind::AnalysisTemplate => "AnalysisTemplate",
+            Kind::ClusterAnalysisTemplate => "ClusterAnalysisTemplate",
+        }
+    }
+
+    /// The `apiVersion` this kind is read at.
+    pub fn api_version(self) -> &'static str {
+        match self {
+            Kind::Application | Kind::Rollout | Kind::AnalysisTemplate | Kind::ClusterAnalysisTemplate => {
+                "argoproj.io/v1alpha1"
+            }
+            Kind::InferenceService => "serving.kserve.io/v1beta1",
+            Kind::ServingRuntime | Kind::ClusterServingRuntime => "serving.kserve.io/v1alpha1",
+        }
+    }
+
+    pub fn is_cluster_scoped(self) -> bool {
+        matches!(self, Kind::ClusterServingRuntime | Kind::ClusterAnalysisTemplate)
+    }
+
+    const ALL: [Kind; 7] = [
+        Kind::Application,
+        Kind::InferenceService,
+        Kind::ServingRuntime,
+        Kind::ClusterServingRuntime,
+        Kind::Rollout,
+        Kind::AnalysisTemplate,
+        Kind::ClusterAnalysisTemplate,
+    ];
+}
+
+/// Every resource found, used or not: what `crossfade lint` lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResourceRef {
+    pub api_version: String,
+    pub kind: String,
+    /// For namespaced kinds, as written or `default`; `None` for cluster-scoped kinds.
+    pub namespace: Option<String>,
+    pub name: String,
+    pub file: FileId,
+    pub line: u32,
+    /// Whether crossfade acts on it (an accepted kind).
+    pub used: bool,
+}
+
+/// The decoded resources, by kind, in file order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Manifests {
+    pub applications: Vec<Located<Application>>,
+    pub inference_services: Vec<Located<InferenceService>>,
+    /// ServingRuntimes and ClusterServingRuntimes.
+    pub serving_runtimes: Vec<Located<ServingRuntime>>,
+    pub rollouts: Vec<Located<Rollout>>,
+    /// AnalysisTemplates and ClusterAnalysisTemplates.
+    pub analysis_templates: Vec<Located<AnalysisTemplate>>,
+}
+
+/// The result of [`parse`].
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    pub manifests: Manifests,
+    pub resources: Vec<ResourceRef>,
+    /// Sorted by file, line and column.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Parsed {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Parses and validates every document of every source.
+pub fn parse(sources: &Sources, options: Options) -> Parsed {
+    let mut parsed = Parsed::default();
+    let mut index = Index::default();
+    for (file_id, file) in sources.files() {
+        if let Err(reason) = &file.text {
+            parsed.diagnostics.push(Diagnostic::error(
+                Code::UnreadableFile,
+                file_id,
+                Span {
+                    line: 1,
+                    column: 1,
+                    ..Span::default()
+                },
+                reason.clone(),
+            ));
+            continue;
+        }
+        let docs = yaml::parse_file(file_id, file, &mut parsed.diagnostics);
+        for doc in docs {
+            if doc.root.is_null() {
+                continue; // an empty document (`---` with nothing after it)
+            }
+            decode_document(file_id, &doc.root, options, &mut parsed, &mut index);
+        }
+    }
+    validate::check(&index, &parsed.manifests, &mut parsed.diagnostics);
+    parsed
+        .diagnostics
+        .sort_by_key(|d| (d.file, d.span.line, d.span.column));
+    parsed
+}
+
+fn decode_document(
+    file: FileId,
+    root: &yaml::Node,
+    options: Options,
+    parsed: &mut Parsed,
+    index: &mut Index,
+) {
+    let at = At::root(root);
+    let mut cx = Cx {
+        file,
+        diags: &mut parsed.diagnostics,
+    };
+    let yaml::NodeKind::Map(_) = &root.kind else {
+        cx.error(
+            Code::NotAResource,
+            &at,
+            format!(
+                "expected a Kubernetes resource (a mapping with apiVersion and kind), found {}",
+                root.type_name()
+            ),
+        );
+        return;
+    };
+    let m = cx.map_any(&at);
+    let api_version = m.req(&mut cx, "apiVersion").and_then(|a| cx.string(&a));
+    let kind_name = m.req(&mut cx, "kind").and_then(|a| cx.string(&a));
+    let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
+        if let Some(d) = cx.diags.last_mut() {
+            if d.code == Code::MissingField {
+                d.code = Code::NotAResource;
+            }
+        }
+        return;
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", &api_version));
+    let kind = Kind::ALL.into_iter().find(|k| {
+        k.as_str() == kind_name && k.api_version().split_once('/').map(|(g, _)| g) == Some(group)
+    });
+    let name_of = |m: &decode::Map<'_>| -> Option<String> {
+        let meta = m.get("metadata")?;
+        let yaml::NodeKind::Map(entries) = &meta.node.kind else {
+            return None;
+        };
+        entries
+            .iter()
+            .find(|(k, _)| k.scalar_text() == Some("name"))
+            .and_then(|(_, v)| v.scalar_text())
+            .map(str::to_owned)
+    };
+    let namespace_of = |m: &decode::Map<'_>| -> Option<String> {
+        let meta = m.get("metadata")?;
+        let yaml::NodeKind::Map(entries) = &meta.node.kind else {
+            return None;
+        };
+        entries
+            .iter()
+            .find(|(k, _)| k.scalar_text() == Some("namespace"))
+            .and_then(|(_, v)| v.scalar_text())
+            .map(str::to_owned)
+    };
+    let origin = Origin {
+        file,
+        line: root.span.line,
+    };
+    let Some(kind) = kind else {
+        let kind_at = m.get("kind").expect("read above");
+        cx.warning(
+            Code::UnknownKind,
+            &kind_at,
+            format!("kind {kind_name} ({api_version}) is not used by crossfade; skipped"),
+        );
+        parsed.resources.push(ResourceRef {
+            api_version: api_version.clone(),
+            kind: kind_name,
+            namespace: namespace_of(&m),
+            name: name_of(&m).unwrap_or_default(),
+            file,
+            line: origin.line,
+            used: false,
+        });
+        return;
+    };
+    if version != kind.api_version().split_once('/').map_or("", |(_, v)| v) {
+        let av = m.get("apiVersion").expect("read above");
+        cx.error(
+            Code::UnsupportedVersion,
+            &av,
+            format!(
+                "{} is read at apiVersion {}, not {api_version}",
+                kind.as_str(),
+                kind.api_version()
+            ),
+        );
+        return;
+    }
+    // A Rollout of anything but an InferenceService is not crossfade's business.
+    if kind == Kind::Rollout {
+        if let Some(spec) = m.get("spec") {
+            let skip = match kinds::rollout_workload(&spec) {
+                kinds::Workload::InferenceService => None,
+                kinds::Workload::Other(k) => Some(format!("its workloadRef is a {k}")),
+                kinds::Workload::Absent => Some("it has no workloadRef to an InferenceService".to_owned()),
+            };
+            if let Some(why) = skip {
+                let kind_at = m.get("kind").expect("read above");
+                cx.warning(
+                    Code::UnknownKind,
+                    &kind_at,
+                    format!("Rollout is not used by crossfade because {why}; skipped"),
+                );
+                parsed.resources.push(ResourceRef {
+                    api_version,
+                    kind: kind_name,
+                    namespace: namespace_of(&m).or(Some("default".into())),
+                    name: name_of(&m).unwrap_or_default(),
+                    file,
+                    line: origin.line,
+                    used: false,
+                });
+                return;
+            }
+        }
+    }
+    let Some(meta) = meta(&mut cx, &m, kind) else {
+        parsed.resources.push(ResourceRef {
+            api_version,
+            kind: kind_name,
+            namespace: if kind.is_cluster_scoped() {
+                None
+            } else {
+                Some(namespace_of(&m).unwrap_or_else(|| "default".into()))
+            },
+            name: name_of(&m).unwrap_or_default(),
+            file,
+            line: origin.line,
+            used: true,
+        });
+        return;
+    };
+    parsed.resources.push(ResourceRef {
+        api_version,
+        kind: kind_name,
+        namespace: (!kind.is_cluster_scoped()).then(|| meta.namespace_or_default().to_owned()),
+        name: meta.name.clone(),
+        file,
+        line: origin.line,
+        used: true,
+    });
+    index.defs.push(Def {
+        kind,
+        namespace: (!kind.is_cluster_scoped()).then(|| meta.namespace_or_default().to_owned()),
+        name: meta.name.clone(),
+        file,
+        span: kinds::name_span(&at),
+    });
+    let Some(spec) = m.req(&mut cx, "spec") else { return };
+    let namespace = meta.namespace_or_default().to_owned();
+    let mut doc = Doc {
+        cx,
+        index,
+        namespace,
+        require_digest: options.require_digest,
+    };
+    let out = &mut parsed.manifests;
+    match kind {
+        Kind::Application => {
+            if let Some(v) = kinds::application(&mut doc, meta, &spec) {
+                out.applications.push(Located { value: v, origin });
+            }
+        }
+        Kind::InferenceService => {
+            if let Some(v) = kinds::inference_service(&mut doc, meta, &spec) {
+                out.inference_services.push(Located { value: v, origin });
+            }
+        }
+        Kind::ServingRuntime | Kind::ClusterServingRuntime => {
+            let cluster = kind == Kind::ClusterServingRuntime;
+            if let Some(v) = kinds::serving_runtime(&mut doc, meta, &spec, cluster) {
+                out.serving_runtimes.push(Located { value: v, origin });
+            }
+        }
+        Kind::Rollout => {
+            if let Some(v) = kinds::rollout(&mut doc, meta, &spec) {
+                out.rollouts.push(Located { value: v, origin });
+            }
+        }
+        Kind::AnalysisTemplate | Kind::ClusterAnalysisTemplate => {
+            let cluster = kind == Kind::ClusterAnalysisTemplate;
+            if let Some(v) = kinds::analysis_template(&mut doc, meta, &spec, cluster) {
+                out.analysis_templates.push(Located { value: v, origin });
+            }
+        }
+    }
+}
+
+/// Decodes `metadata` and checks the top-level keys.
+fn meta(cx: &mut Cx<'_>, m: &decode::Map<'_>, kind: Kind) -> Option<Meta> {
+    let _ = cx.map(
+        &m.at,
+        &Fields {
+            known: &["apiVersion", "kind", "metadata", "spec"],
+            tolerated: &["status"],
+        },
+    );
+    let at = m.req(cx, "metadata")?;
+    let mm = cx.map(
+        &at,
+        &Fields {
+            known: &["name", "namespace", "labels", "annotations"],
+            tolerated: &[
+                "generateName",
+                "uid",
+                "resourceVersion",
+                "generation",
+                "creationTimestamp",
+                "deletionTimestamp",
+                "deletionGracePeriodSeconds",
+                "finalizers",
+                "ownerReferences",
+                "managedFields",
+                "selfLink",
+            ],
+        },
+    )?;
+    let name = mm.req(cx, "name").and_then(|a| {
+        let n = cx.string(&a)?;
+        check_dns_label(cx, &a, &n, "name").then_some(n)
+    });
+    let namespace = mm.get("namespace").and_then(|a| {
+        let n = cx.string(&a)?;
+        if kind.is_cluster_scoped() {
+            cx.warning(
+                Code::IgnoredField,
+                &a,
+                format!("{} is cluster-scoped; the namespace is ignored", kind.as_str()),
+            );
+            return None;
+        }
+        check_dns_label(cx, &a, &n, "namespace").then_some(n)
+    });
+    let labels = mm.get("labels").map(|a| cx.string_map(&a)).unwrap_or_default();
+    let annotations = mm
+        .get("annotations")
+        .map(|a| cx.string_map(&a))
+        .unwrap_or_default();
+    Some(Meta {
+        name: name?,
+        namespace,
+        labels,
+        annotations,
+    })
+}
+
+/// A DNS-1123 label: at most 63 characters of `a-z`, `0-9` and `-`, starting and ending with
+/// a letter or digit.
+pub fn is_dns1123_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_dns_label(cx: &mut Cx<'_>, at: &At<'_>, value: &str, what: &str) -> bool {
+    if is_dns1123_label(value) {
+        return true;
+    }
+    let reason = if value.is_empty() {
+        "it is empty".to_owned()
+    } else if value.len() > 63 {
+        format!("it is {} characters long (at most 63)", value.len())
+    } else if value.bytes().any(|b| b.is_ascii_uppercase()) {
+        "it has upper-case letters".to_owned()
+    } else if value.starts_with('-') || value.ends_with('-') {
+        "it starts or ends with `-`".to_owned()
+    } else {
+        "it has characters other than a-z, 0-9 and `-`".to_owned()
+    };
+    let suggestion: String = value
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect::<String>()
+        .trim_matches('-')
+        .chars()
+        .take(63)
+        .collect();
+    let d = cx.error(
+        Code::InvalidName,
+        at,
+        format!("{what} `{value}` is not a DNS-1123 label: {reason}"),
+    );
+    if is_dns1123_label(&suggestion) {
+        d.hint = Some(format!("for example `{suggestion}`"));
+    }
+    false
+}

@@ -1,0 +1,514 @@
+//! The typed values of every accepted kind. Field names follow the upstream YAML; each type
+//! documents the manifest path it is read from.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use crate::source::FileId;
+
+/// A traffic share, 0 to 100 inclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Percent(u8);
+
+impl Percent {
+    pub const ZERO: Percent = Percent(0);
+    pub const FULL: Percent = Percent(100);
+
+    /// `None` above 100.
+    pub fn new(value: u8) -> Option<Self> {
+        (value <= 100).then_some(Self(value))
+    }
+
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+/// Where a resource was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub file: FileId,
+    /// 1-based line of the document's first key.
+    pub line: u32,
+}
+
+/// `metadata` of any resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    /// `metadata.name`, a DNS-1123 label.
+    pub name: String,
+    /// `metadata.namespace` as written; `None` for cluster-scoped kinds and when absent.
+    pub namespace: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl Meta {
+    /// The namespace a namespaced resource lives in: as written, or `default`.
+    pub fn namespace_or_default(&self) -> &str {
+        self.namespace.as_deref().unwrap_or("default")
+    }
+}
+
+/// A decoded resource and where it came from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub origin: Origin,
+}
+
+// === Argo CD ===
+
+/// `argoproj.io/v1alpha1` `Application`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Application {
+    pub meta: Meta,
+    /// `spec.project` (Argo CD's default is `default`).
+    pub project: String,
+    pub source: ApplicationSource,
+    /// `spec.destination`, kept for the Kubernetes mode.
+    pub destination: Destination,
+    /// `spec.syncPolicy.automated`; `None` means manual sync.
+    pub automated: Option<AutomatedSync>,
+}
+
+/// `spec.source` of an Application: a directory of plain manifests in a Git repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplicationSource {
+    /// `repoURL`: a local path, `file://`, `http(s)://` or `ssh` Git URL.
+    pub repo_url: String,
+    /// `path` inside the repository (default `.`).
+    pub path: String,
+    /// `targetRevision`: branch, tag, commit or `HEAD` (the default).
+    pub target_revision: String,
+}
+
+/// `spec.destination` of an Application.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Destination {
+    pub server: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+}
+
+/// `spec.syncPolicy.automated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AutomatedSync {
+    /// Remove services that were deleted from Git (otherwise they keep serving, out of sync).
+    pub prune: bool,
+    /// Revert changes made through the API at the next reconcile.
+    pub self_heal: bool,
+}
+
+// === KServe ===
+
+/// `serving.kserve.io/v1beta1` `InferenceService`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceService {
+    pub meta: Meta,
+    pub predictor: Predictor,
+    /// Annotation `serving.kserve.io/enable-tag-routing: "true"`: expose `latest-<name>` and
+    /// `prev-<name>` routes.
+    pub tag_routing: bool,
+}
+
+/// `spec.predictor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predictor {
+    pub model: ModelSpec,
+    /// `spec.predictor.canaryTrafficPercent`: the share of the newest revision while it is not
+    /// yet rolled out. `None` promotes it.
+    pub canary_traffic_percent: Option<Percent>,
+}
+
+/// The model a predictor serves, from `spec.predictor.model` or from the older per-framework
+/// form (`spec.predictor.onnx`, `.sklearn`, ...), which maps onto the same value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub format: ModelFormat,
+    pub storage_uri: StorageUri,
+    /// `runtime`: the ServingRuntime to use; chosen by model format when absent.
+    pub runtime: Option<String>,
+    pub protocol_version: Option<ProtocolVersion>,
+    /// Which form it was written in.
+    pub form: PredictorForm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PredictorForm {
+    /// `spec.predictor.model`.
+    Model,
+    /// `spec.predictor.<framework>` (the older form).
+    Framework(&'static str),
+}
+
+/// `modelFormat.{name, version}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelFormat {
+    pub name: String,
+    pub version: Option<String>,
+}
+
+/// `protocolVersion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolVersion {
+    V1,
+    V2,
+    GrpcV2,
+}
+
+/// A parsed `storageUri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageUri {
+    /// As written.
+    pub raw: String,
+    pub scheme: Scheme,
+    /// The sha256 digest pinned in a path segment (`sha256-<hex>` or `sha256:<hex>`).
+    pub digest: Option<Digest>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    File,
+    Http,
+    Https,
+    S3,
+    Gs,
+}
+
+/// A sha256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// From 64 hex digits (either case).
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(out))
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{self}")
+    }
+}
+
+/// `serving.kserve.io/v1alpha1` `ServingRuntime` or `ClusterServingRuntime`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServingRuntime {
+    pub meta: Meta,
+    /// `ClusterServingRuntime` (usable from every namespace).
+    pub cluster_scoped: bool,
+    pub supported_model_formats: Vec<SupportedModelFormat>,
+    /// `protocolVersions` (KServe's default is v1).
+    pub protocol_versions: Vec<ProtocolVersion>,
+    /// `disabled: true` takes the runtime out of automatic selection.
+    pub disabled: bool,
+    /// `containers[0]`: run as a local process.
+    pub container: RuntimeContainer,
+}
+
+/// `supportedModelFormats[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SupportedModelFormat {
+    pub name: String,
+    pub version: Option<String>,
+    /// Whether the runtime may be picked for this format without `runtime:` naming it.
+    pub auto_select: bool,
+    /// Higher wins among auto-selectable runtimes.
+    pub priority: Option<u32>,
+}
+
+/// `containers[0]` of a ServingRuntime. `{{.Name}}` in `command`/`args` is the model name, and
+/// `/mnt/models` is the local artifact directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeContainer {
+    pub name: Option<String>,
+    /// Kept for the Kubernetes mode; not used locally.
+    pub image: Option<String>,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// `env[]` with a literal `value` (entries using `valueFrom` are reported and left out).
+    pub env: Vec<(String, String)>,
+}
+
+// === Argo Rollouts ===
+
+/// `argoproj.io/v1alpha1` `Rollout` whose `spec.workloadRef` names an InferenceService.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub meta: Meta,
+    /// `spec.workloadRef.name`: the InferenceService this rollout drives.
+    pub workload: String,
+    /// `spec.strategy.canary`.
+    pub canary: CanaryStrategy,
+}
+
+/// `spec.strategy.canary`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CanaryStrategy {
+    pub steps: Vec<Step>,
+    /// `analysis`: background analysis from `startingStep` until the rollout ends.
+    pub analysis: Option<BackgroundAnalysis>,
+}
+
+/// One of `strategy.canary.steps[]`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// `setWeight: N`: the canary's share of traffic.
+    SetWeight(Percent),
+    /// `pause: {duration: 10m}`, or `pause: {}` to wait for `promote`.
+    Pause(Option<Duration>),
+    /// `analysis: {templates, args}`: run templates and wait for the verdict.
+    Analysis(AnalysisRef),
+    /// `setHeaderRoute`: send requests matching headers to the canary.
+    SetHeaderRoute(HeaderRoute),
+    /// `setMirrorRoute`: copy a share of requests to the canary and compare its answers.
+    SetMirrorRoute(MirrorRoute),
+}
+
+/// A set of templates and the args given to them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisRef {
+    pub templates: Vec<TemplateRef>,
+    pub args: Vec<RolloutArg>,
+}
+
+/// `strategy.canary.analysis`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackgroundAnalysis {
+    pub analysis: AnalysisRef,
+    /// `startingStep`: index of the step at which analysis starts (0 when absent).
+    pub starting_step: u32,
+}
+
+/// `templates[]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub template_name: String,
+    /// `clusterScope: true` names a ClusterAnalysisTemplate.
+    pub cluster_scope: bool,
+}
+
+/// `args[]` given by a Rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutArg {
+    pub name: String,
+    pub value: RolloutArgValue,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RolloutArgValue {
+    Value(String),
+    /// `valueFrom.podTemplateHashValue: Stable|Latest`: here, the stable or canary revision
+    /// name.
+    RevisionName(RevisionSelector),
+    /// `valueFrom.fieldRef.fieldPath`: a field of the Rollout (`metadata.name`, ...).
+    FieldRef(String),
+}
+
+/// `setHeaderRoute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderRoute {
+    pub name: String,
+    /// Every entry must match; an empty list removes the route.
+    pub matches: Vec<HeaderMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub header_name: String,
+    pub value: StringMatch,
+}
+
+/// `headerValue.{exact|prefix|regex}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    /// Checked to compile when decoded.
+    Regex(String),
+}
+
+/// `setMirrorRoute`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorRoute {
+    pub name: String,
+    /// Share of requests mirrored; `None` removes the route.
+    pub percentage: Option<Percent>,
+    /// `match[].headers`: only matching requests are mirrored (all when empty).
+    pub matches: Vec<HeaderMatch>,
+}
+
+/// `argoproj.io/v1alpha1` `AnalysisTemplate` or `ClusterAnalysisTemplate`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AnalysisTemplate {
+    pub meta: Meta,
+    pub cluster_scoped: bool,
+    pub args: Vec<TemplateArg>,
+    pub metrics: Vec<Metric>,
+}
+
+/// `spec.args[]`: an argument without a value must be given by the Rollout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateArg {
+    pub name: String,
+    /// `value`: the default.
+    pub value: Option<String>,
+    /// `valueFrom` is set (a secret or field reference).
+    pub value_from: bool,
+}
+
+impl TemplateArg {
+    pub fn is_required(&self) -> bool {
+        self.value.is_none() && !self.value_from
+    }
+}
+
+/// `spec.metrics[]`.
+///
+/// Any string may hold `{{args.<name>}}` placeholders, substituted when the analysis runs; a
+/// numeric or duration field written as such a placeholder is [`Templated::Arg`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metric {
+    pub name: String,
+    /// Time between measurements; `None` takes one measurement.
+    pub interval: Option<Templated<Duration>>,
+    pub initial_delay: Option<Templated<Duration>>,
+    /// Number of measurements; `None` means until the rollout ends (with an interval) or one.
+    pub count: Option<Templated<u32>>,
+    pub success_condition: Option<Condition>,
+    pub failure_condition: Option<Condition>,
+    /// Failed measurements tolerated before the metric fails (default 0).
+    pub failure_limit: Templated<u32>,
+    /// Inconclusive measurements tolerated before the metric is inconclusive (default 0).
+    pub inconclusive_limit: Templated<u32>,
+    /// Consecutive errors tolerated before the metric errors (default 4).
+    pub consecutive_error_limit: Templated<u32>,
+    /// A dry-run metric is measured and recorded but never fails the analysis
+    /// (`spec.dryRun[].metricName`, or `dryRun: true` on the metric).
+    pub dry_run: bool,
+    pub provider: Provider,
+}
+
+/// A value written literally or as an argument placeholder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Templated<T> {
+    Value(T),
+    /// The text, such as `{{args.interval}}`.
+    Arg(String),
+}
+
+/// A success or failure condition in Argo's expression language (`result[0] >= 0.95`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub source: String,
+}
+
+/// `provider` of a metric.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Provider {
+    Prometheus(PrometheusProvider),
+    Web(WebProvider),
+    /// crossfade's own measurements of the gateway, so that no Prometheus is needed.
+    Crossfade(BuiltinProvider),
+}
+
+/// `provider.prometheus`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrometheusProvider {
+    pub address: String,
+    pub query: String,
+    /// `timeout` in seconds.
+    pub timeout: Option<Duration>,
+}
+
+/// `provider.web`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebProvider {
+    pub url: String,
+    pub method: HttpMethod,
+    pub headers: Vec<(String, String)>,
+    /// `body`, or `jsonBody` serialised as JSON.
+    pub body: Option<String>,
+    /// `jsonPath` (`{$.data.ok}`) selecting the result from the response.
+    pub json_path: Option<String>,
+    /// `timeoutSeconds`.
+    pub timeout: Option<Duration>,
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+}
+
+/// `provider.crossfade`: a measurement of the gateway's own traffic.
+///
+/// ```yaml
+/// provider:
+///   crossfade:
+///     metric: success-rate   # see BuiltinMetric
+///     revision: canary       # canary (default) or stable
+///     window: 1m             # how far back to look (default 1m)
+///     quantile: 0.99         # latency only (default 0.99)
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuiltinProvider {
+    pub metric: BuiltinMetric,
+    pub revision: RevisionSelector,
+    pub window: Duration,
+    /// For [`BuiltinMetric::Latency`]: the quantile, in (0, 1].
+    pub quantile: f64,
+}
+
+/// What the built-in provider measures. Each yields a single number as `result`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuiltinMetric {
+    /// `success-rate`: share of requests answered without error, 0 to 1.
+    SuccessRate,
+    /// `error-rate`: share of requests that failed, 0 to 1.
+    ErrorRate,
+    /// `latency`: the chosen quantile of request latency, in seconds.
+    Latency,
+    /// `request-rate`: requests per second.
+    RequestRate,
+    /// `mirror-agreement`: share of mirrored requests on which the canary predicted the same
+    /// class as the stable revision, 0 to 1.
+    MirrorAgreement,
+    /// `mirror-distance`: mean absolute difference between canary and stable outputs on
+    /// mirrored requests.
+    MirrorDistance,
+}
+
+/// Which side of a rollout a value refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RevisionSelector {
+    Canary,
+    Stable,
+}
