@@ -137,11 +137,14 @@ impl Cx<'_> {
             at,
             format!("expected {expected}, found {found}"),
         );
+        let text = at.node.scalar_text().unwrap_or_default();
         if expected == "a string" && matches!(at.node.kind, NodeKind::Scalar { .. }) {
-            d.hint = Some(format!(
-                "quote the value to make it a string: \"{}\"",
-                at.node.scalar_text().unwrap_or_default()
-            ));
+            d.hint = Some(format!("quote the value to make it a string: \"{text}\""));
+        } else if found == "a string" && (expected.starts_with("an integer") || expected.starts_with("a number") || expected.starts_with("a boolean")) {
+            let unquoted = crate::yaml::resolve_plain(text.trim());
+            if !matches!(unquoted, Resolved::Str(_) | Resolved::Null) {
+                d.hint = Some(format!("remove the quotes: {}", text.trim()));
+            }
         }
     }
 

@@ -6,7 +6,7 @@ use crate::decode::{At, Cx, Fields, Map};
 use crate::diag::Code;
 use crate::source::Span;
 use crate::types::*;
-use crate::validate::{FormatUse, Index, Ref, RefTarget};
+use crate::validate::{FormatUse, Index, NamedSpan, Ref, RefTarget};
 use crate::yaml::{NodeKind, Resolved};
 
 /// Everything about the document being decoded that the per-kind decoders share.
@@ -171,6 +171,9 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
         };
         enabled.then_some(sync)
     });
+    if spec.has("sources") && !spec.has("source") {
+        return None;
+    }
     let source_at = spec.req(cx, "source")?;
     let source = cx.map(
         &source_at,
@@ -247,7 +250,7 @@ pub(crate) fn inference_service(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>
         }
     }
     let predictor_at = spec.req(&mut doc.cx, "predictor")?;
-    let predictor = predictor(doc, &predictor_at)?;
+    let predictor = predictor(doc, &meta.name, &predictor_at)?;
     Some(InferenceService {
         meta,
         predictor,
@@ -255,7 +258,7 @@ pub(crate) fn inference_service(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>
     })
 }
 
-fn predictor(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Predictor> {
+fn predictor(doc: &mut Doc<'_, '_>, name: &str, at: &At<'_>) -> Option<Predictor> {
     const KNOWN: &[&str] = &[
         "model",
         "canaryTrafficPercent",
@@ -280,7 +283,17 @@ fn predictor(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Predictor> {
             tolerated: COMPONENT_TOLERATED,
         },
     )?;
-    let canary_traffic_percent = m.get("canaryTrafficPercent").and_then(|a| cx.percent(&a));
+    let canary_at = m.get("canaryTrafficPercent");
+    let canary_traffic_percent = canary_at.as_ref().and_then(|a| cx.percent(a));
+    if let Some(a) = &canary_at {
+        doc.index.canary_percents.push(NamedSpan {
+            namespace: doc.namespace.clone(),
+            name: name.to_owned(),
+            file: doc.cx.file,
+            span: a.span(),
+        });
+    }
+    let cx = &mut doc.cx;
     let mut forms: Vec<(At<'_>, PredictorForm)> = Vec::new();
     if let Some(a) = m.get("model") {
         forms.push((a, PredictorForm::Model));
@@ -749,6 +762,9 @@ pub(crate) fn rollout(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> Optio
             &bg,
             "blue-green is not supported for InferenceServices: use `canary` steps",
         );
+        if !strategy.has("canary") {
+            return None;
+        }
     }
     let canary_at = strategy.req(cx, "canary")?;
     let canary = cx.map(

@@ -176,6 +176,18 @@ pub fn parse(sources: &Sources, options: Options) -> Parsed {
         }
     }
     validate::check(&index, &parsed.manifests, &mut parsed.diagnostics);
+    // Name the other place in the message too, for readers of the JSON output.
+    for d in &mut parsed.diagnostics {
+        if let Some(r) = &d.related {
+            if matches!(
+                d.code,
+                Code::DuplicateResource | Code::DuplicateKey | Code::ConflictingRollouts
+            ) {
+                let other = &sources.get(r.file).name;
+                d.message = format!("{} (first at {other}:{})", d.message, r.span.line);
+            }
+        }
+    }
     parsed
         .diagnostics
         .sort_by_key(|d| (d.file, d.span.line, d.span.column));
@@ -306,19 +318,6 @@ fn decode_document(
         }
     }
     let Some(meta) = meta(&mut cx, &m, kind) else {
-        parsed.resources.push(ResourceRef {
-            api_version,
-            kind: kind_name,
-            namespace: if kind.is_cluster_scoped() {
-                None
-            } else {
-                Some(namespace_of(&m).unwrap_or_else(|| "default".into()))
-            },
-            name: name_of(&m).unwrap_or_default(),
-            file,
-            line: origin.line,
-            used: true,
-        });
         return;
     };
     parsed.resources.push(ResourceRef {
@@ -330,13 +329,15 @@ fn decode_document(
         line: origin.line,
         used: true,
     });
-    index.defs.push(Def {
+    if !meta.name.is_empty() {
+        index.defs.push(Def {
         kind,
         namespace: (!kind.is_cluster_scoped()).then(|| meta.namespace_or_default().to_owned()),
         name: meta.name.clone(),
         file,
         span: kinds::name_span(&at),
-    });
+        });
+    }
     let Some(spec) = m.req(&mut cx, "spec") else { return };
     let namespace = meta.namespace_or_default().to_owned();
     let mut doc = Doc {
@@ -406,9 +407,11 @@ fn meta(cx: &mut Cx<'_>, m: &decode::Map<'_>, kind: Kind) -> Option<Meta> {
             ],
         },
     )?;
+    // An invalid name is reported, and the rest of the resource is still checked.
     let name = mm.req(cx, "name").and_then(|a| {
         let n = cx.string(&a)?;
-        check_dns_label(cx, &a, &n, "name").then_some(n)
+        check_dns_label(cx, &a, &n, "name");
+        Some(n)
     });
     let namespace = mm.get("namespace").and_then(|a| {
         let n = cx.string(&a)?;
@@ -420,7 +423,8 @@ fn meta(cx: &mut Cx<'_>, m: &decode::Map<'_>, kind: Kind) -> Option<Meta> {
             );
             return None;
         }
-        check_dns_label(cx, &a, &n, "namespace").then_some(n)
+        check_dns_label(cx, &a, &n, "namespace");
+        Some(n)
     });
     let labels = mm.get("labels").map(|a| cx.string_map(&a)).unwrap_or_default();
     let annotations = mm
@@ -428,7 +432,7 @@ fn meta(cx: &mut Cx<'_>, m: &decode::Map<'_>, kind: Kind) -> Option<Meta> {
         .map(|a| cx.string_map(&a))
         .unwrap_or_default();
     Some(Meta {
-        name: name?,
+        name: name.unwrap_or_default(),
         namespace,
         labels,
         annotations,
@@ -445,9 +449,9 @@ pub fn is_dns1123_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn check_dns_label(cx: &mut Cx<'_>, at: &At<'_>, value: &str, what: &str) -> bool {
+fn check_dns_label(cx: &mut Cx<'_>, at: &At<'_>, value: &str, what: &str) {
     if is_dns1123_label(value) {
-        return true;
+        return;
     }
     let reason = if value.is_empty() {
         "it is empty".to_owned()
@@ -477,5 +481,4 @@ fn check_dns_label(cx: &mut Cx<'_>, at: &At<'_>, value: &str, what: &str) -> boo
     if is_dns1123_label(&suggestion) {
         d.hint = Some(format!("for example `{suggestion}`"));
     }
-    false
 }

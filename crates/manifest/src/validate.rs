@@ -11,8 +11,19 @@ use crate::{Kind, Manifests};
 pub(crate) struct Index {
     pub defs: Vec<Def>,
     pub refs: Vec<Ref>,
+    /// Every `canaryTrafficPercent` written, by InferenceService.
+    pub canary_percents: Vec<NamedSpan>,
     /// Model formats of predictors that name no `runtime`.
     pub formats: Vec<FormatUse>,
+}
+
+/// A field of a named resource, and where it is.
+#[derive(Debug)]
+pub(crate) struct NamedSpan {
+    pub namespace: String,
+    pub name: String,
+    pub file: FileId,
+    pub span: Span,
 }
 
 /// A predictor that needs a runtime chosen by model format.
@@ -62,7 +73,7 @@ pub(crate) struct Ref {
 pub(crate) fn check(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
     check_duplicates(index, diags);
     check_refs(index, manifests, diags);
-    check_rollout_targets(index, manifests, diags);
+    check_rollout_targets(index, diags);
     check_runtimes(index, manifests, diags);
 }
 
@@ -152,24 +163,8 @@ fn check_refs(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>)
                 format!("{what} is not defined"),
             )
             .with_field(&r.field);
-            let candidates: Vec<&str> = index
-                .defs
-                .iter()
-                .filter(|d| match r.target {
-                    RefTarget::InferenceService => d.kind == Kind::InferenceService,
-                    RefTarget::AnalysisTemplate | RefTarget::ClusterAnalysisTemplate => {
-                        matches!(d.kind, Kind::AnalysisTemplate | Kind::ClusterAnalysisTemplate)
-                    }
-                    RefTarget::ServingRuntime => false,
-                })
-                .map(|d| d.name.as_str())
-                .collect();
-            if let Some(best) = crate::decode::closest(&r.name, candidates.iter()) {
-                d = d.with_hint(format!("did you mean `{best}`?"));
-            } else if r.target == RefTarget::AnalysisTemplate
-                && find(index, Kind::ClusterAnalysisTemplate, None, &r.name).is_some()
-            {
-                d = d.with_hint("a ClusterAnalysisTemplate of that name exists: add `clusterScope: true`");
+            if let Some(hint) = reference_hint(index, r) {
+                d = d.with_hint(hint);
             }
             diags.push(d);
             continue;
@@ -210,7 +205,7 @@ fn check_refs(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>)
 
 /// Two Rollouts must not drive one InferenceService, and a Rollout makes
 /// `canaryTrafficPercent` moot.
-fn check_rollout_targets(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
+fn check_rollout_targets(index: &Index, diags: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<(&str, &str), &Ref> = HashMap::new();
     for r in index
         .refs
@@ -239,18 +234,17 @@ fn check_rollout_targets(index: &Index, manifests: &Manifests, diags: &mut Vec<D
         } else {
             seen.insert(key, r);
         }
-        let isvc = manifests.inference_services.iter().find(|s| {
-            s.value.meta.name == r.name && s.value.meta.namespace_or_default() == r.namespace
-        });
-        if let Some(isvc) = isvc {
-            if isvc.value.predictor.canary_traffic_percent.is_some() {
-                let def = find(index, Kind::InferenceService, Some(&r.namespace), &r.name);
-                let span = def.map_or(r.span, |d| d.span);
+        let canary = index
+            .canary_percents
+            .iter()
+            .find(|c| c.namespace == r.namespace && c.name == r.name);
+        if let Some(c) = canary {
+            {
                 diags.push(
                     Diagnostic::warning(
                         Code::IgnoredField,
-                        isvc.origin.file,
-                        span,
+                        c.file,
+                        c.span,
                         format!(
                             "InferenceService `{}` is driven by a Rollout, so `canaryTrafficPercent` is ignored",
                             r.name
@@ -295,4 +289,50 @@ fn check_runtimes(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnost
             );
         }
     }
+}
+
+/// Why a reference may not resolve: the right name in the wrong scope, or a likely typo.
+fn reference_hint(index: &Index, r: &Ref) -> Option<String> {
+    let same_name = |kind: Kind| index.defs.iter().find(|d| d.kind == kind && d.name == r.name);
+    match r.target {
+        RefTarget::AnalysisTemplate => {
+            if same_name(Kind::ClusterAnalysisTemplate).is_some() {
+                return Some("a ClusterAnalysisTemplate of that name exists: add `clusterScope: true`".into());
+            }
+            if let Some(d) = same_name(Kind::AnalysisTemplate) {
+                return Some(format!(
+                    "an AnalysisTemplate of that name exists in namespace {}; templates resolve in the Rollout's namespace",
+                    d.namespace.as_deref().unwrap_or("default")
+                ));
+            }
+        }
+        RefTarget::ClusterAnalysisTemplate => {
+            if same_name(Kind::AnalysisTemplate).is_some() {
+                return Some("an AnalysisTemplate of that name exists: drop `clusterScope: true` to use it".into());
+            }
+        }
+        RefTarget::InferenceService => {
+            if let Some(d) = same_name(Kind::InferenceService) {
+                return Some(format!(
+                    "an InferenceService of that name exists in namespace {}; the workload must be in the Rollout's namespace",
+                    d.namespace.as_deref().unwrap_or("default")
+                ));
+            }
+        }
+        RefTarget::ServingRuntime => {}
+    }
+    let kinds: &[Kind] = match r.target {
+        RefTarget::InferenceService => &[Kind::InferenceService],
+        RefTarget::AnalysisTemplate => &[Kind::AnalysisTemplate],
+        RefTarget::ClusterAnalysisTemplate => &[Kind::ClusterAnalysisTemplate],
+        RefTarget::ServingRuntime => &[Kind::ServingRuntime, Kind::ClusterServingRuntime],
+    };
+    let candidates: Vec<&str> = index
+        .defs
+        .iter()
+        .filter(|d| kinds.contains(&d.kind))
+        .filter(|d| d.kind.is_cluster_scoped() || d.namespace.as_deref() == Some(r.namespace.as_str()))
+        .map(|d| d.name.as_str())
+        .collect();
+    crate::decode::closest(&r.name, candidates.iter()).map(|best| format!("did you mean `{best}`?"))
 }

@@ -198,8 +198,29 @@ impl Builder<'_> {
             .span_at(line as u32 + self.line_offset, col as u32, len)
     }
 
+    /// The field path of the node being built at the top of the stack.
+    fn path(&self) -> String {
+        let mut path = String::new();
+        for frame in &self.stack {
+            match frame {
+                Frame::Seq { items, .. } => path.push_str(&format!("[{}]", items.len())),
+                Frame::Map { pending_key, .. } => {
+                    if let Some(k) = pending_key.as_ref().and_then(Node::scalar_text) {
+                        if !path.is_empty() {
+                            path.push('.');
+                        }
+                        path.push_str(k);
+                    }
+                }
+            }
+        }
+        path
+    }
+
     /// Adds a finished node to its parent; returns the root when the document is complete.
     fn add(&mut self, node: Node, diags: &mut Vec<Diagnostic>) -> Option<Node> {
+        // With a key pending, this is the path of the value being added.
+        let path = self.path();
         match self.stack.last_mut() {
             None => Some(node),
             Some(Frame::Seq { items, .. }) => {
@@ -230,7 +251,8 @@ impl Builder<'_> {
                                         span: first.span,
                                         message: "first defined here".into(),
                                     })
-                                    .with_hint("keep one of the two; YAML does not merge them"),
+                                    .with_hint("keep one of the two; YAML does not merge them")
+                                    .with_field(&path),
                                 );
                             }
                         }
