@@ -57,7 +57,10 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
             let choice = match args.color {
                 Color::Always => ColorChoice::Always,
                 Color::Never => ColorChoice::Never,
-                Color::Auto if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() => {
+                Color::Auto
+                    if std::io::stdout().is_terminal()
+                        && std::env::var_os("NO_COLOR").is_none() =>
+                {
                     ColorChoice::Auto
                 }
                 Color::Auto => ColorChoice::Never,

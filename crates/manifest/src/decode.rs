@@ -118,13 +118,23 @@ impl Cx<'_> {
     }
 
     /// Reports a problem with the value at `at`.
-    pub fn error(&mut self, code: Code, at: &At<'_>, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn error(
+        &mut self,
+        code: Code,
+        at: &At<'_>,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         let d = Diagnostic::error(code, self.file, at.span(), message).with_field(&at.path);
         self.diags.push(d);
         self.diags.last_mut().expect("just pushed")
     }
 
-    pub fn warning(&mut self, code: Code, at: &At<'_>, message: impl Into<String>) -> &mut Diagnostic {
+    pub fn warning(
+        &mut self,
+        code: Code,
+        at: &At<'_>,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
         let d = Diagnostic::warning(code, self.file, at.span(), message).with_field(&at.path);
         self.diags.push(d);
         self.diags.last_mut().expect("just pushed")
@@ -140,7 +150,11 @@ impl Cx<'_> {
         let text = at.node.scalar_text().unwrap_or_default();
         if expected == "a string" && matches!(at.node.kind, NodeKind::Scalar { .. }) {
             d.hint = Some(format!("quote the value to make it a string: \"{text}\""));
-        } else if found == "a string" && (expected.starts_with("an integer") || expected.starts_with("a number") || expected.starts_with("a boolean")) {
+        } else if found == "a string"
+            && (expected.starts_with("an integer")
+                || expected.starts_with("a number")
+                || expected.starts_with("a boolean"))
+        {
             let unquoted = crate::yaml::resolve_plain(text.trim());
             if !matches!(unquoted, Resolved::Str(_) | Resolved::Null) {
                 d.hint = Some(format!("remove the quotes: {}", text.trim()));
@@ -162,8 +176,13 @@ impl Cx<'_> {
         for (k, _) in entries {
             let Some(key) = k.scalar_text() else {
                 self.push(
-                    Diagnostic::error(Code::WrongType, self.file, k.span, "mapping keys must be strings")
-                        .with_field(&at.path),
+                    Diagnostic::error(
+                        Code::WrongType,
+                        self.file,
+                        k.span,
+                        "mapping keys must be strings",
+                    )
+                    .with_field(&at.path),
                 );
                 continue;
             };
@@ -306,7 +325,8 @@ impl Cx<'_> {
     }
 
     pub fn percent(&mut self, at: &At<'_>) -> Option<Percent> {
-        self.int_in(at, 0, 100).map(|v| Percent::new(v as u8).expect("range checked"))
+        self.int_in(at, 0, 100)
+            .map(|v| Percent::new(v as u8).expect("range checked"))
     }
 
     /// A duration as Argo writes it: an integer number of seconds, or a string such as `30s`,
@@ -325,7 +345,10 @@ impl Cx<'_> {
             Ok(d) => Some(d),
             Err(e) => {
                 let d = self.error(Code::InvalidDuration, at, format!("invalid duration: {e}"));
-                d.hint = Some("write a number with a unit (`30s`, `5m`, `1h`, `1h30m`) or whole seconds".into());
+                d.hint = Some(
+                    "write a number with a unit (`30s`, `5m`, `1h`, `1h30m`) or whole seconds"
+                        .into(),
+                );
                 None
             }
         }
@@ -348,7 +371,10 @@ impl Cx<'_> {
 }
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
-pub(crate) fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a &'a str>,
+) -> Option<&'a str> {
     candidates
         .map(|c| (edit_distance(&word.to_lowercase(), &c.to_lowercase()), *c))
         .filter(|(d, c)| *d <= (c.len() / 3).max(1))

@@ -170,7 +170,13 @@ impl Diagnostic {
         Self::new(Severity::Warning, code, file, span, message)
     }
 
-    fn new(severity: Severity, code: Code, file: FileId, span: Span, message: impl Into<String>) -> Self {
+    fn new(
+        severity: Severity,
+        code: Code,
+        file: FileId,
+        span: Span,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             severity,
             code,
@@ -219,7 +225,8 @@ impl Diagnostic {
             labels[0].message = self.field.clone();
         }
         if let Some(r) = &self.related {
-            labels.push(Label::secondary(r.file, r.span.start..r.span.end).with_message(&r.message));
+            labels
+                .push(Label::secondary(r.file, r.span.start..r.span.end).with_message(&r.message));
         }
         let severity = match self.severity {
             Severity::Error => CsSeverity::Error,
@@ -267,7 +274,10 @@ impl<'a> Files<'a> for SourcesView<'a> {
         self.check(id)?;
         let text = self.0.get(id).text();
         let byte_index = byte_index.min(text.len());
-        Ok(text.as_bytes()[..byte_index].iter().filter(|&&b| b == b'\n').count())
+        Ok(text.as_bytes()[..byte_index]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count())
     }
 
     fn line_range(

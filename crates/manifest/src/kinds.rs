@@ -119,8 +119,12 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
         },
     )?;
     if let Some(at) = spec.get("sources") {
-        cx.error(Code::Unsupported, &at, "multi-source Applications are not supported")
-            .hint = Some("use a single `source` with a directory of manifests".into());
+        cx.error(
+            Code::Unsupported,
+            &at,
+            "multi-source Applications are not supported",
+        )
+        .hint = Some("use a single `source` with a directory of manifests".into());
     }
     let project = match spec.get("project") {
         Some(at) => cx.string(&at).unwrap_or_default(),
@@ -178,7 +182,15 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
     let source = cx.map(
         &source_at,
         &Fields {
-            known: &["repoURL", "path", "targetRevision", "helm", "kustomize", "plugin", "chart"],
+            known: &[
+                "repoURL",
+                "path",
+                "targetRevision",
+                "helm",
+                "kustomize",
+                "plugin",
+                "chart",
+            ],
             tolerated: &["directory", "ref", "name"],
         },
     )?;
@@ -189,10 +201,13 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
                 &at,
                 format!("`{tool}` sources are not supported: crossfade reads plain YAML manifests"),
             )
-            .hint = Some("render the manifests into the repository and point `path` at them".into());
+            .hint =
+                Some("render the manifests into the repository and point `path` at them".into());
         }
     }
-    let repo_url = source.req(cx, "repoURL").and_then(|a| cx.nonempty_string(&a));
+    let repo_url = source
+        .req(cx, "repoURL")
+        .and_then(|a| cx.nonempty_string(&a));
     let path = match source.get("path") {
         Some(a) => cx.string(&a),
         None => Some(".".to_owned()),
@@ -216,7 +231,11 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
 
 // === KServe InferenceService ===
 
-pub(crate) fn inference_service(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> Option<InferenceService> {
+pub(crate) fn inference_service(
+    doc: &mut Doc<'_, '_>,
+    meta: Meta,
+    spec: &At<'_>,
+) -> Option<InferenceService> {
     let tag_routing = match meta.annotations.get("serving.kserve.io/enable-tag-routing") {
         None => false,
         Some(v) if v == "true" => true,
@@ -370,7 +389,9 @@ fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option
             "storage",
             "runtimeVersion",
         ],
-        PredictorForm::Framework(_) => &["storageUri", "protocolVersion", "storage", "runtimeVersion"],
+        PredictorForm::Framework(_) => {
+            &["storageUri", "protocolVersion", "storage", "runtimeVersion"]
+        }
     };
     let tolerated = CONTAINER_TOLERATED;
     let doc_require_digest = doc.require_digest;
@@ -421,7 +442,9 @@ fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option
         });
     }
     let cx = &mut doc.cx;
-    let protocol_version = m.get("protocolVersion").and_then(|a| cx.one_of(&a, PROTOCOLS));
+    let protocol_version = m
+        .get("protocolVersion")
+        .and_then(|a| cx.one_of(&a, PROTOCOLS));
     let storage_uri = match m.get("storageUri") {
         Some(a) => storage_uri(cx, &a, doc_require_digest),
         None => {
@@ -448,7 +471,11 @@ fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option
 }
 
 /// Parses and checks a `storageUri`.
-pub(crate) fn storage_uri(cx: &mut Cx<'_>, at: &At<'_>, require_digest: bool) -> Option<StorageUri> {
+pub(crate) fn storage_uri(
+    cx: &mut Cx<'_>,
+    at: &At<'_>,
+    require_digest: bool,
+) -> Option<StorageUri> {
     let raw = cx.nonempty_string(at)?;
     let Some((scheme, rest)) = raw.split_once("://") else {
         cx.error(
@@ -494,7 +521,9 @@ pub(crate) fn storage_uri(cx: &mut Cx<'_>, at: &At<'_>, require_digest: bool) ->
                 cx.error(
                     Code::InvalidValue,
                     at,
-                    format!("`{segment}` is not a sha256 digest: expected 64 hex digits after `sha256-`"),
+                    format!(
+                        "`{segment}` is not a sha256 digest: expected 64 hex digits after `sha256-`"
+                    ),
                 );
                 return None;
             }
@@ -519,12 +548,22 @@ pub(crate) fn storage_uri(cx: &mut Cx<'_>, at: &At<'_>, require_digest: bool) ->
 
 // === KServe ServingRuntime / ClusterServingRuntime ===
 
-pub(crate) fn serving_runtime(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>, cluster_scoped: bool) -> Option<ServingRuntime> {
+pub(crate) fn serving_runtime(
+    doc: &mut Doc<'_, '_>,
+    meta: Meta,
+    spec: &At<'_>,
+    cluster_scoped: bool,
+) -> Option<ServingRuntime> {
     let cx = &mut doc.cx;
     let spec = cx.map(
         spec,
         &Fields {
-            known: &["supportedModelFormats", "containers", "protocolVersions", "disabled"],
+            known: &[
+                "supportedModelFormats",
+                "containers",
+                "protocolVersions",
+                "disabled",
+            ],
             tolerated: &[
                 "multiModel",
                 "grpcEndpoint",
@@ -565,7 +604,10 @@ pub(crate) fn serving_runtime(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>, 
         };
         let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
         let version = m.get("version").and_then(|a| cx.string(&a));
-        let auto_select = m.get("autoSelect").and_then(|a| cx.bool(&a)).unwrap_or(false);
+        let auto_select = m
+            .get("autoSelect")
+            .and_then(|a| cx.bool(&a))
+            .unwrap_or(false);
         let priority = m
             .get("priority")
             .and_then(|a| cx.int_in(&a, 1, i64::from(i32::MAX)))
@@ -587,11 +629,18 @@ pub(crate) fn serving_runtime(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>, 
             .collect(),
         None => vec![ProtocolVersion::V1],
     };
-    let disabled = spec.get("disabled").and_then(|a| cx.bool(&a)).unwrap_or(false);
+    let disabled = spec
+        .get("disabled")
+        .and_then(|a| cx.bool(&a))
+        .unwrap_or(false);
     let containers_at = spec.req(cx, "containers")?;
     let containers = cx.seq(&containers_at);
     let Some(first) = containers.first() else {
-        cx.error(Code::MissingField, &containers_at, "`containers` is empty: the runtime needs one container");
+        cx.error(
+            Code::MissingField,
+            &containers_at,
+            "`containers` is empty: the runtime needs one container",
+        );
         return None;
     };
     if containers.len() > 1 {
@@ -640,7 +689,10 @@ pub(crate) fn serving_runtime(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>, 
                 );
                 continue;
             }
-            let value = m.get("value").and_then(|a| cx.string(&a)).unwrap_or_default();
+            let value = m
+                .get("value")
+                .and_then(|a| cx.string(&a))
+                .unwrap_or_default();
             if let Some(name) = name {
                 env.push((name, value));
             }
@@ -676,7 +728,10 @@ pub(crate) fn rollout_workload(spec: &At<'_>) -> Workload {
     let NodeKind::Map(entries) = &spec.node.kind else {
         return Workload::InferenceService;
     };
-    let Some((_, w)) = entries.iter().find(|(k, _)| k.scalar_text() == Some("workloadRef")) else {
+    let Some((_, w)) = entries
+        .iter()
+        .find(|(k, _)| k.scalar_text() == Some("workloadRef"))
+    else {
         return Workload::Absent;
     };
     let NodeKind::Map(w) = &w.kind else {
@@ -832,7 +887,13 @@ pub(crate) fn rollout(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> Optio
     })
 }
 
-const STEP_KINDS: &[&str] = &["setWeight", "pause", "analysis", "setHeaderRoute", "setMirrorRoute"];
+const STEP_KINDS: &[&str] = &[
+    "setWeight",
+    "pause",
+    "analysis",
+    "setHeaderRoute",
+    "setMirrorRoute",
+];
 const UNSUPPORTED_STEPS: &[&str] = &["experiment", "setCanaryScale", "plugin"];
 const ALL_STEP_KEYS: &[&str] = &[
     "setWeight",
@@ -848,7 +909,13 @@ const ALL_STEP_KEYS: &[&str] = &[
 fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
     let known = ALL_STEP_KEYS;
     let cx = &mut doc.cx;
-    let m = cx.map(at, &Fields { known, tolerated: &[] })?;
+    let m = cx.map(
+        at,
+        &Fields {
+            known,
+            tolerated: &[],
+        },
+    )?;
     for key in UNSUPPORTED_STEPS {
         if let Some(a) = m.get_raw(key) {
             cx.error(
@@ -929,14 +996,19 @@ fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
                     ) else {
                         continue;
                     };
-                    let header_name = hm.req(cx, "headerName").and_then(|a| cx.nonempty_string(&a));
+                    let header_name = hm
+                        .req(cx, "headerName")
+                        .and_then(|a| cx.nonempty_string(&a));
                     let value = hm.req(cx, "headerValue").and_then(|a| string_match(cx, &a));
                     if let (Some(header_name), Some(value)) = (header_name, value) {
                         matches.push(HeaderMatch { header_name, value });
                     }
                 }
             }
-            Some(Step::SetHeaderRoute(HeaderRoute { name: name?, matches }))
+            Some(Step::SetHeaderRoute(HeaderRoute {
+                name: name?,
+                matches,
+            }))
         }
         "setMirrorRoute" => {
             let m = cx.map(
@@ -974,7 +1046,11 @@ fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
                             for (k, v) in entries {
                                 let vat = At {
                                     node: v,
-                                    path: format!("{}.{}", h.path, k.scalar_text().unwrap_or_default()),
+                                    path: format!(
+                                        "{}.{}",
+                                        h.path,
+                                        k.scalar_text().unwrap_or_default()
+                                    ),
                                     key_span: Some(k.span),
                                 };
                                 if let Some(value) = string_match(cx, &vat) {
@@ -1013,11 +1089,19 @@ fn string_match(cx: &mut Cx<'_>, at: &At<'_>) -> Option<StringMatch> {
     let (kind, a) = match given.as_slice() {
         [one] => one.clone(),
         [] => {
-            cx.error(Code::MissingField, at, "give one of `exact`, `prefix` or `regex`");
+            cx.error(
+                Code::MissingField,
+                at,
+                "give one of `exact`, `prefix` or `regex`",
+            );
             return None;
         }
         [_, (_, second), ..] => {
-            cx.error(Code::InvalidValue, second, "give only one of `exact`, `prefix` or `regex`");
+            cx.error(
+                Code::InvalidValue,
+                second,
+                "give only one of `exact`, `prefix` or `regex`",
+            );
             return None;
         }
     };
@@ -1028,7 +1112,11 @@ fn string_match(cx: &mut Cx<'_>, at: &At<'_>) -> Option<StringMatch> {
         _ => match regex::Regex::new(&value) {
             Ok(_) => Some(StringMatch::Regex(value)),
             Err(e) => {
-                cx.error(Code::InvalidValue, &a, format!("invalid regular expression: {}", one_line(&e.to_string())));
+                cx.error(
+                    Code::InvalidValue,
+                    &a,
+                    format!("invalid regular expression: {}", one_line(&e.to_string())),
+                );
                 None
             }
         },
@@ -1040,7 +1128,11 @@ fn analysis_ref(doc: &mut Doc<'_, '_>, m: &Map<'_>) -> Option<AnalysisRef> {
     let templates_at = m.req(cx, "templates")?;
     let items = cx.seq(&templates_at);
     if items.is_empty() {
-        cx.error(Code::MissingField, &templates_at, "`templates` is empty: name at least one AnalysisTemplate");
+        cx.error(
+            Code::MissingField,
+            &templates_at,
+            "`templates` is empty: name at least one AnalysisTemplate",
+        );
     }
     let args = match m.get("args") {
         Some(a) => rollout_args(cx, &a),
@@ -1058,7 +1150,10 @@ fn analysis_ref(doc: &mut Doc<'_, '_>, m: &Map<'_>) -> Option<AnalysisRef> {
         ) else {
             continue;
         };
-        let cluster_scope = t.get("clusterScope").and_then(|a| cx.bool(&a)).unwrap_or(false);
+        let cluster_scope = t
+            .get("clusterScope")
+            .and_then(|a| cx.bool(&a))
+            .unwrap_or(false);
         let Some(name_at) = t.req(cx, "templateName") else {
             continue;
         };
@@ -1128,12 +1223,20 @@ fn rollout_args(cx: &mut Cx<'_>, at: &At<'_>) -> Vec<RolloutArg> {
                         .and_then(|a| cx.nonempty_string(&a))
                         .map(RolloutArgValue::FieldRef)
                 } else {
-                    cx.error(Code::MissingField, &vf.at, "`valueFrom` needs `podTemplateHashValue` or `fieldRef`");
+                    cx.error(
+                        Code::MissingField,
+                        &vf.at,
+                        "`valueFrom` needs `podTemplateHashValue` or `fieldRef`",
+                    );
                     None
                 }
             })
         } else {
-            cx.error(Code::MissingField, &item, format!("argument `{name}` needs a `value` or `valueFrom`"));
+            cx.error(
+                Code::MissingField,
+                &item,
+                format!("argument `{name}` needs a `value` or `valueFrom`"),
+            );
             None
         };
         if let Some(value) = value {
@@ -1174,7 +1277,12 @@ const UNSUPPORTED_PROVIDERS: &[&str] = &[
     "plugin",
 ];
 
-pub(crate) fn analysis_template(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>, cluster_scoped: bool) -> Option<AnalysisTemplate> {
+pub(crate) fn analysis_template(
+    doc: &mut Doc<'_, '_>,
+    meta: Meta,
+    spec: &At<'_>,
+    cluster_scoped: bool,
+) -> Option<AnalysisTemplate> {
     let cx = &mut doc.cx;
     let spec = cx.map(
         spec,
@@ -1224,7 +1332,11 @@ pub(crate) fn analysis_template(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>
                     Ok(re) => dry_run_patterns.push(re),
                     Err(e) => {
                         let at = m.get("metricName").expect("just read");
-                        cx.error(Code::InvalidValue, &at, format!("invalid metric name pattern: {}", one_line(&e.to_string())));
+                        cx.error(
+                            Code::InvalidValue,
+                            &at,
+                            format!("invalid metric name pattern: {}", one_line(&e.to_string())),
+                        );
                     }
                 }
             }
@@ -1233,7 +1345,11 @@ pub(crate) fn analysis_template(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>
     let metrics_at = spec.req(cx, "metrics")?;
     let items = cx.seq(&metrics_at);
     if items.is_empty() {
-        cx.error(Code::MissingField, &metrics_at, "`metrics` is empty: a template needs at least one metric");
+        cx.error(
+            Code::MissingField,
+            &metrics_at,
+            "`metrics` is empty: a template needs at least one metric",
+        );
     }
     let mut metrics = Vec::new();
     for item in &items {
@@ -1273,7 +1389,9 @@ fn metric(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) -> Option<Metric> 
     check_placeholders(cx, at, args);
     let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
     let interval = m.get("interval").and_then(|a| templated_duration(cx, &a));
-    let initial_delay = m.get("initialDelay").and_then(|a| templated_duration(cx, &a));
+    let initial_delay = m
+        .get("initialDelay")
+        .and_then(|a| templated_duration(cx, &a));
     let count = m.get("count").and_then(|a| templated_count(cx, &a));
     let success_condition = m.get("successCondition").and_then(|a| condition(cx, &a));
     let failure_condition = m.get("failureCondition").and_then(|a| condition(cx, &a));
@@ -1303,7 +1421,13 @@ fn metric(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) -> Option<Metric> 
 
 fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
     let known = PROVIDER_KEYS;
-    let m = cx.map(at, &Fields { known, tolerated: &[] })?;
+    let m = cx.map(
+        at,
+        &Fields {
+            known,
+            tolerated: &[],
+        },
+    )?;
     for key in UNSUPPORTED_PROVIDERS {
         if let Some(a) = m.get_raw(key) {
             cx.error(
@@ -1322,11 +1446,19 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
     let (kind, a) = match given.as_slice() {
         [one] => one.clone(),
         [] => {
-            cx.error(Code::MissingField, at, "a provider needs one of `prometheus`, `web` or `crossfade`");
+            cx.error(
+                Code::MissingField,
+                at,
+                "a provider needs one of `prometheus`, `web` or `crossfade`",
+            );
             return None;
         }
         [_, (_, second), ..] => {
-            cx.error(Code::InvalidValue, second, "a metric has exactly one provider");
+            cx.error(
+                Code::InvalidValue,
+                second,
+                "a metric has exactly one provider",
+            );
             return None;
         }
     };
@@ -1340,7 +1472,11 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                 },
             )?;
             if let Some(r) = p.get("rangeQuery") {
-                cx.warning(Code::IgnoredField, &r, "range queries are not supported; the query runs as an instant query");
+                cx.warning(
+                    Code::IgnoredField,
+                    &r,
+                    "range queries are not supported; the query runs as an instant query",
+                );
             }
             let address = p.req(cx, "address").and_then(|a| cx.nonempty_string(&a));
             let query = p.req(cx, "query").and_then(|a| cx.nonempty_string(&a));
@@ -1358,7 +1494,16 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
             let w = cx.map(
                 &a,
                 &Fields {
-                    known: &["url", "method", "headers", "body", "jsonBody", "jsonPath", "timeoutSeconds", "insecure"],
+                    known: &[
+                        "url",
+                        "method",
+                        "headers",
+                        "body",
+                        "jsonBody",
+                        "jsonPath",
+                        "timeoutSeconds",
+                        "insecure",
+                    ],
                     tolerated: &["authentication"],
                 },
             )?;
@@ -1366,7 +1511,11 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
             let method = match w.get("method") {
                 Some(a) => cx.one_of(
                     &a,
-                    &[("GET", HttpMethod::Get), ("POST", HttpMethod::Post), ("PUT", HttpMethod::Put)],
+                    &[
+                        ("GET", HttpMethod::Get),
+                        ("POST", HttpMethod::Post),
+                        ("PUT", HttpMethod::Put),
+                    ],
                 ),
                 None => Some(HttpMethod::Get),
             };
@@ -1393,7 +1542,11 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                 (Some(b), None) => cx.string(&b),
                 (None, Some(j)) => Some(to_json(j.node)),
                 (Some(_), Some(j)) => {
-                    cx.error(Code::InvalidValue, &j, "give `body` or `jsonBody`, not both");
+                    cx.error(
+                        Code::InvalidValue,
+                        &j,
+                        "give `body` or `jsonBody`, not both",
+                    );
                     None
                 }
                 (None, None) => None,
@@ -1438,7 +1591,10 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
             let revision = match c.get("revision") {
                 Some(a) => cx.one_of(
                     &a,
-                    &[("canary", RevisionSelector::Canary), ("stable", RevisionSelector::Stable)],
+                    &[
+                        ("canary", RevisionSelector::Canary),
+                        ("stable", RevisionSelector::Stable),
+                    ],
                 ),
                 None => Some(RevisionSelector::Canary),
             };
@@ -1455,12 +1611,20 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
             let quantile = match c.get("quantile") {
                 Some(a) => {
                     if metric.is_some_and(|m| m != BuiltinMetric::Latency) {
-                        cx.warning(Code::IgnoredField, &a, "`quantile` applies to the latency metric only");
+                        cx.warning(
+                            Code::IgnoredField,
+                            &a,
+                            "`quantile` applies to the latency metric only",
+                        );
                     }
                     cx.number(&a).filter(|q| {
                         let ok = *q > 0.0 && *q <= 1.0;
                         if !ok {
-                            cx.error(Code::OutOfRange, &a, format!("{q} is out of range: a quantile is in (0, 1]"));
+                            cx.error(
+                                Code::OutOfRange,
+                                &a,
+                                format!("{q} is out of range: a quantile is in (0, 1]"),
+                            );
                         }
                         ok
                     })
@@ -1497,7 +1661,11 @@ fn templated_count(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Templated<u32>> {
         _ => cx.int(at),
     }?;
     if !(0..=i64::from(u32::MAX)).contains(&value) {
-        cx.error(Code::OutOfRange, at, format!("{value} is out of range: must be 0 or more"));
+        cx.error(
+            Code::OutOfRange,
+            at,
+            format!("{value} is out of range: must be 0 or more"),
+        );
         return None;
     }
     Some(Templated::Value(value as u32))
@@ -1674,7 +1842,10 @@ fn doc_ref(doc: &mut Doc<'_, '_>, target: RefTarget, name: &str, at: &At<'_>) ->
 /// The span of a document's `metadata.name` value, or of the document.
 pub(crate) fn name_span(root: &At<'_>) -> Span {
     if let NodeKind::Map(entries) = &root.node.kind {
-        if let Some((_, meta)) = entries.iter().find(|(k, _)| k.scalar_text() == Some("metadata")) {
+        if let Some((_, meta)) = entries
+            .iter()
+            .find(|(k, _)| k.scalar_text() == Some("metadata"))
+        {
             if let NodeKind::Map(m) = &meta.kind {
                 if let Some((_, n)) = m.iter().find(|(k, _)| k.scalar_text() == Some("name")) {
                     return n.span;

@@ -85,16 +85,20 @@ impl Kind {
     /// The `apiVersion` this kind is read at.
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Application | Kind::Rollout | Kind::AnalysisTemplate | Kind::ClusterAnalysisTemplate => {
-                "argoproj.io/v1alpha1"
-            }
+            Kind::Application
+            | Kind::Rollout
+            | Kind::AnalysisTemplate
+            | Kind::ClusterAnalysisTemplate => "argoproj.io/v1alpha1",
             Kind::InferenceService => "serving.kserve.io/v1beta1",
             Kind::ServingRuntime | Kind::ClusterServingRuntime => "serving.kserve.io/v1alpha1",
         }
     }
 
     pub fn is_cluster_scoped(self) -> bool {
-        matches!(self, Kind::ClusterServingRuntime | Kind::ClusterAnalysisTemplate)
+        matches!(
+            self,
+            Kind::ClusterServingRuntime | Kind::ClusterAnalysisTemplate
+        )
     }
 
     const ALL: [Kind; 7] = [
@@ -295,7 +299,9 @@ fn decode_document(
             let skip = match kinds::rollout_workload(&spec) {
                 kinds::Workload::InferenceService => None,
                 kinds::Workload::Other(k) => Some(format!("its workloadRef is a {k}")),
-                kinds::Workload::Absent => Some("it has no workloadRef to an InferenceService".to_owned()),
+                kinds::Workload::Absent => {
+                    Some("it has no workloadRef to an InferenceService".to_owned())
+                }
             };
             if let Some(why) = skip {
                 let kind_at = m.get("kind").expect("read above");
@@ -331,14 +337,16 @@ fn decode_document(
     });
     if !meta.name.is_empty() {
         index.defs.push(Def {
-        kind,
-        namespace: (!kind.is_cluster_scoped()).then(|| meta.namespace_or_default().to_owned()),
-        name: meta.name.clone(),
-        file,
-        span: kinds::name_span(&at),
+            kind,
+            namespace: (!kind.is_cluster_scoped()).then(|| meta.namespace_or_default().to_owned()),
+            name: meta.name.clone(),
+            file,
+            span: kinds::name_span(&at),
         });
     }
-    let Some(spec) = m.req(&mut cx, "spec") else { return };
+    let Some(spec) = m.req(&mut cx, "spec") else {
+        return;
+    };
     let namespace = meta.namespace_or_default().to_owned();
     let mut doc = Doc {
         cx,
@@ -419,14 +427,20 @@ fn meta(cx: &mut Cx<'_>, m: &decode::Map<'_>, kind: Kind) -> Option<Meta> {
             cx.warning(
                 Code::IgnoredField,
                 &a,
-                format!("{} is cluster-scoped; the namespace is ignored", kind.as_str()),
+                format!(
+                    "{} is cluster-scoped; the namespace is ignored",
+                    kind.as_str()
+                ),
             );
             return None;
         }
         check_dns_label(cx, &a, &n, "namespace");
         Some(n)
     });
-    let labels = mm.get("labels").map(|a| cx.string_map(&a)).unwrap_or_default();
+    let labels = mm
+        .get("labels")
+        .map(|a| cx.string_map(&a))
+        .unwrap_or_default();
     let annotations = mm
         .get("annotations")
         .map(|a| cx.string_map(&a))
@@ -444,7 +458,8 @@ fn meta(cx: &mut Cx<'_>, m: &decode::Map<'_>, kind: Kind) -> Option<Meta> {
 pub fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }

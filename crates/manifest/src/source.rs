@@ -207,9 +207,8 @@ pub(crate) fn split_documents(text: &str) -> Vec<(u32, &str)> {
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let rest = line.strip_prefix("---");
-        let is_marker = rest.is_some_and(|r| {
-            r.is_empty() || r.starts_with([' ', '\t', '\n', '\r'])
-        });
+        let is_marker =
+            rest.is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t', '\n', '\r']));
         if is_marker && offset > chunk_start {
             chunks.push((chunk_line, &text[chunk_start..offset]));
             chunk_start = offset;

@@ -293,11 +293,19 @@ fn check_runtimes(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnost
 
 /// Why a reference may not resolve: the right name in the wrong scope, or a likely typo.
 fn reference_hint(index: &Index, r: &Ref) -> Option<String> {
-    let same_name = |kind: Kind| index.defs.iter().find(|d| d.kind == kind && d.name == r.name);
+    let same_name = |kind: Kind| {
+        index
+            .defs
+            .iter()
+            .find(|d| d.kind == kind && d.name == r.name)
+    };
     match r.target {
         RefTarget::AnalysisTemplate => {
             if same_name(Kind::ClusterAnalysisTemplate).is_some() {
-                return Some("a ClusterAnalysisTemplate of that name exists: add `clusterScope: true`".into());
+                return Some(
+                    "a ClusterAnalysisTemplate of that name exists: add `clusterScope: true`"
+                        .into(),
+                );
             }
             if let Some(d) = same_name(Kind::AnalysisTemplate) {
                 return Some(format!(
@@ -308,7 +316,10 @@ fn reference_hint(index: &Index, r: &Ref) -> Option<String> {
         }
         RefTarget::ClusterAnalysisTemplate => {
             if same_name(Kind::AnalysisTemplate).is_some() {
-                return Some("an AnalysisTemplate of that name exists: drop `clusterScope: true` to use it".into());
+                return Some(
+                    "an AnalysisTemplate of that name exists: drop `clusterScope: true` to use it"
+                        .into(),
+                );
             }
         }
         RefTarget::InferenceService => {
@@ -331,7 +342,9 @@ fn reference_hint(index: &Index, r: &Ref) -> Option<String> {
         .defs
         .iter()
         .filter(|d| kinds.contains(&d.kind))
-        .filter(|d| d.kind.is_cluster_scoped() || d.namespace.as_deref() == Some(r.namespace.as_str()))
+        .filter(|d| {
+            d.kind.is_cluster_scoped() || d.namespace.as_deref() == Some(r.namespace.as_str())
+        })
         .map(|d| d.name.as_str())
         .collect();
     crate::decode::closest(&r.name, candidates.iter()).map(|best| format!("did you mean `{best}`?"))

@@ -25,7 +25,10 @@ pub(crate) struct Node {
 pub(crate) enum NodeKind {
     /// A scalar; `plain` is false for quoted and block scalars and for `!!str`-tagged ones,
     /// which are always strings.
-    Scalar { value: String, plain: bool },
+    Scalar {
+        value: String,
+        plain: bool,
+    },
     Seq(Vec<Node>),
     /// Entries in source order; duplicate keys are reported while building.
     Map(Vec<(Node, Node)>),
@@ -47,7 +50,10 @@ impl Node {
     pub fn resolve(&self) -> Option<Resolved<'_>> {
         match &self.kind {
             NodeKind::Scalar { value, plain: true } => Some(resolve_plain(value)),
-            NodeKind::Scalar { value, plain: false } => Some(Resolved::Str(value)),
+            NodeKind::Scalar {
+                value,
+                plain: false,
+            } => Some(Resolved::Str(value)),
             _ => None,
         }
     }
@@ -153,7 +159,11 @@ pub(crate) struct Document {
 
 /// Parses every document of a file. Syntax errors are reported per document, so one broken
 /// document does not hide problems in the others.
-pub(crate) fn parse_file(file_id: FileId, file: &SourceFile, diags: &mut Vec<Diagnostic>) -> Vec<Document> {
+pub(crate) fn parse_file(
+    file_id: FileId,
+    file: &SourceFile,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Document> {
     let mut docs = Vec::new();
     for (first_line, chunk) in crate::source::split_documents(file.text()) {
         parse_chunk(file_id, file, first_line, chunk, &mut docs, diags);
@@ -188,7 +198,10 @@ struct Builder<'f> {
 
 impl Builder<'_> {
     fn span(&self, s: &YSpan) -> Span {
-        let start = (s.start.line() as u32 + self.line_offset, s.start.col() as u32);
+        let start = (
+            s.start.line() as u32 + self.line_offset,
+            s.start.col() as u32,
+        );
         let end = (s.end.line() as u32 + self.line_offset, s.end.col() as u32);
         self.file.span_between(start, end)
     }
@@ -390,7 +403,10 @@ fn parse_chunk(
                     }) => (
                         Node {
                             kind: NodeKind::Seq(items),
-                            span: Span { end: span.end.max(s.start), ..s },
+                            span: Span {
+                                end: span.end.max(s.start),
+                                ..s
+                            },
                         },
                         anchor,
                     ),
@@ -402,7 +418,10 @@ fn parse_chunk(
                     }) => (
                         Node {
                             kind: NodeKind::Map(entries),
-                            span: Span { end: span.end.max(s.start), ..s },
+                            span: Span {
+                                end: span.end.max(s.start),
+                                ..s
+                            },
                         },
                         anchor,
                     ),

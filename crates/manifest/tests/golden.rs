@@ -34,7 +34,10 @@ fn summary(sources: &Sources, parsed: &Parsed) -> String {
             d.column(),
             if d.field.is_empty() { "-" } else { &d.field },
             d.message,
-            d.hint.as_deref().map(|h| format!(" | hint: {h}")).unwrap_or_default(),
+            d.hint
+                .as_deref()
+                .map(|h| format!(" | hint: {h}"))
+                .unwrap_or_default(),
         )
         .unwrap();
     }
@@ -79,7 +82,11 @@ fn valid() {
             path.display(),
             rendered(&sources, &parsed)
         );
-        assert!(!parsed.resources.is_empty(), "{} lists no resource", path.display());
+        assert!(
+            !parsed.resources.is_empty(),
+            "{} lists no resource",
+            path.display()
+        );
         let snapshot = format!(
             "# resources\n{}\n# diagnostics\n{}\n{}\n# manifests\n{:#?}\n",
             resources(&sources, &parsed),

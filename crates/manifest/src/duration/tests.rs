@@ -16,18 +16,40 @@ fn argo_forms() {
         ("+2m", 120_000),
     ];
     for (input, ms) in ok {
-        assert_eq!(parse_duration(input), Ok(Duration::from_millis(ms)), "{input}");
+        assert_eq!(
+            parse_duration(input),
+            Ok(Duration::from_millis(ms)),
+            "{input}"
+        );
     }
 }
 
 #[test]
 fn rejects_bad_input() {
     assert_eq!(parse_duration(""), Err(DurationError::Empty));
-    assert!(matches!(parse_duration("-5s"), Err(DurationError::Negative(_))));
+    assert!(matches!(
+        parse_duration("-5s"),
+        Err(DurationError::Negative(_))
+    ));
     assert!(matches!(parse_duration("5"), Ok(_)));
-    assert!(matches!(parse_duration("5x"), Err(DurationError::UnknownUnit { .. })));
-    assert!(matches!(parse_duration("1h5"), Err(DurationError::MissingUnit { .. })));
-    assert!(matches!(parse_duration("1..5s"), Err(DurationError::Malformed(_))));
-    assert!(matches!(parse_duration("m"), Err(DurationError::Malformed(_))));
-    assert!(matches!(parse_duration("99999999999999999999"), Err(DurationError::Overflow(_))));
+    assert!(matches!(
+        parse_duration("5x"),
+        Err(DurationError::UnknownUnit { .. })
+    ));
+    assert!(matches!(
+        parse_duration("1h5"),
+        Err(DurationError::MissingUnit { .. })
+    ));
+    assert!(matches!(
+        parse_duration("1..5s"),
+        Err(DurationError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_duration("m"),
+        Err(DurationError::Malformed(_))
+    ));
+    assert!(matches!(
+        parse_duration("99999999999999999999"),
+        Err(DurationError::Overflow(_))
+    ));
 }
