@@ -182,14 +182,14 @@ pub fn parse(sources: &Sources, options: Options) -> Parsed {
     validate::check(&index, &parsed.manifests, &mut parsed.diagnostics);
     // Name the other place in the message too, for readers of the JSON output.
     for d in &mut parsed.diagnostics {
-        if let Some(r) = &d.related {
-            if matches!(
+        if let Some(r) = &d.related
+            && matches!(
                 d.code,
                 Code::DuplicateResource | Code::DuplicateKey | Code::ConflictingRollouts
-            ) {
-                let other = &sources.get(r.file).name;
-                d.message = format!("{} (first at {other}:{})", d.message, r.span.line);
-            }
+            )
+        {
+            let other = &sources.get(r.file).name;
+            d.message = format!("{} (first at {other}:{})", d.message, r.span.line);
         }
     }
     parsed
@@ -225,10 +225,10 @@ fn decode_document(
     let api_version = m.req(&mut cx, "apiVersion").and_then(|a| cx.string(&a));
     let kind_name = m.req(&mut cx, "kind").and_then(|a| cx.string(&a));
     let (Some(api_version), Some(kind_name)) = (api_version, kind_name) else {
-        if let Some(d) = cx.diags.last_mut() {
-            if d.code == Code::MissingField {
-                d.code = Code::NotAResource;
-            }
+        if let Some(d) = cx.diags.last_mut()
+            && d.code == Code::MissingField
+        {
+            d.code = Code::NotAResource;
         }
         return;
     };
@@ -294,33 +294,33 @@ fn decode_document(
         return;
     }
     // A Rollout of anything but an InferenceService is not crossfade's business.
-    if kind == Kind::Rollout {
-        if let Some(spec) = m.get("spec") {
-            let skip = match kinds::rollout_workload(&spec) {
-                kinds::Workload::InferenceService => None,
-                kinds::Workload::Other(k) => Some(format!("its workloadRef is a {k}")),
-                kinds::Workload::Absent => {
-                    Some("it has no workloadRef to an InferenceService".to_owned())
-                }
-            };
-            if let Some(why) = skip {
-                let kind_at = m.get("kind").expect("read above");
-                cx.warning(
-                    Code::UnknownKind,
-                    &kind_at,
-                    format!("Rollout is not used by crossfade because {why}; skipped"),
-                );
-                parsed.resources.push(ResourceRef {
-                    api_version,
-                    kind: kind_name,
-                    namespace: namespace_of(&m).or(Some("default".into())),
-                    name: name_of(&m).unwrap_or_default(),
-                    file,
-                    line: origin.line,
-                    used: false,
-                });
-                return;
+    if kind == Kind::Rollout
+        && let Some(spec) = m.get("spec")
+    {
+        let skip = match kinds::rollout_workload(&spec) {
+            kinds::Workload::InferenceService => None,
+            kinds::Workload::Other(k) => Some(format!("its workloadRef is a {k}")),
+            kinds::Workload::Absent => {
+                Some("it has no workloadRef to an InferenceService".to_owned())
             }
+        };
+        if let Some(why) = skip {
+            let kind_at = m.get("kind").expect("read above");
+            cx.warning(
+                Code::UnknownKind,
+                &kind_at,
+                format!("Rollout is not used by crossfade because {why}; skipped"),
+            );
+            parsed.resources.push(ResourceRef {
+                api_version,
+                kind: kind_name,
+                namespace: namespace_of(&m).or(Some("default".into())),
+                name: name_of(&m).unwrap_or_default(),
+                file,
+                line: origin.line,
+                used: false,
+            });
+            return;
         }
     }
     let Some(meta) = meta(&mut cx, &m, kind) else {

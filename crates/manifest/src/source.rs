@@ -173,10 +173,8 @@ fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
         // Follows symlinks, like `git` checkouts and Argo CD do.
         let meta = std::fs::metadata(&path);
         match meta {
-            Ok(m) if m.is_dir() => {
-                if !name.starts_with('.') {
-                    walk(&path, found)?;
-                }
+            Ok(m) if m.is_dir() && !name.starts_with('.') => {
+                walk(&path, found)?;
             }
             _ if name.ends_with(".yaml") || name.ends_with(".yml") => found.push(path),
             _ => {}

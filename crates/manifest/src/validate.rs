@@ -180,7 +180,7 @@ fn check_refs(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>)
             });
             let Some(template) = template else { continue };
             for arg in template.value.args.iter().filter(|a| a.is_required()) {
-                if !given.iter().any(|g| *g == arg.name) {
+                if !given.contains(&arg.name) {
                     diags.push(
                         Diagnostic::error(
                             Code::MissingArgument,

@@ -115,10 +115,10 @@ pub(crate) fn resolve_plain(s: &str) -> Resolved<'_> {
         if let Ok(v) = i64::from_str_radix(hex, 16) {
             return Resolved::Int(v);
         }
-    } else if let Some(oct) = s.strip_prefix("0o") {
-        if let Ok(v) = i64::from_str_radix(oct, 8) {
-            return Resolved::Int(v);
-        }
+    } else if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(v) = i64::from_str_radix(oct, 8)
+    {
+        return Resolved::Int(v);
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -127,10 +127,10 @@ pub(crate) fn resolve_plain(s: &str) -> Resolved<'_> {
         }
         return Resolved::Float(s.parse().unwrap_or(f64::NAN));
     }
-    if is_core_float(digits) {
-        if let Ok(v) = s.parse::<f64>() {
-            return Resolved::Float(v);
-        }
+    if is_core_float(digits)
+        && let Ok(v) = s.parse::<f64>()
+    {
+        return Resolved::Float(v);
     }
     Resolved::Str(s)
 }
@@ -248,26 +248,25 @@ impl Builder<'_> {
                 match pending_key.take() {
                     None => *pending_key = Some(node),
                     Some(key) => {
-                        if let Some(text) = key.scalar_text() {
-                            if let Some((first, _)) =
+                        if let Some(text) = key.scalar_text()
+                            && let Some((first, _)) =
                                 entries.iter().find(|(k, _)| k.scalar_text() == Some(text))
-                            {
-                                diags.push(
-                                    Diagnostic::error(
-                                        Code::DuplicateKey,
-                                        self.file_id,
-                                        key.span,
-                                        format!("key `{text}` is defined twice in this mapping"),
-                                    )
-                                    .with_related(Related {
-                                        file: self.file_id,
-                                        span: first.span,
-                                        message: "first defined here".into(),
-                                    })
-                                    .with_hint("keep one of the two; YAML does not merge them")
-                                    .with_field(&path),
-                                );
-                            }
+                        {
+                            diags.push(
+                                Diagnostic::error(
+                                    Code::DuplicateKey,
+                                    self.file_id,
+                                    key.span,
+                                    format!("key `{text}` is defined twice in this mapping"),
+                                )
+                                .with_related(Related {
+                                    file: self.file_id,
+                                    span: first.span,
+                                    message: "first defined here".into(),
+                                })
+                                .with_hint("keep one of the two; YAML does not merge them")
+                                .with_field(&path),
+                            );
                         }
                         entries.push((key, node));
                     }

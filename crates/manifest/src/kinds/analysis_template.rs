@@ -1,0 +1,586 @@
+//! Argo Rollouts `AnalysisTemplate` and `ClusterAnalysisTemplate`: metrics, providers and
+//! conditions.
+
+use std::time::Duration;
+
+use crate::decode::{At, Cx, Fields};
+use crate::diag::Code;
+use crate::types::*;
+use crate::yaml::{NodeKind, Resolved};
+
+use super::{Doc, one_line};
+
+// === Argo Rollouts AnalysisTemplate / ClusterAnalysisTemplate ===
+
+const PROVIDER_KEYS: &[&str] = &[
+    "prometheus",
+    "web",
+    "crossfade",
+    "job",
+    "datadog",
+    "newRelic",
+    "wavefront",
+    "kayenta",
+    "cloudWatch",
+    "graphite",
+    "influxdb",
+    "skywalking",
+    "plugin",
+];
+
+const UNSUPPORTED_PROVIDERS: &[&str] = &[
+    "job",
+    "datadog",
+    "newRelic",
+    "wavefront",
+    "kayenta",
+    "cloudWatch",
+    "graphite",
+    "influxdb",
+    "skywalking",
+    "plugin",
+];
+
+pub(crate) fn analysis_template(
+    doc: &mut Doc<'_, '_>,
+    meta: Meta,
+    spec: &At<'_>,
+    cluster_scoped: bool,
+) -> Option<AnalysisTemplate> {
+    let cx = &mut doc.cx;
+    let spec = cx.map(
+        spec,
+        &Fields {
+            known: &["args", "metrics", "dryRun"],
+            tolerated: &["measurementRetention"],
+        },
+    )?;
+    let mut args = Vec::new();
+    if let Some(a) = spec.get("args") {
+        for item in cx.seq(&a) {
+            let Some(m) = cx.map(
+                &item,
+                &Fields {
+                    known: &["name", "value", "valueFrom"],
+                    tolerated: &[],
+                },
+            ) else {
+                continue;
+            };
+            let Some(name) = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a)) else {
+                continue;
+            };
+            let value = m.get("value").and_then(|a| cx.string(&a));
+            let value_from = m.has("valueFrom");
+            args.push(TemplateArg {
+                name,
+                value,
+                value_from,
+            });
+        }
+    }
+    let mut dry_run_patterns = Vec::new();
+    if let Some(d) = spec.get("dryRun") {
+        for item in cx.seq(&d) {
+            let Some(m) = cx.map(
+                &item,
+                &Fields {
+                    known: &["metricName"],
+                    tolerated: &[],
+                },
+            ) else {
+                continue;
+            };
+            if let Some(name) = m.req(cx, "metricName").and_then(|a| cx.nonempty_string(&a)) {
+                match regex::Regex::new(&format!("^(?:{name})$")) {
+                    Ok(re) => dry_run_patterns.push(re),
+                    Err(e) => {
+                        let at = m.get("metricName").expect("just read");
+                        cx.error(
+                            Code::InvalidValue,
+                            &at,
+                            format!("invalid metric name pattern: {}", one_line(&e.to_string())),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    let metrics_at = spec.req(cx, "metrics")?;
+    let items = cx.seq(&metrics_at);
+    if items.is_empty() {
+        cx.error(
+            Code::MissingField,
+            &metrics_at,
+            "`metrics` is empty: a template needs at least one metric",
+        );
+    }
+    let mut metrics = Vec::new();
+    for item in &items {
+        if let Some(mut m) = metric(&mut doc.cx, item, &args) {
+            m.dry_run |= dry_run_patterns.iter().any(|re| re.is_match(&m.name));
+            metrics.push(m);
+        }
+    }
+    (metrics.len() == items.len() && !items.is_empty()).then_some(AnalysisTemplate {
+        meta,
+        cluster_scoped,
+        args,
+        metrics,
+    })
+}
+
+fn metric(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) -> Option<Metric> {
+    let m = cx.map(
+        at,
+        &Fields {
+            known: &[
+                "name",
+                "interval",
+                "initialDelay",
+                "count",
+                "successCondition",
+                "failureCondition",
+                "failureLimit",
+                "inconclusiveLimit",
+                "consecutiveErrorLimit",
+                "dryRun",
+                "provider",
+            ],
+            tolerated: &[],
+        },
+    )?;
+    check_placeholders(cx, at, args);
+    let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
+    let interval = m.get("interval").and_then(|a| templated_duration(cx, &a));
+    let initial_delay = m
+        .get("initialDelay")
+        .and_then(|a| templated_duration(cx, &a));
+    let count = m.get("count").and_then(|a| templated_count(cx, &a));
+    let success_condition = m.get("successCondition").and_then(|a| condition(cx, &a));
+    let failure_condition = m.get("failureCondition").and_then(|a| condition(cx, &a));
+    let limit = |cx: &mut Cx<'_>, key, default| match m.get(key) {
+        Some(a) => templated_count(cx, &a),
+        None => Some(Templated::Value(default)),
+    };
+    let failure_limit = limit(cx, "failureLimit", 0);
+    let inconclusive_limit = limit(cx, "inconclusiveLimit", 0);
+    let consecutive_error_limit = limit(cx, "consecutiveErrorLimit", 4);
+    let dry_run = m.get("dryRun").and_then(|a| cx.bool(&a)).unwrap_or(false);
+    let provider = m.req(cx, "provider").and_then(|a| provider(cx, &a));
+    Some(Metric {
+        name: name?,
+        interval,
+        initial_delay,
+        count,
+        success_condition,
+        failure_condition,
+        failure_limit: failure_limit?,
+        inconclusive_limit: inconclusive_limit?,
+        consecutive_error_limit: consecutive_error_limit?,
+        dry_run,
+        provider: provider?,
+    })
+}
+
+fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
+    let known = PROVIDER_KEYS;
+    let m = cx.map(
+        at,
+        &Fields {
+            known,
+            tolerated: &[],
+        },
+    )?;
+    for key in UNSUPPORTED_PROVIDERS {
+        if let Some(a) = m.get_raw(key) {
+            cx.error(
+                Code::Unsupported,
+                &a,
+                format!("the `{key}` metric provider is not supported"),
+            )
+            .hint = Some("use `prometheus`, `web` (any HTTP JSON source) or `crossfade` (the gateway's own measurements)".into());
+            return None;
+        }
+    }
+    let given: Vec<_> = ["prometheus", "web", "crossfade"]
+        .iter()
+        .filter_map(|k| m.get_raw(k).map(|a| (*k, a)))
+        .collect();
+    let (kind, a) = match given.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            cx.error(
+                Code::MissingField,
+                at,
+                "a provider needs one of `prometheus`, `web` or `crossfade`",
+            );
+            return None;
+        }
+        [_, (_, second), ..] => {
+            cx.error(
+                Code::InvalidValue,
+                second,
+                "a metric has exactly one provider",
+            );
+            return None;
+        }
+    };
+    match kind {
+        "prometheus" => {
+            let p = cx.map(
+                &a,
+                &Fields {
+                    known: &["address", "query", "timeout"],
+                    tolerated: &["insecure", "headers", "authentication", "rangeQuery"],
+                },
+            )?;
+            if let Some(r) = p.get("rangeQuery") {
+                cx.warning(
+                    Code::IgnoredField,
+                    &r,
+                    "range queries are not supported; the query runs as an instant query",
+                );
+            }
+            let address = p.req(cx, "address").and_then(|a| cx.nonempty_string(&a));
+            let query = p.req(cx, "query").and_then(|a| cx.nonempty_string(&a));
+            let timeout = p
+                .get("timeout")
+                .and_then(|a| cx.int_in(&a, 1, 3600))
+                .map(|s| Duration::from_secs(s as u64));
+            Some(Provider::Prometheus(PrometheusProvider {
+                address: address?,
+                query: query?,
+                timeout,
+            }))
+        }
+        "web" => {
+            let w = cx.map(
+                &a,
+                &Fields {
+                    known: &[
+                        "url",
+                        "method",
+                        "headers",
+                        "body",
+                        "jsonBody",
+                        "jsonPath",
+                        "timeoutSeconds",
+                        "insecure",
+                    ],
+                    tolerated: &["authentication"],
+                },
+            )?;
+            let url = w.req(cx, "url").and_then(|a| cx.nonempty_string(&a));
+            let method = match w.get("method") {
+                Some(a) => cx.one_of(
+                    &a,
+                    &[
+                        ("GET", HttpMethod::Get),
+                        ("POST", HttpMethod::Post),
+                        ("PUT", HttpMethod::Put),
+                    ],
+                ),
+                None => Some(HttpMethod::Get),
+            };
+            let mut headers = Vec::new();
+            if let Some(h) = w.get("headers") {
+                for item in cx.seq(&h) {
+                    let Some(hm) = cx.map(
+                        &item,
+                        &Fields {
+                            known: &["key", "value"],
+                            tolerated: &[],
+                        },
+                    ) else {
+                        continue;
+                    };
+                    let key = hm.req(cx, "key").and_then(|a| cx.nonempty_string(&a));
+                    let value = hm.req(cx, "value").and_then(|a| cx.string(&a));
+                    if let (Some(k), Some(v)) = (key, value) {
+                        headers.push((k, v));
+                    }
+                }
+            }
+            let body = match (w.get("body"), w.get("jsonBody")) {
+                (Some(b), None) => cx.string(&b),
+                (None, Some(j)) => Some(to_json(j.node)),
+                (Some(_), Some(j)) => {
+                    cx.error(
+                        Code::InvalidValue,
+                        &j,
+                        "give `body` or `jsonBody`, not both",
+                    );
+                    None
+                }
+                (None, None) => None,
+            };
+            let json_path = w.get("jsonPath").and_then(|a| cx.nonempty_string(&a));
+            let timeout = w
+                .get("timeoutSeconds")
+                .and_then(|a| cx.int_in(&a, 1, 3600))
+                .map(|s| Duration::from_secs(s as u64));
+            let insecure = w.get("insecure").and_then(|a| cx.bool(&a)).unwrap_or(false);
+            Some(Provider::Web(WebProvider {
+                url: url?,
+                method: method?,
+                headers,
+                body,
+                json_path,
+                timeout,
+                insecure,
+            }))
+        }
+        _ => {
+            let c = cx.map(
+                &a,
+                &Fields {
+                    known: &["metric", "revision", "window", "quantile"],
+                    tolerated: &[],
+                },
+            )?;
+            let metric = c.req(cx, "metric").and_then(|a| {
+                cx.one_of(
+                    &a,
+                    &[
+                        ("success-rate", BuiltinMetric::SuccessRate),
+                        ("error-rate", BuiltinMetric::ErrorRate),
+                        ("latency", BuiltinMetric::Latency),
+                        ("request-rate", BuiltinMetric::RequestRate),
+                        ("mirror-agreement", BuiltinMetric::MirrorAgreement),
+                        ("mirror-distance", BuiltinMetric::MirrorDistance),
+                    ],
+                )
+            });
+            let revision = match c.get("revision") {
+                Some(a) => cx.one_of(
+                    &a,
+                    &[
+                        ("canary", RevisionSelector::Canary),
+                        ("stable", RevisionSelector::Stable),
+                    ],
+                ),
+                None => Some(RevisionSelector::Canary),
+            };
+            let window = match c.get("window") {
+                Some(a) => cx.duration(&a).filter(|d| {
+                    let ok = !d.is_zero();
+                    if !ok {
+                        cx.error(Code::OutOfRange, &a, "the window must be longer than zero");
+                    }
+                    ok
+                }),
+                None => Some(Duration::from_secs(60)),
+            };
+            let quantile = match c.get("quantile") {
+                Some(a) => {
+                    if metric.is_some_and(|m| m != BuiltinMetric::Latency) {
+                        cx.warning(
+                            Code::IgnoredField,
+                            &a,
+                            "`quantile` applies to the latency metric only",
+                        );
+                    }
+                    cx.number(&a).filter(|q| {
+                        let ok = *q > 0.0 && *q <= 1.0;
+                        if !ok {
+                            cx.error(
+                                Code::OutOfRange,
+                                &a,
+                                format!("{q} is out of range: a quantile is in (0, 1]"),
+                            );
+                        }
+                        ok
+                    })
+                }
+                None => Some(0.99),
+            };
+            Some(Provider::Crossfade(BuiltinProvider {
+                metric: metric?,
+                revision: revision?,
+                window: window?,
+                quantile: quantile?,
+            }))
+        }
+    }
+}
+
+fn is_placeholder(s: &str) -> bool {
+    s.contains("{{")
+}
+
+fn templated_duration(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Templated<Duration>> {
+    if let Some(Resolved::Str(s)) = at.node.resolve()
+        && is_placeholder(s)
+    {
+        return Some(Templated::Arg(s.to_owned()));
+    }
+    cx.duration(at).map(Templated::Value)
+}
+
+fn templated_count(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Templated<u32>> {
+    let value = match at.node.resolve() {
+        Some(Resolved::Str(s)) if is_placeholder(s) => return Some(Templated::Arg(s.to_owned())),
+        Some(Resolved::Str(s)) if s.trim().parse::<i64>().is_ok() => s.trim().parse::<i64>().ok(),
+        _ => cx.int(at),
+    }?;
+    if !(0..=i64::from(u32::MAX)).contains(&value) {
+        cx.error(
+            Code::OutOfRange,
+            at,
+            format!("{value} is out of range: must be 0 or more"),
+        );
+        return None;
+    }
+    Some(Templated::Value(value as u32))
+}
+
+/// Checks that a condition parses in Argo's expression language. `{{args.x}}` placeholders are
+/// replaced by an identifier of the same length first, so positions stay right.
+fn condition(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Condition> {
+    let source = cx.nonempty_string(at)?;
+    let masked = mask_placeholders(&source);
+    match expr::compile(&masked) {
+        Ok(_) => Some(Condition { source }),
+        Err(e) => {
+            let detail = match &e {
+                expr::Error::PestError(p) => {
+                    let col = match p.line_col {
+                        pest::error::LineColLocation::Pos((_, c))
+                        | pest::error::LineColLocation::Span((_, c), _) => c,
+                    };
+                    let expected = match &p.variant {
+                        pest::error::ErrorVariant::ParsingError { .. } => "unexpected input",
+                        pest::error::ErrorVariant::CustomError { message } => message.as_str(),
+                    };
+                    format!("{expected} at character {col}")
+                }
+                other => one_line(&other.to_string()),
+            };
+            cx.error(
+                Code::InvalidCondition,
+                at,
+                format!("the condition `{source}` does not parse: {detail}"),
+            )
+            .hint = Some("conditions use Argo's expression language, e.g. `result[0] >= 0.95` or `len(result) > 0 && all(result, {# < 0.5})`".into());
+            None
+        }
+    }
+}
+
+fn mask_placeholders(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("{{") {
+        let Some(len) = rest[start..].find("}}") else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let width = rest[start..start + len + 2].chars().count();
+        out.push_str(&"_".repeat(width));
+        rest = &rest[start + len + 2..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Reports `{{args.name}}` placeholders that name no declared argument.
+fn check_placeholders(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) {
+    match &at.node.kind {
+        NodeKind::Scalar { value, .. } => {
+            let mut rest = value.as_str();
+            while let Some(start) = rest.find("{{") {
+                let Some(len) = rest[start..].find("}}") else {
+                    break;
+                };
+                let inner = rest[start + 2..start + len].trim();
+                if let Some(name) = inner.strip_prefix("args.")
+                    && !args.iter().any(|a| a.name == name)
+                {
+                    cx.error(
+                            Code::MissingArgument,
+                            at,
+                            format!("`{{{{{inner}}}}}` uses argument `{name}`, which the template does not declare"),
+                        )
+                        .hint = Some(format!("declare it under spec.args: `- name: {name}`"));
+                }
+                rest = &rest[start + len + 2..];
+            }
+        }
+        NodeKind::Seq(items) => {
+            for (i, node) in items.iter().enumerate() {
+                let child = At {
+                    node,
+                    path: format!("{}[{i}]", at.path),
+                    key_span: Some(node.span),
+                };
+                check_placeholders(cx, &child, args);
+            }
+        }
+        NodeKind::Map(entries) => {
+            for (k, v) in entries {
+                let child = At {
+                    node: v,
+                    path: format!("{}.{}", at.path, k.scalar_text().unwrap_or_default()),
+                    key_span: Some(k.span),
+                };
+                check_placeholders(cx, &child, args);
+            }
+        }
+    }
+}
+
+/// Serialises a YAML node as JSON (for `jsonBody`).
+fn to_json(node: &crate::yaml::Node) -> String {
+    fn quote(s: &str, out: &mut String) {
+        out.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    fn go(node: &crate::yaml::Node, out: &mut String) {
+        match &node.kind {
+            NodeKind::Scalar { value, .. } => match node.resolve() {
+                Some(Resolved::Null) => out.push_str("null"),
+                Some(Resolved::Bool(b)) => out.push_str(if b { "true" } else { "false" }),
+                Some(Resolved::Int(i)) => out.push_str(&i.to_string()),
+                Some(Resolved::Float(f)) if f.is_finite() => out.push_str(&f.to_string()),
+                _ => quote(value, out),
+            },
+            NodeKind::Seq(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    go(item, out);
+                }
+                out.push(']');
+            }
+            NodeKind::Map(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    quote(k.scalar_text().unwrap_or_default(), out);
+                    out.push(':');
+                    go(v, out);
+                }
+                out.push('}');
+            }
+        }
+    }
+    let mut out = String::new();
+    go(node, &mut out);
+    out
+}

@@ -1,0 +1,381 @@
+//! KServe `InferenceService`, in the `model` form and the older per-framework form.
+
+use crate::decode::{At, Cx, Fields};
+use crate::diag::Code;
+use crate::types::*;
+use crate::validate::{FormatUse, NamedSpan, RefTarget};
+
+use super::{CONTAINER_TOLERATED, Doc, PROTOCOLS, doc_ref};
+
+/// Pod-level fields of a KServe component that do not change local serving.
+const COMPONENT_TOLERATED: &[&str] = &[
+    "minReplicas",
+    "maxReplicas",
+    "scaleTarget",
+    "scaleMetric",
+    "scaleMetricType",
+    "autoScaling",
+    "containerConcurrency",
+    "timeout",
+    "batcher",
+    "logger",
+    "labels",
+    "annotations",
+    "deploymentStrategy",
+    "serviceAccountName",
+    "nodeSelector",
+    "nodeName",
+    "tolerations",
+    "affinity",
+    "imagePullSecrets",
+    "volumes",
+    "securityContext",
+    "priorityClassName",
+    "priority",
+    "runtimeClassName",
+    "schedulerName",
+    "hostNetwork",
+    "hostIPC",
+    "hostPID",
+    "dnsPolicy",
+    "dnsConfig",
+    "initContainers",
+    "terminationGracePeriodSeconds",
+    "topologySpreadConstraints",
+    "automountServiceAccountToken",
+    "workerSpec",
+    "enableServiceLinks",
+    "shareProcessNamespace",
+    "hostAliases",
+];
+
+/// The older per-framework predictor keys and the model format each one means.
+const FRAMEWORKS: &[(&str, &str)] = &[
+    ("sklearn", "sklearn"),
+    ("xgboost", "xgboost"),
+    ("tensorflow", "tensorflow"),
+    ("pytorch", "pytorch"),
+    ("triton", "triton"),
+    ("onnx", "onnx"),
+    ("pmml", "pmml"),
+    ("lightgbm", "lightgbm"),
+    ("paddle", "paddle"),
+    ("huggingface", "huggingface"),
+];
+
+// === KServe InferenceService ===
+
+pub(crate) fn inference_service(
+    doc: &mut Doc<'_, '_>,
+    meta: Meta,
+    spec: &At<'_>,
+) -> Option<InferenceService> {
+    let tag_routing = match meta.annotations.get("serving.kserve.io/enable-tag-routing") {
+        None => false,
+        Some(v) if v == "true" => true,
+        Some(v) if v == "false" => false,
+        Some(v) => {
+            doc.cx
+                .error(
+                    Code::InvalidValue,
+                    spec,
+                    format!("annotation serving.kserve.io/enable-tag-routing must be \"true\" or \"false\", not {v:?}"),
+                )
+                .field = "metadata.annotations.serving.kserve.io/enable-tag-routing".into();
+            false
+        }
+    };
+    let cx = &mut doc.cx;
+    let spec = cx.map(
+        spec,
+        &Fields {
+            known: &["predictor", "transformer", "explainer"],
+            tolerated: &[],
+        },
+    )?;
+    for part in ["transformer", "explainer"] {
+        if let Some(at) = spec.get(part) {
+            cx.warning(
+                Code::IgnoredField,
+                &at,
+                format!("crossfade serves the predictor only; the {part} is ignored"),
+            );
+        }
+    }
+    let predictor_at = spec.req(&mut doc.cx, "predictor")?;
+    let predictor = predictor(doc, &meta.name, &predictor_at)?;
+    Some(InferenceService {
+        meta,
+        predictor,
+        tag_routing,
+    })
+}
+
+fn predictor(doc: &mut Doc<'_, '_>, name: &str, at: &At<'_>) -> Option<Predictor> {
+    const KNOWN: &[&str] = &[
+        "model",
+        "canaryTrafficPercent",
+        "containers",
+        "sklearn",
+        "xgboost",
+        "tensorflow",
+        "pytorch",
+        "triton",
+        "onnx",
+        "pmml",
+        "lightgbm",
+        "paddle",
+        "huggingface",
+    ];
+    let known = KNOWN;
+    let cx = &mut doc.cx;
+    let m = cx.map(
+        at,
+        &Fields {
+            known,
+            tolerated: COMPONENT_TOLERATED,
+        },
+    )?;
+    let canary_at = m.get("canaryTrafficPercent");
+    let canary_traffic_percent = canary_at.as_ref().and_then(|a| cx.percent(a));
+    if let Some(a) = &canary_at {
+        doc.index.canary_percents.push(NamedSpan {
+            namespace: doc.namespace.clone(),
+            name: name.to_owned(),
+            file: doc.cx.file,
+            span: a.span(),
+        });
+    }
+    let cx = &mut doc.cx;
+    let mut forms: Vec<(At<'_>, PredictorForm)> = Vec::new();
+    if let Some(a) = m.get("model") {
+        forms.push((a, PredictorForm::Model));
+    }
+    for (key, _) in FRAMEWORKS {
+        if let Some(a) = m.get(key) {
+            forms.push((a, PredictorForm::Framework(key)));
+        }
+    }
+    let containers = m.get("containers");
+    let (model_at, form) = match forms.as_slice() {
+        [] => {
+            if let Some(c) = containers {
+                cx.error(
+                    Code::Unsupported,
+                    &c,
+                    "custom container predictors are not served by crossfade",
+                )
+                .hint = Some(
+                    "use `spec.predictor.model` with a `modelFormat`; a ServingRuntime can start any server as a local process".into(),
+                );
+            } else {
+                let d = cx.error(
+                    Code::MissingField,
+                    at,
+                    "the predictor names no model: add `model` (or a framework such as `onnx`)",
+                );
+                d.field = format!("{}.model", at.path);
+                d.span = at.key_or_node_span();
+            }
+            return None;
+        }
+        [one] => one.clone(),
+        [first, rest @ ..] => {
+            for (other, _) in rest {
+                cx.error(
+                    Code::InvalidValue,
+                    &At {
+                        node: other.node,
+                        path: other.path.clone(),
+                        key_span: other.key_span,
+                    },
+                    format!(
+                        "a predictor serves one model, but both `{}` and `{}` are given",
+                        first.0.path.rsplit('.').next().unwrap_or_default(),
+                        other.path.rsplit('.').next().unwrap_or_default()
+                    ),
+                );
+            }
+            return None;
+        }
+    };
+    if let Some(c) = containers {
+        cx.warning(
+            Code::IgnoredField,
+            &c,
+            "extra predictor containers are not run by crossfade",
+        );
+    }
+    let model = model_spec(doc, &model_at, form)?;
+    Some(Predictor {
+        model,
+        canary_traffic_percent,
+    })
+}
+
+fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option<ModelSpec> {
+    let known: &'static [&'static str] = match form {
+        PredictorForm::Model => &[
+            "modelFormat",
+            "storageUri",
+            "runtime",
+            "protocolVersion",
+            "storage",
+            "runtimeVersion",
+        ],
+        PredictorForm::Framework(_) => {
+            &["storageUri", "protocolVersion", "storage", "runtimeVersion"]
+        }
+    };
+    let tolerated = CONTAINER_TOLERATED;
+    let doc_require_digest = doc.require_digest;
+    let cx = &mut doc.cx;
+    let m = cx.map(at, &Fields { known, tolerated })?;
+    let format = match form {
+        PredictorForm::Model => m.req(cx, "modelFormat").and_then(|a| {
+            let f = cx.map(
+                &a,
+                &Fields {
+                    known: &["name", "version"],
+                    tolerated: &[],
+                },
+            )?;
+            let name = f.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
+            let version = f.get("version").and_then(|a| cx.string(&a));
+            Some(ModelFormat {
+                name: name?.to_ascii_lowercase(),
+                version,
+            })
+        }),
+        PredictorForm::Framework(key) => Some(ModelFormat {
+            name: FRAMEWORKS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map_or(key, |(_, f)| *f)
+                .to_owned(),
+            version: None,
+        }),
+    };
+    let runtime = m.get("runtime").and_then(|a| cx.nonempty_string(&a));
+    if let (Some(name), Some(rt_at)) = (&runtime, m.get("runtime")) {
+        doc_ref(doc, RefTarget::ServingRuntime, name, &rt_at);
+    } else if let Some(f) = &format {
+        let (field_at, field) = match form {
+            PredictorForm::Model => (
+                m.get("modelFormat").unwrap_or_else(|| at.clone()),
+                format!("{}.modelFormat.name", at.path),
+            ),
+            PredictorForm::Framework(_) => (at.clone(), at.path.clone()),
+        };
+        doc.index.formats.push(FormatUse {
+            namespace: doc.namespace.clone(),
+            format: f.name.clone(),
+            file: doc.cx.file,
+            span: field_at.key_or_node_span(),
+            field,
+        });
+    }
+    let cx = &mut doc.cx;
+    let protocol_version = m
+        .get("protocolVersion")
+        .and_then(|a| cx.one_of(&a, PROTOCOLS));
+    let storage_uri = match m.get("storageUri") {
+        Some(a) => storage_uri(cx, &a, doc_require_digest),
+        None => {
+            let d = cx.error(
+                Code::MissingField,
+                at,
+                "missing required field `storageUri`: crossfade serves artifacts named by URI",
+            );
+            d.field = format!("{}.storageUri", at.path);
+            d.span = at.key_or_node_span();
+            if m.has("storage") {
+                d.hint = Some("`storage` (a storage-config secret key) is not supported; write the artifact's URI in `storageUri`".into());
+            }
+            None
+        }
+    };
+    Some(ModelSpec {
+        format: format?,
+        storage_uri: storage_uri?,
+        runtime,
+        protocol_version,
+        form,
+    })
+}
+
+/// Parses and checks a `storageUri`.
+pub(crate) fn storage_uri(
+    cx: &mut Cx<'_>,
+    at: &At<'_>,
+    require_digest: bool,
+) -> Option<StorageUri> {
+    let raw = cx.nonempty_string(at)?;
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        cx.error(
+            Code::InvalidValue,
+            at,
+            format!("`{raw}` is not a URI: expected <scheme>://<location>"),
+        )
+        .hint = Some("for a local file write file:///absolute/path".into());
+        return None;
+    };
+    let scheme = match scheme.to_ascii_lowercase().as_str() {
+        "file" => Scheme::File,
+        "http" => Scheme::Http,
+        "https" => Scheme::Https,
+        "s3" => Scheme::S3,
+        "gs" => Scheme::Gs,
+        other => {
+            cx.error(
+                Code::UnsupportedScheme,
+                at,
+                format!("storage scheme `{other}://` is not supported"),
+            )
+            .hint = Some("accepted schemes: file, http, https, s3, gs".into());
+            return None;
+        }
+    };
+    if rest.is_empty() {
+        cx.error(Code::InvalidValue, at, format!("`{raw}` names no location"));
+        return None;
+    }
+    let path = rest.split(['?', '#']).next().unwrap_or_default();
+    let mut digest = None;
+    for segment in path.split('/') {
+        let Some(hex) = segment
+            .strip_prefix("sha256-")
+            .or_else(|| segment.strip_prefix("sha256:"))
+        else {
+            continue;
+        };
+        match Digest::from_hex(hex) {
+            Some(d) => digest = Some(d),
+            None => {
+                cx.error(
+                    Code::InvalidValue,
+                    at,
+                    format!(
+                        "`{segment}` is not a sha256 digest: expected 64 hex digits after `sha256-`"
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    if digest.is_none() && require_digest {
+        cx.error(
+            Code::UnpinnedArtifact,
+            at,
+            format!("`{raw}` does not pin a sha256 digest, so the model it serves can change under the same manifest"),
+        )
+        .hint = Some(
+            "upload with `crossfade artifact push` and use the URI it prints (a path segment sha256-<64 hex>)".into(),
+        );
+    }
+    Some(StorageUri {
+        raw,
+        scheme,
+        digest,
+    })
+}
