@@ -1,0 +1,108 @@
+//! Project automation: `cargo xtask test` runs everything CI runs.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Crates that must stay free of IO stacks: no async runtime, no HTTP, no git.
+const PURE_CRATES: &[&str] = &["manifest"];
+const FORBIDDEN_IN_PURE: &[&str] = &[
+    "tokio",
+    "hyper",
+    "reqwest",
+    "axum",
+    "gix",
+    "git2",
+    "tract-onnx",
+    "mio",
+];
+/// Forbidden anywhere: one rustls provider (ring), no C TLS stacks.
+const FORBIDDEN_ANYWHERE: &[&str] = &["aws-lc-rs", "aws-lc-sys", "openssl-sys"];
+
+fn main() -> anyhow::Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "test" => test(),
+        "invariants" => invariants(),
+        _ => {
+            eprintln!("usage: cargo xtask <test|invariants>");
+            eprintln!("  test        fmt check, clippy, every test, dependency invariants");
+            eprintln!("  invariants  only the dependency invariants");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn test() -> anyhow::Result<()> {
+    run("cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    run("cargo", &["test", "--workspace", "--all-targets"])?;
+    run("cargo", &["test", "--workspace", "--doc"])?;
+    invariants()?;
+    eprintln!("xtask: all checks passed");
+    Ok(())
+}
+
+fn invariants() -> anyhow::Result<()> {
+    for krate in PURE_CRATES {
+        let deps = tree(&["-p", krate, "-e", "normal"])?;
+        for bad in FORBIDDEN_IN_PURE {
+            if deps.iter().any(|d| d == bad) {
+                bail!(
+                    "invariant broken: `{krate}` depends on `{bad}` (it must do no IO of its own)"
+                );
+            }
+        }
+    }
+    let all = tree(&["--workspace", "-e", "normal,build"])?;
+    for bad in FORBIDDEN_ANYWHERE {
+        if all.iter().any(|d| d == bad) {
+            bail!("invariant broken: the workspace depends on `{bad}`");
+        }
+    }
+    eprintln!("xtask: dependency invariants hold");
+    Ok(())
+}
+
+/// Names of every package in `cargo tree` for the given arguments.
+fn tree(args: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut full = vec!["tree", "--prefix", "none", "--format", "{p}"];
+    full.extend(args);
+    let out = Command::new("cargo")
+        .args(&full)
+        .output()
+        .context("running cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect())
+}
+
+fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    eprintln!("xtask: {cmd} {}", args.join(" "));
+    let status = Command::new(cmd)
+        .args(args)
+        .status()
+        .with_context(|| format!("starting {cmd}"))?;
+    if !status.success() {
+        bail!("`{cmd} {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
