@@ -49,6 +49,8 @@ fn test() -> anyhow::Result<()> {
     run("cargo", &["test", "--workspace", "--all-targets"])?;
     run("cargo", &["test", "--workspace", "--doc"])?;
     invariants()?;
+    // The README's first command, exactly as a new user types it.
+    run("cargo", &["run", "--quiet", "--", "lint", "examples/iris"])?;
     eprintln!("xtask: all checks passed");
     Ok(())
 }

@@ -83,21 +83,26 @@ fn print_text(out: &mut dyn WriteColor, sources: &Sources, parsed: &Parsed) -> a
     let used = parsed.resources.iter().filter(|r| r.used).count();
     if !parsed.resources.is_empty() {
         writeln!(out, "resources:")?;
-        let width = parsed
+        let ids: Vec<String> = parsed
+            .resources
+            .iter()
+            .map(|r| match &r.namespace {
+                Some(ns) => format!("{ns}/{}", r.name),
+                None => r.name.clone(),
+            })
+            .collect();
+        let kind_width = parsed
             .resources
             .iter()
             .map(|r| r.kind.len())
             .max()
             .unwrap_or(0);
-        for r in &parsed.resources {
-            let id = match &r.namespace {
-                Some(ns) => format!("{ns}/{}", r.name),
-                None => r.name.clone(),
-            };
+        let id_width = ids.iter().map(String::len).max().unwrap_or(0);
+        for (r, id) in parsed.resources.iter().zip(&ids) {
             let skipped = if r.used { "" } else { "  (skipped)" };
             writeln!(
                 out,
-                "  {:width$}  {id}  {}:{}{skipped}",
+                "  {:kind_width$}  {id:id_width$}  {}:{}{skipped}",
                 r.kind,
                 sources.get(r.file).name,
                 r.line

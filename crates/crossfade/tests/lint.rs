@@ -33,7 +33,10 @@ fn bundled_example_is_clean() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("0 error(s), 0 warning(s)"), "{stdout}");
-    assert!(stdout.contains("InferenceService  models/iris"), "{stdout}");
+    assert!(
+        stdout.contains("InferenceService  models/iris "),
+        "{stdout}"
+    );
 }
 
 #[test]
