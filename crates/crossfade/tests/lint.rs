@@ -199,3 +199,18 @@ fn unreadable_file_is_reported_and_others_still_checked() {
     assert_eq!(v["diagnostics"][0]["file"], "binary.yaml");
     assert_eq!(v["resources"][0]["file"], "nested/app.yml");
 }
+
+#[test]
+fn symlink_cycles_and_repeated_paths_read_each_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("app.yaml");
+    std::fs::write(
+        &app,
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: app}\nspec: {source: {repoURL: /srv/git/m}}\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("loop")).unwrap();
+    let (code, v) = json(&[dir.path().to_str().unwrap(), app.to_str().unwrap()]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["resources"].as_array().unwrap().len(), 1, "{v:#}");
+}

@@ -362,7 +362,7 @@ fn decode_document(
             }
         }
         Kind::InferenceService => {
-            if let Some(v) = kinds::inference_service(&mut doc, meta, &spec) {
+            if let Some(v) = kinds::inference_service(&mut doc, &m, meta, &spec) {
                 out.inference_services.push(Located { value: v, origin });
             }
         }

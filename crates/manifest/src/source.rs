@@ -1,5 +1,6 @@
 //! Source files, positions and the directory walk: the only IO this crate does.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use crate::Error;
@@ -134,24 +135,33 @@ impl Sources {
     ///
     /// A root that does not exist is an [`Error`]; a file that cannot be read or is not UTF-8 is
     /// kept with its reason and reported as a diagnostic by [`crate::parse`].
+    ///
+    /// A file reached twice (named directly and inside a directory, or through a symlink) is
+    /// read once; a symlink cycle is not followed around.
     pub fn read(roots: &[PathBuf]) -> Result<Self, Error> {
         let mut sources = Self::new();
+        let mut seen = HashSet::new();
         for root in roots {
-            let meta = std::fs::metadata(root).map_err(|source| Error::Root {
+            let root_error = |source| Error::Root {
                 path: root.clone(),
                 source,
-            })?;
+            };
+            let meta = std::fs::metadata(root).map_err(root_error)?;
             if meta.is_file() {
-                sources.push(read_file(root, root.display().to_string()));
+                if seen.insert(std::fs::canonicalize(root).map_err(root_error)?) {
+                    sources.push(read_file(root, root.display().to_string()));
+                }
                 continue;
             }
             let mut found = Vec::new();
-            walk(root, &mut found).map_err(|source| Error::Root {
-                path: root.clone(),
-                source,
-            })?;
+            let mut dirs = HashSet::new();
+            walk(root, &mut dirs, &mut found).map_err(root_error)?;
             found.sort();
             for path in found {
+                let canonical = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+                if !seen.insert(canonical) {
+                    continue;
+                }
                 let name = path
                     .strip_prefix(root)
                     .unwrap_or(&path)
@@ -164,20 +174,28 @@ impl Sources {
     }
 }
 
-fn walk(dir: &Path, found: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// Collects manifest files under `dir`, following symlinks (as a Git checkout would) but
+/// entering each real directory once. Directories whose name starts with `.` are skipped.
+fn walk(
+    dir: &Path,
+    visited: &mut HashSet<PathBuf>,
+    found: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    if !visited.insert(std::fs::canonicalize(dir)?) {
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        // Follows symlinks, like `git` checkouts and Argo CD do.
-        let meta = std::fs::metadata(&path);
-        match meta {
-            Ok(m) if m.is_dir() && !name.starts_with('.') => {
-                walk(&path, found)?;
+        let is_dir = std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
+        if is_dir {
+            if !name.starts_with('.') {
+                walk(&path, visited, found)?;
             }
-            _ if name.ends_with(".yaml") || name.ends_with(".yml") => found.push(path),
-            _ => {}
+        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+            found.push(path);
         }
     }
     Ok(())

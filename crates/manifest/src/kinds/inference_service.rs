@@ -1,9 +1,10 @@
 //! KServe `InferenceService`, in the `model` form and the older per-framework form.
 
-use crate::decode::{At, Cx, Fields};
+use crate::decode::{At, Cx, Fields, Map};
 use crate::diag::Code;
 use crate::types::*;
 use crate::validate::{FormatUse, NamedSpan, RefTarget};
+use crate::yaml::Resolved;
 
 use super::{CONTAINER_TOLERATED, Doc, PROTOCOLS, doc_ref};
 
@@ -67,24 +68,11 @@ const FRAMEWORKS: &[(&str, &str)] = &[
 
 pub(crate) fn inference_service(
     doc: &mut Doc<'_, '_>,
+    root: &Map<'_>,
     meta: Meta,
     spec: &At<'_>,
 ) -> Option<InferenceService> {
-    let tag_routing = match meta.annotations.get("serving.kserve.io/enable-tag-routing") {
-        None => false,
-        Some(v) if v == "true" => true,
-        Some(v) if v == "false" => false,
-        Some(v) => {
-            doc.cx
-                .error(
-                    Code::InvalidValue,
-                    spec,
-                    format!("annotation serving.kserve.io/enable-tag-routing must be \"true\" or \"false\", not {v:?}"),
-                )
-                .field = "metadata.annotations.serving.kserve.io/enable-tag-routing".into();
-            false
-        }
-    };
+    let tag_routing = tag_routing(&mut doc.cx, root);
     let cx = &mut doc.cx;
     let spec = cx.map(
         spec,
@@ -378,4 +366,33 @@ pub(crate) fn storage_uri(
         scheme,
         digest,
     })
+}
+
+const TAG_ROUTING: &str = "serving.kserve.io/enable-tag-routing";
+
+/// The annotation `serving.kserve.io/enable-tag-routing`: `"true"` or `"false"`.
+fn tag_routing(cx: &mut Cx<'_>, root: &Map<'_>) -> bool {
+    let Some(at) = root
+        .get("metadata")
+        .map(|m| cx.map_any(&m))
+        .and_then(|m| m.get("annotations"))
+        .map(|a| cx.map_any(&a))
+        .and_then(|a| a.get(TAG_ROUTING))
+    else {
+        return false;
+    };
+    match at.node.resolve() {
+        Some(Resolved::Str("true")) => true,
+        Some(Resolved::Str("false")) => false,
+        // A non-string value is already reported by the annotations check.
+        Some(Resolved::Str(other)) => {
+            cx.error(
+                Code::InvalidValue,
+                &at,
+                format!("{TAG_ROUTING} must be \"true\" or \"false\", not {other:?}"),
+            );
+            false
+        }
+        _ => false,
+    }
 }
