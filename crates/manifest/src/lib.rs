@@ -236,28 +236,6 @@ fn decode_document(
     let kind = Kind::ALL.into_iter().find(|k| {
         k.as_str() == kind_name && k.api_version().split_once('/').map(|(g, _)| g) == Some(group)
     });
-    let name_of = |m: &decode::Map<'_>| -> Option<String> {
-        let meta = m.get("metadata")?;
-        let yaml::NodeKind::Map(entries) = &meta.node.kind else {
-            return None;
-        };
-        entries
-            .iter()
-            .find(|(k, _)| k.scalar_text() == Some("name"))
-            .and_then(|(_, v)| v.scalar_text())
-            .map(str::to_owned)
-    };
-    let namespace_of = |m: &decode::Map<'_>| -> Option<String> {
-        let meta = m.get("metadata")?;
-        let yaml::NodeKind::Map(entries) = &meta.node.kind else {
-            return None;
-        };
-        entries
-            .iter()
-            .find(|(k, _)| k.scalar_text() == Some("namespace"))
-            .and_then(|(_, v)| v.scalar_text())
-            .map(str::to_owned)
-    };
     let origin = Origin {
         file,
         line: root.span.line,
@@ -269,15 +247,10 @@ fn decode_document(
             &kind_at,
             format!("kind {kind_name} ({api_version}) is not used by crossfade; skipped"),
         );
-        parsed.resources.push(ResourceRef {
-            api_version: api_version.clone(),
-            kind: kind_name,
-            namespace: namespace_of(&m),
-            name: name_of(&m).unwrap_or_default(),
-            file,
-            line: origin.line,
-            used: false,
-        });
+        let namespace = metadata_text(&m, "namespace");
+        parsed
+            .resources
+            .push(skipped(api_version, kind_name, namespace, &m, origin));
         return;
     };
     if version != kind.api_version().split_once('/').map_or("", |(_, v)| v) {
@@ -311,15 +284,10 @@ fn decode_document(
                 &kind_at,
                 format!("Rollout is not used by crossfade because {why}; skipped"),
             );
-            parsed.resources.push(ResourceRef {
-                api_version,
-                kind: kind_name,
-                namespace: namespace_of(&m).or(Some("default".into())),
-                name: name_of(&m).unwrap_or_default(),
-                file,
-                line: origin.line,
-                used: false,
-            });
+            let namespace = metadata_text(&m, "namespace").or(Some("default".into()));
+            parsed
+                .resources
+                .push(skipped(api_version, kind_name, namespace, &m, origin));
             return;
         }
     }
@@ -383,6 +351,38 @@ fn decode_document(
                 out.analysis_templates.push(Located { value: v, origin });
             }
         }
+    }
+}
+
+/// `metadata.<key>` as written, unchecked: enough to list a resource crossfade skips.
+fn metadata_text(m: &decode::Map<'_>, key: &str) -> Option<String> {
+    let meta = m.get("metadata")?;
+    let yaml::NodeKind::Map(entries) = &meta.node.kind else {
+        return None;
+    };
+    entries
+        .iter()
+        .find(|(k, _)| k.scalar_text() == Some(key))
+        .and_then(|(_, v)| v.scalar_text())
+        .map(str::to_owned)
+}
+
+/// The listing of a resource crossfade does not act on.
+fn skipped(
+    api_version: String,
+    kind: String,
+    namespace: Option<String>,
+    m: &decode::Map<'_>,
+    origin: Origin,
+) -> ResourceRef {
+    ResourceRef {
+        api_version,
+        kind,
+        namespace,
+        name: metadata_text(m, "name").unwrap_or_default(),
+        file: origin.file,
+        line: origin.line,
+        used: false,
     }
 }
 
