@@ -92,6 +92,27 @@ impl<'n> Map<'n> {
         self.get(key).is_some()
     }
 
+    /// The one field of a union (`exact|prefix|regex`) that is present, even when null.
+    /// Reports `none` when there is none and `several` at the second when there are more.
+    pub fn exactly_one(
+        &self,
+        cx: &mut Cx<'_>,
+        keys: &[&'static str],
+        none: &str,
+        several: &str,
+    ) -> Option<(&'static str, At<'n>)> {
+        let mut present = keys.iter().filter_map(|k| self.get_raw(k).map(|a| (*k, a)));
+        let first = present.next();
+        if let Some((_, second)) = present.next() {
+            cx.error(Code::InvalidValue, &second, several);
+            return None;
+        }
+        if first.is_none() {
+            cx.error(Code::MissingField, &self.at, none);
+        }
+        first
+    }
+
     /// The field `key`; reports `missing-field` when it is absent or null.
     pub fn req(&self, cx: &mut Cx<'_>, key: &str) -> Option<At<'n>> {
         let got = self.get(key);

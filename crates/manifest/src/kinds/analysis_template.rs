@@ -12,22 +12,6 @@ use super::{Doc, one_line};
 
 // === Argo Rollouts AnalysisTemplate / ClusterAnalysisTemplate ===
 
-const PROVIDER_KEYS: &[&str] = &[
-    "prometheus",
-    "web",
-    "crossfade",
-    "job",
-    "datadog",
-    "newRelic",
-    "wavefront",
-    "kayenta",
-    "cloudWatch",
-    "graphite",
-    "influxdb",
-    "skywalking",
-    "plugin",
-];
-
 const UNSUPPORTED_PROVIDERS: &[&str] = &[
     "job",
     "datadog",
@@ -184,12 +168,11 @@ fn metric(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) -> Option<Metric> 
 }
 
 fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
-    let known = PROVIDER_KEYS;
     let m = cx.map(
         at,
         &Fields {
-            known,
-            tolerated: &[],
+            known: &["prometheus", "web", "crossfade"],
+            tolerated: UNSUPPORTED_PROVIDERS,
         },
     )?;
     for key in UNSUPPORTED_PROVIDERS {
@@ -203,29 +186,12 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
             return None;
         }
     }
-    let given: Vec<_> = ["prometheus", "web", "crossfade"]
-        .iter()
-        .filter_map(|k| m.get_raw(k).map(|a| (*k, a)))
-        .collect();
-    let (kind, a) = match given.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            cx.error(
-                Code::MissingField,
-                at,
-                "a provider needs one of `prometheus`, `web` or `crossfade`",
-            );
-            return None;
-        }
-        [_, (_, second), ..] => {
-            cx.error(
-                Code::InvalidValue,
-                second,
-                "a metric has exactly one provider",
-            );
-            return None;
-        }
-    };
+    let (kind, a) = m.exactly_one(
+        cx,
+        &["prometheus", "web", "crossfade"],
+        "a provider needs one of `prometheus`, `web` or `crossfade`",
+        "a metric has exactly one provider",
+    )?;
     match kind {
         "prometheus" => {
             let p = cx.map(

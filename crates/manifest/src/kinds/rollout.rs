@@ -187,25 +187,14 @@ const STEP_KINDS: &[&str] = &[
     "setMirrorRoute",
 ];
 const UNSUPPORTED_STEPS: &[&str] = &["experiment", "setCanaryScale", "plugin"];
-const ALL_STEP_KEYS: &[&str] = &[
-    "setWeight",
-    "pause",
-    "analysis",
-    "setHeaderRoute",
-    "setMirrorRoute",
-    "experiment",
-    "setCanaryScale",
-    "plugin",
-];
 
 fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
-    let known = ALL_STEP_KEYS;
     let cx = &mut doc.cx;
     let m = cx.map(
         at,
         &Fields {
-            known,
-            tolerated: &[],
+            known: STEP_KINDS,
+            tolerated: UNSUPPORTED_STEPS,
         },
     )?;
     for key in UNSUPPORTED_STEPS {
@@ -218,28 +207,13 @@ fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
             return None;
         }
     }
-    let present: Vec<_> = STEP_KINDS.iter().filter_map(|k| m.get_raw(k)).collect();
-    let a = match present.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            cx.error(
-                Code::MissingField,
-                at,
-                "a step needs one of setWeight, pause, analysis, setHeaderRoute, setMirrorRoute",
-            );
-            return None;
-        }
-        [_, second, ..] => {
-            cx.error(
-                Code::InvalidValue,
-                second,
-                "a step does exactly one thing: split this into separate steps",
-            );
-            return None;
-        }
-    };
-    let kind = a.path.rsplit('.').next().unwrap_or_default().to_owned();
-    match kind.as_str() {
+    let (kind, a) = m.exactly_one(
+        cx,
+        STEP_KINDS,
+        "a step needs one of setWeight, pause, analysis, setHeaderRoute, setMirrorRoute",
+        "a step does exactly one thing: split this into separate steps",
+    )?;
+    match kind {
         "setWeight" => cx.percent(&a).map(Step::SetWeight),
         "pause" => {
             if a.node.is_null() {
@@ -370,29 +344,12 @@ fn string_match(cx: &mut Cx<'_>, at: &At<'_>) -> Option<StringMatch> {
             tolerated: &[],
         },
     )?;
-    let given: Vec<_> = ["exact", "prefix", "regex"]
-        .iter()
-        .filter_map(|k| m.get_raw(k).map(|a| (*k, a)))
-        .collect();
-    let (kind, a) = match given.as_slice() {
-        [one] => one.clone(),
-        [] => {
-            cx.error(
-                Code::MissingField,
-                at,
-                "give one of `exact`, `prefix` or `regex`",
-            );
-            return None;
-        }
-        [_, (_, second), ..] => {
-            cx.error(
-                Code::InvalidValue,
-                second,
-                "give only one of `exact`, `prefix` or `regex`",
-            );
-            return None;
-        }
-    };
+    let (kind, a) = m.exactly_one(
+        cx,
+        &["exact", "prefix", "regex"],
+        "give one of `exact`, `prefix` or `regex`",
+        "give only one of `exact`, `prefix` or `regex`",
+    )?;
     let value = cx.string(&a)?;
     match kind {
         "exact" => Some(StringMatch::Exact(value)),
