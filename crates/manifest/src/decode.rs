@@ -258,6 +258,18 @@ impl Cx<'_> {
         out
     }
 
+    /// The mappings in an optional list field (absent: none). Items that are not mappings are
+    /// reported and left out.
+    pub fn maps_in<'n>(&mut self, list: Option<At<'n>>, fields: &Fields) -> Vec<Map<'n>> {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        self.seq(&list)
+            .iter()
+            .filter_map(|item| self.map(item, fields))
+            .collect()
+    }
+
     /// The items of a list.
     pub fn seq<'n>(&mut self, at: &At<'n>) -> Vec<At<'n>> {
         let NodeKind::Seq(items) = &at.node.kind else {

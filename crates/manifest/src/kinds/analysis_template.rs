@@ -40,52 +40,42 @@ pub(crate) fn analysis_template(
         },
     )?;
     let mut args = Vec::new();
-    if let Some(a) = spec.get("args") {
-        for item in cx.seq(&a) {
-            let Some(m) = cx.map(
-                &item,
-                &Fields {
-                    known: &["name", "value", "valueFrom"],
-                    tolerated: &[],
-                },
-            ) else {
-                continue;
-            };
-            let Some(name) = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a)) else {
-                continue;
-            };
-            let value = m.get("value").and_then(|a| cx.string(&a));
-            let value_from = m.has("valueFrom");
-            args.push(TemplateArg {
-                name,
-                value,
-                value_from,
-            });
-        }
+    for m in cx.maps_in(
+        spec.get("args"),
+        &Fields {
+            known: &["name", "value", "valueFrom"],
+            tolerated: &[],
+        },
+    ) {
+        let Some(name) = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a)) else {
+            continue;
+        };
+        let value = m.get("value").and_then(|a| cx.string(&a));
+        let value_from = m.has("valueFrom");
+        args.push(TemplateArg {
+            name,
+            value,
+            value_from,
+        });
     }
     let mut dry_run_patterns = Vec::new();
-    if let Some(d) = spec.get("dryRun") {
-        for item in cx.seq(&d) {
-            let Some(m) = cx.map(
-                &item,
-                &Fields {
-                    known: &["metricName"],
-                    tolerated: &[],
-                },
-            ) else {
-                continue;
-            };
-            if let Some(name) = m.req(cx, "metricName").and_then(|a| cx.nonempty_string(&a)) {
-                match regex::Regex::new(&format!("^(?:{name})$")) {
-                    Ok(re) => dry_run_patterns.push(re),
-                    Err(e) => {
-                        let at = m.get("metricName").expect("just read");
-                        cx.error(
-                            Code::InvalidValue,
-                            &at,
-                            format!("invalid metric name pattern: {}", one_line(&e.to_string())),
-                        );
-                    }
+    for m in cx.maps_in(
+        spec.get("dryRun"),
+        &Fields {
+            known: &["metricName"],
+            tolerated: &[],
+        },
+    ) {
+        if let Some(name) = m.req(cx, "metricName").and_then(|a| cx.nonempty_string(&a)) {
+            match regex::Regex::new(&format!("^(?:{name})$")) {
+                Ok(re) => dry_run_patterns.push(re),
+                Err(e) => {
+                    let at = m.get("metricName").expect("just read");
+                    cx.error(
+                        Code::InvalidValue,
+                        &at,
+                        format!("invalid metric name pattern: {}", one_line(&e.to_string())),
+                    );
                 }
             }
         }
@@ -250,22 +240,17 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                 None => Some(HttpMethod::Get),
             };
             let mut headers = Vec::new();
-            if let Some(h) = w.get("headers") {
-                for item in cx.seq(&h) {
-                    let Some(hm) = cx.map(
-                        &item,
-                        &Fields {
-                            known: &["key", "value"],
-                            tolerated: &[],
-                        },
-                    ) else {
-                        continue;
-                    };
-                    let key = hm.req(cx, "key").and_then(|a| cx.nonempty_string(&a));
-                    let value = hm.req(cx, "value").and_then(|a| cx.string(&a));
-                    if let (Some(k), Some(v)) = (key, value) {
-                        headers.push((k, v));
-                    }
+            for hm in cx.maps_in(
+                w.get("headers"),
+                &Fields {
+                    known: &["key", "value"],
+                    tolerated: &[],
+                },
+            ) {
+                let key = hm.req(cx, "key").and_then(|a| cx.nonempty_string(&a));
+                let value = hm.req(cx, "value").and_then(|a| cx.string(&a));
+                if let (Some(k), Some(v)) = (key, value) {
+                    headers.push((k, v));
                 }
             }
             let body = match (w.get("body"), w.get("jsonBody")) {

@@ -251,24 +251,19 @@ fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
             )?;
             let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
             let mut matches = Vec::new();
-            if let Some(list) = m.get("match") {
-                for item in cx.seq(&list) {
-                    let Some(hm) = cx.map(
-                        &item,
-                        &Fields {
-                            known: &["headerName", "headerValue"],
-                            tolerated: &[],
-                        },
-                    ) else {
-                        continue;
-                    };
-                    let header_name = hm
-                        .req(cx, "headerName")
-                        .and_then(|a| cx.nonempty_string(&a));
-                    let value = hm.req(cx, "headerValue").and_then(|a| string_match(cx, &a));
-                    if let (Some(header_name), Some(value)) = (header_name, value) {
-                        matches.push(HeaderMatch { header_name, value });
-                    }
+            for hm in cx.maps_in(
+                m.get("match"),
+                &Fields {
+                    known: &["headerName", "headerValue"],
+                    tolerated: &[],
+                },
+            ) {
+                let header_name = hm
+                    .req(cx, "headerName")
+                    .and_then(|a| cx.nonempty_string(&a));
+                let value = hm.req(cx, "headerValue").and_then(|a| string_match(cx, &a));
+                if let (Some(header_name), Some(value)) = (header_name, value) {
+                    matches.push(HeaderMatch { header_name, value });
                 }
             }
             Some(Step::SetHeaderRoute(HeaderRoute {
@@ -287,41 +282,36 @@ fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
             let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
             let percentage = m.get("percentage").and_then(|a| cx.percent(&a));
             let mut matches = Vec::new();
-            if let Some(list) = m.get("match") {
-                for item in cx.seq(&list) {
-                    let Some(rm) = cx.map(
-                        &item,
-                        &Fields {
-                            known: &["headers", "method", "path"],
-                            tolerated: &[],
-                        },
-                    ) else {
-                        continue;
-                    };
-                    for key in ["method", "path"] {
-                        if let Some(x) = rm.get(key) {
-                            cx.warning(
-                                Code::IgnoredField,
-                                &x,
-                                format!("mirror matching on `{key}` is not supported: every inference request is a POST to the model's route"),
-                            );
-                        }
+            for rm in cx.maps_in(
+                m.get("match"),
+                &Fields {
+                    known: &["headers", "method", "path"],
+                    tolerated: &[],
+                },
+            ) {
+                for key in ["method", "path"] {
+                    if let Some(x) = rm.get(key) {
+                        cx.warning(
+                            Code::IgnoredField,
+                            &x,
+                            format!("mirror matching on `{key}` is not supported: every inference request is a POST to the model's route"),
+                        );
                     }
-                    if let Some(h) = rm.get("headers")
-                        && let NodeKind::Map(entries) = &h.node.kind
-                    {
-                        for (k, v) in entries {
-                            let vat = At {
-                                node: v,
-                                path: format!("{}.{}", h.path, k.scalar_text().unwrap_or_default()),
-                                key_span: Some(k.span),
-                            };
-                            if let Some(value) = string_match(cx, &vat) {
-                                matches.push(HeaderMatch {
-                                    header_name: k.scalar_text().unwrap_or_default().to_owned(),
-                                    value,
-                                });
-                            }
+                }
+                if let Some(h) = rm.get("headers")
+                    && let NodeKind::Map(entries) = &h.node.kind
+                {
+                    for (k, v) in entries {
+                        let vat = At {
+                            node: v,
+                            path: format!("{}.{}", h.path, k.scalar_text().unwrap_or_default()),
+                            key_span: Some(k.span),
+                        };
+                        if let Some(value) = string_match(cx, &vat) {
+                            matches.push(HeaderMatch {
+                                header_name: k.scalar_text().unwrap_or_default().to_owned(),
+                                value,
+                            });
                         }
                     }
                 }

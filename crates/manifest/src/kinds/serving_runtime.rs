@@ -129,33 +129,28 @@ pub(crate) fn serving_runtime(
         d.hint = Some("give the server's command line in `command` (and `args`)".into());
     }
     let mut env = Vec::new();
-    if let Some(env_at) = c.get("env") {
-        for e in cx.seq(&env_at) {
-            let Some(m) = cx.map(
-                &e,
-                &Fields {
-                    known: &["name", "value", "valueFrom"],
-                    tolerated: &[],
-                },
-            ) else {
-                continue;
-            };
-            let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
-            if let Some(vf) = m.get("valueFrom") {
-                cx.warning(
-                    Code::Unsupported,
-                    &vf,
-                    "`valueFrom` is not resolved locally; the variable is not set",
-                );
-                continue;
-            }
-            let value = m
-                .get("value")
-                .and_then(|a| cx.string(&a))
-                .unwrap_or_default();
-            if let Some(name) = name {
-                env.push((name, value));
-            }
+    for m in cx.maps_in(
+        c.get("env"),
+        &Fields {
+            known: &["name", "value", "valueFrom"],
+            tolerated: &[],
+        },
+    ) {
+        let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
+        if let Some(vf) = m.get("valueFrom") {
+            cx.warning(
+                Code::Unsupported,
+                &vf,
+                "`valueFrom` is not resolved locally; the variable is not set",
+            );
+            continue;
+        }
+        let value = m
+            .get("value")
+            .and_then(|a| cx.string(&a))
+            .unwrap_or_default();
+        if let Some(name) = name {
+            env.push((name, value));
         }
     }
     Some(ServingRuntime {
