@@ -49,9 +49,8 @@ pub fn run(args: &Args) -> anyhow::Result<ExitCode> {
     match args.output {
         Output::Json => {
             let report = Report::new(&sources, &parsed);
-            let mut out = std::io::stdout().lock();
-            serde_json::to_writer_pretty(&mut out, &report).context("writing the report")?;
-            writeln!(out)?;
+            let text = serde_json::to_string_pretty(&report).context("serialising the report")?;
+            writeln!(std::io::stdout().lock(), "{text}")?;
         }
         Output::Text => {
             let choice = match args.color {

@@ -44,6 +44,11 @@ impl SourceFile {
     }
 
     fn with_text(name: String, text: Result<String, String>) -> Self {
+        // A byte-order mark is not content: editors do not count it as a column.
+        let text = text.map(|t| match t.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_owned(),
+            None => t,
+        });
         let line_starts = match &text {
             Ok(t) => std::iter::once(0)
                 .chain(t.match_indices('\n').map(|(i, _)| i + 1))
