@@ -242,6 +242,16 @@ fn decode_document(
     };
     let Some(kind) = kind else {
         let kind_at = m.get("kind").expect("read above");
+        if group == "serving.kubeflow.org" && kind_name == "InferenceService" {
+            let av = m.get("apiVersion").expect("read above");
+            cx.error(
+                Code::UnsupportedVersion,
+                &av,
+                format!("{api_version} is the KFServing API, which KServe replaced"),
+            )
+            .hint = Some("write apiVersion: serving.kserve.io/v1beta1".into());
+            return;
+        }
         cx.warning(
             Code::UnknownKind,
             &kind_at,
