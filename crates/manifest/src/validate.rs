@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::diag::{Code, Diagnostic, Related};
+use crate::diag::{Code, Diagnostic, Related, Severity};
 use crate::source::{FileId, Span};
 use crate::{Kind, Manifests};
 
@@ -13,8 +13,22 @@ pub(crate) struct Index {
     pub refs: Vec<Ref>,
     /// Every `canaryTrafficPercent` written, by InferenceService.
     pub canary_percents: Vec<NamedSpan>,
+    /// Metrics whose provider crossfade cannot run, by template.
+    pub unsupported_metrics: Vec<UnsupportedMetric>,
     /// Model formats of predictors that name no `runtime`.
     pub formats: Vec<FormatUse>,
+}
+
+/// A metric with an unsupported provider: an error when a Rollout uses its template, a warning
+/// otherwise.
+#[derive(Debug)]
+pub(crate) struct UnsupportedMetric {
+    pub cluster_scoped: bool,
+    /// Namespace of the template (ignored when cluster-scoped).
+    pub namespace: String,
+    pub template: String,
+    /// Index of the diagnostic in the list being built.
+    pub diagnostic: usize,
 }
 
 /// A field of a named resource, and where it is.
@@ -75,6 +89,27 @@ pub(crate) fn check(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagno
     check_refs(index, manifests, diags);
     check_rollout_targets(index, diags);
     check_runtimes(index, manifests, diags);
+    check_unsupported_metrics(index, diags);
+}
+
+fn check_unsupported_metrics(index: &Index, diags: &mut [Diagnostic]) {
+    for u in &index.unsupported_metrics {
+        let used = index.refs.iter().any(|r| match r.target {
+            RefTarget::AnalysisTemplate => {
+                !u.cluster_scoped && r.namespace == u.namespace && r.name == u.template
+            }
+            RefTarget::ClusterAnalysisTemplate => u.cluster_scoped && r.name == u.template,
+            _ => false,
+        });
+        if !used {
+            let d = &mut diags[u.diagnostic];
+            d.severity = Severity::Warning;
+            d.message = format!(
+                "{}; no Rollout here uses template `{}`, but one that does would fail",
+                d.message, u.template
+            );
+        }
+    }
 }
 
 fn check_duplicates(index: &Index, diags: &mut Vec<Diagnostic>) {

@@ -9,6 +9,7 @@ use crate::types::*;
 use crate::yaml::{NodeKind, Resolved};
 
 use super::{Doc, one_line};
+use crate::validate::UnsupportedMetric;
 
 // === Argo Rollouts AnalysisTemplate / ClusterAnalysisTemplate ===
 
@@ -91,9 +92,22 @@ pub(crate) fn analysis_template(
     }
     let mut metrics = Vec::new();
     for item in &items {
+        let before = doc.cx.diags.len();
         if let Some(mut m) = metric(&mut doc.cx, item, &args) {
             m.dry_run |= dry_run_patterns.iter().any(|re| re.is_match(&m.name));
             metrics.push(m);
+        }
+        // Whether an unsupported provider fails lint depends on whether a Rollout uses the
+        // template: `validate` decides.
+        for (i, d) in doc.cx.diags.iter().enumerate().skip(before) {
+            if d.code == Code::Unsupported && d.field.contains(".provider.") {
+                doc.index.unsupported_metrics.push(UnsupportedMetric {
+                    cluster_scoped,
+                    namespace: doc.namespace.clone(),
+                    template: meta.name.clone(),
+                    diagnostic: i,
+                });
+            }
         }
     }
     (metrics.len() == items.len() && !items.is_empty()).then_some(AnalysisTemplate {
