@@ -43,6 +43,11 @@ impl SourceFile {
         Self::with_text(name.into(), Ok(text.into()))
     }
 
+    /// A file that could not be read, with the reason; [`crate::parse`] reports it.
+    pub fn unreadable(name: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::with_text(name.into(), Err(reason.into()))
+    }
+
     fn with_text(name: String, text: Result<String, String>) -> Self {
         // A byte-order mark is not content: editors do not count it as a column.
         let text = text.map(|t| match t.strip_prefix('\u{feff}') {

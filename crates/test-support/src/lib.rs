@@ -1,0 +1,6 @@
+//! Fixture builders shared by the tests of several crates: real Git repositories made with the
+//! `git` command line (with really signed commits), in temporary directories.
+
+mod git;
+
+pub use git::{GitRepo, SigningKey};
