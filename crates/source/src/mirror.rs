@@ -134,13 +134,12 @@ impl Mirror {
         ];
         for candidate in &candidates {
             if let Ok(id) = repo.rev_parse_single(candidate.as_str()) {
-                let commit = id
-                    .object()
-                    .and_then(|o| Ok(o.peel_to_commit()?))
-                    .map_err(|e| Error::Resolve {
-                        revision: revision.to_owned(),
-                        message: e.to_string(),
-                    })?;
+                let fail = |e: &dyn std::fmt::Display| Error::Resolve {
+                    revision: revision.to_owned(),
+                    message: e.to_string(),
+                };
+                let object = id.object().map_err(|e| fail(&e))?;
+                let commit = object.peel_to_commit().map_err(|e| fail(&e))?;
                 return Ok(commit.id.to_string());
             }
         }
