@@ -5,11 +5,13 @@
 //! Everything here is blocking; async callers run it on a blocking thread.
 
 mod mirror;
+mod verify;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use mirror::{CommitInfo, Mirror, SignedCommit};
+pub use verify::{Rejection, Signer, TrustedKeys};
 
 /// Errors of the source crate.
 #[derive(Debug, thiserror::Error)]
@@ -26,4 +28,10 @@ pub enum Error {
     Object { id: String, message: String },
     #[error("commit {commit} has no directory `{path}`")]
     MissingPath { commit: String, path: String },
+    #[error("{file}:{line}: {message}")]
+    Keys {
+        file: String,
+        line: usize,
+        message: String,
+    },
 }
