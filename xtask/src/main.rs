@@ -33,7 +33,15 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Programs the tests drive for real, and the Debian package of each.
+const TOOLS: &[(&str, &[&str], &str)] = &[
+    ("git", &["--version"], "git"),
+    ("gpg", &["--version"], "gnupg"),
+    ("ssh-keygen", &["-?"], "openssh-client"),
+];
+
 fn test() -> anyhow::Result<()> {
+    install_tools()?;
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -53,6 +61,37 @@ fn test() -> anyhow::Result<()> {
     run("cargo", &["run", "--quiet", "--", "lint", "examples/iris"])?;
     eprintln!("xtask: all checks passed");
     Ok(())
+}
+
+/// Installs the tools the tests need when the machine lacks them.
+fn install_tools() -> anyhow::Result<()> {
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        // Present when it starts at all, whatever it says about the arguments.
+        .filter(|(cmd, args, _)| Command::new(cmd).args(*args).output().is_err())
+        .map(|(_, _, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    let apt = |args: &[&str]| -> anyhow::Result<()> {
+        if root {
+            run("apt-get", args)
+        } else {
+            let mut all = vec!["apt-get"];
+            all.extend(args);
+            run("sudo", &all)
+        }
+    };
+    apt(&["update", "-q"])?;
+    let mut args = vec!["install", "-y", "-q", "--no-install-recommends"];
+    args.extend(&missing);
+    apt(&args)
 }
 
 fn invariants() -> anyhow::Result<()> {
