@@ -6,6 +6,7 @@
 
 mod mirror;
 mod verify;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::time::Duration;
