@@ -1,0 +1,166 @@
+use serde_json::json;
+
+use super::*;
+
+fn sync(outcome: SyncOutcome, commit: &str) -> SyncRecord {
+    SyncRecord {
+        seq: 0,
+        time: 1_700_000_000_000,
+        repo: "file:///srv/git/models".into(),
+        revision: "main".into(),
+        commit: Some(commit.into()),
+        author: Some("Ada <ada@example.com>".into()),
+        commit_time: Some(1_700_000_000),
+        signer: None,
+        signer_key: None,
+        outcome,
+        message: None,
+        diagnostics: vec![],
+    }
+}
+
+#[test]
+fn schema_and_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(matches!(Store::open(dir.path()), Err(Error::Locked { .. })));
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    // A database from the future is refused.
+    let txn = store.db.begin_write().unwrap();
+    txn.open_table(META).unwrap().insert("schema", 99).unwrap();
+    txn.commit().unwrap();
+    drop(store);
+    let err = Store::open(dir.path()).err().unwrap();
+    assert!(matches!(err, Error::Schema { found: 99, .. }), "{err}");
+}
+
+#[test]
+fn sync_history_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store
+                .record_sync(sync(SyncOutcome::Applied, "a"))
+                .unwrap()
+                .seq,
+            1
+        );
+        assert_eq!(
+            store
+                .record_sync(sync(SyncOutcome::Invalid, "b"))
+                .unwrap()
+                .seq,
+            2
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store
+            .record_sync(sync(SyncOutcome::Untrusted, "c"))
+            .unwrap()
+            .seq,
+        3
+    );
+    let all = store.syncs(10).unwrap();
+    let commits: Vec<_> = all.iter().map(|s| s.commit.clone().unwrap()).collect();
+    assert_eq!(commits, ["c", "b", "a"]);
+    assert_eq!(all[1].outcome, SyncOutcome::Invalid);
+    assert_eq!(store.syncs(1).unwrap().len(), 1);
+}
+
+#[test]
+fn revisions_are_numbered_per_service_and_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let r1 = store
+            .revision_for("default", "iris", "h1", "file:///1", 10)
+            .unwrap();
+        assert_eq!((r1.name.as_str(), r1.number), ("iris-predictor-00001", 1));
+        assert_eq!(r1.state, RevisionState::Pending);
+        let r2 = store
+            .revision_for("default", "iris", "h2", "file:///2", 20)
+            .unwrap();
+        assert_eq!(r2.name, "iris-predictor-00002");
+        // The same spec again is the same revision.
+        assert_eq!(
+            store
+                .revision_for("default", "iris", "h1", "file:///1", 30)
+                .unwrap(),
+            r1
+        );
+        // Other services and namespaces count on their own.
+        let other = store
+            .revision_for("default", "iris-v2", "h1", "file:///1", 40)
+            .unwrap();
+        assert_eq!(other.name, "iris-v2-predictor-00001");
+        let staged = store
+            .revision_for("staging", "iris", "h9", "file:///9", 40)
+            .unwrap();
+        assert_eq!(staged.name, "iris-predictor-00001");
+        let mut ready = r2.clone();
+        ready.state = RevisionState::Ready;
+        ready.digest = Some("abc".into());
+        store.update_revision(&ready).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let all = store.revisions("default", "iris").unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].state, RevisionState::Ready);
+    assert_eq!(all[1].digest.as_deref(), Some("abc"));
+    let r3 = store
+        .revision_for("default", "iris", "h3", "file:///3", 50)
+        .unwrap();
+    assert_eq!(r3.name, "iris-predictor-00003");
+}
+
+#[test]
+fn audit_chain_detects_edits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.verify_audit().unwrap(), Ok(0));
+    let first = store
+        .audit(
+            1,
+            "git:abc",
+            "sync",
+            "default/iris",
+            json!({"commit": "abc"}),
+        )
+        .unwrap();
+    assert_eq!(first.prev, GENESIS);
+    let second = store
+        .audit(2, "api:admin", "promote", "default/iris", json!({}))
+        .unwrap();
+    assert_eq!(second.prev, first.hash);
+    store
+        .audit(
+            3,
+            "controller",
+            "set-traffic",
+            "default/iris",
+            json!({"canary": 10}),
+        )
+        .unwrap();
+    assert_eq!(store.verify_audit().unwrap(), Ok(3));
+
+    // Someone edits the second entry's detail.
+    let mut edited = second.clone();
+    edited.detail = json!({"forced": true});
+    store.overwrite_audit_entry(&edited).unwrap();
+    let broken = store.verify_audit().unwrap().unwrap_err();
+    assert_eq!(broken.seq, 2);
+    assert!(broken.reason.contains("edited"), "{broken}");
+
+    // ... and recomputes its hash: now the third entry no longer points at it.
+    edited.hash = entry_hash(&edited);
+    store.overwrite_audit_entry(&edited).unwrap();
+    let broken = store.verify_audit().unwrap().unwrap_err();
+    assert_eq!(broken.seq, 3);
+
+    store.overwrite_audit_entry(&second).unwrap();
+    assert_eq!(store.verify_audit().unwrap(), Ok(3));
+    assert_eq!(store.audit_log().unwrap().len(), 3);
+}
