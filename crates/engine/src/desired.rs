@@ -1,0 +1,100 @@
+//! The desired state of a commit: each InferenceService's predictor, its revision identity, and
+//! the strategy that moves traffic to it.
+
+use std::fmt;
+
+use manifest::{Manifests, ModelSpec, Percent, ProtocolVersion};
+use sha2::{Digest, Sha256};
+
+/// A service, by namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceId {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceId {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One InferenceService as a commit declares it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredService {
+    pub id: ServiceId,
+    pub model: ModelSpec,
+    /// Identity of the predictor spec: the same hash is the same revision.
+    pub spec_hash: String,
+    /// KServe's `canaryTrafficPercent` (ignored when a Rollout drives the service).
+    pub canary_traffic_percent: Option<Percent>,
+    pub tag_routing: bool,
+    /// The Rollout that drives the service, if any.
+    pub rollout: Option<String>,
+}
+
+/// The desired services of a set of manifests, sorted by id. Call it only on manifests
+/// without errors: a commit with errors is not applied at all.
+pub fn desired_state(manifests: &Manifests) -> Vec<DesiredService> {
+    let mut out: Vec<DesiredService> = manifests
+        .inference_services
+        .iter()
+        .map(|isvc| {
+            let isvc = &isvc.value;
+            let id = ServiceId::new(isvc.meta.namespace_or_default(), &isvc.meta.name);
+            let rollout = manifests
+                .rollouts
+                .iter()
+                .find(|r| {
+                    r.value.workload == id.name
+                        && r.value.meta.namespace_or_default() == id.namespace
+                })
+                .map(|r| r.value.meta.name.clone());
+            DesiredService {
+                spec_hash: spec_hash(&isvc.predictor.model),
+                model: isvc.predictor.model.clone(),
+                canary_traffic_percent: isvc.predictor.canary_traffic_percent,
+                tag_routing: isvc.tag_routing,
+                rollout,
+                id,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
+/// sha256 over the fields of a predictor that change what is served: model format and version,
+/// artifact URI, runtime and protocol. How the manifest spells it (`model` or `onnx`) and
+/// traffic settings do not count.
+pub fn spec_hash(model: &ModelSpec) -> String {
+    let protocol = match model.protocol_version {
+        None => "",
+        Some(ProtocolVersion::V1) => "v1",
+        Some(ProtocolVersion::V2) => "v2",
+        Some(ProtocolVersion::GrpcV2) => "grpc-v2",
+    };
+    let fields = [
+        model.format.name.as_str(),
+        model.format.version.as_deref().unwrap_or(""),
+        model.storage_uri.raw.as_str(),
+        model.runtime.as_deref().unwrap_or(""),
+        protocol,
+    ];
+    let mut h = Sha256::new();
+    for f in fields {
+        // Length-prefixed, so that no two field lists hash alike.
+        h.update((f.len() as u64).to_le_bytes());
+        h.update(f.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
