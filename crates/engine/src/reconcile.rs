@@ -132,7 +132,7 @@ pub fn reconcile(desired: &[DesiredService], live: &Live, policy: SyncPolicy) ->
         let have = live.services.get(&want.id).unwrap_or(&empty);
         reconcile_service(want, have, policy, &mut decision);
     }
-    for (id, _) in &live.services {
+    for id in live.services.keys() {
         if desired.iter().any(|d| &d.id == id) {
             continue;
         }
