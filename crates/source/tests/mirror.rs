@@ -132,3 +132,33 @@ fn an_unreachable_remote_is_an_error() {
         Mirror::open(&format!("file://{}", gone.display()), &dir.path().join("m")).unwrap();
     assert!(matches!(mirror.fetch(TIMEOUT), Err(Error::Fetch { .. })));
 }
+
+#[test]
+fn smart_http_server() {
+    let upstream = GitRepo::new();
+    upstream.write("deploy/iris.yaml", &isvc("iris", "file:///1.onnx"));
+    let first = upstream.commit("first");
+    upstream.tag("v1");
+    let served = tempfile::tempdir().unwrap();
+    let bare = test_support::bare_clone(upstream.path(), served.path(), "models.git");
+    let server = test_support::GitHttpServer::start(served.path());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::open(&server.url("models.git"), &dir.path().join("m")).unwrap();
+    mirror.fetch(TIMEOUT).unwrap();
+    assert_eq!(mirror.resolve("HEAD").unwrap(), first);
+    assert_eq!(mirror.resolve("v1").unwrap(), first);
+    let sources = mirror.read_manifests(&first, "deploy").unwrap();
+    assert_eq!(names(&sources), ["iris.yaml"]);
+
+    // A push while the mirror exists: the next fetch is incremental.
+    upstream.write("deploy/iris.yaml", &isvc("iris", "file:///2.onnx"));
+    let second = upstream.commit("second");
+    upstream.push_to(&bare);
+    mirror.fetch(TIMEOUT).unwrap();
+    assert_eq!(mirror.resolve("main").unwrap(), second);
+
+    // A repository the server does not have.
+    let missing = Mirror::open(&server.url("nope.git"), &dir.path().join("n")).unwrap();
+    assert!(matches!(missing.fetch(TIMEOUT), Err(Error::Fetch { .. })));
+}

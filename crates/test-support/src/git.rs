@@ -80,6 +80,19 @@ impl GitRepo {
         self.git(&["rev-parse", "HEAD"]).trim().to_owned()
     }
 
+    /// Pushes every branch and tag to the repository at `remote`, forcing rewritten ones.
+    pub fn push_to(&self, remote: &Path) {
+        let remote = remote.to_str().unwrap();
+        self.git(&[
+            "push",
+            "--quiet",
+            "--force",
+            remote,
+            "refs/heads/*:refs/heads/*",
+        ]);
+        self.git(&["push", "--quiet", "--force", "--tags", remote]);
+    }
+
     pub fn tag(&self, name: &str) {
         self.git(&["tag", name]);
     }

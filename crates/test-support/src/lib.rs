@@ -2,5 +2,7 @@
 //! `git` command line (with really signed commits), in temporary directories.
 
 mod git;
+mod http_git;
 
 pub use git::{GitRepo, SigningKey};
+pub use http_git::{GitHttpServer, bare_clone};
