@@ -1,0 +1,196 @@
+//! The JSON shapes of the control API. Public contract: fields are added, never renamed.
+
+use serde::{Deserialize, Serialize};
+
+/// `GET /api/v1/status`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Status {
+    /// The source of the first (usually only) Application.
+    pub source: SourceStatus,
+    pub applications: Vec<ApplicationStatus>,
+    /// Every service of every Application.
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    pub repo: String,
+    /// `targetRevision` as written.
+    pub revision: String,
+    pub path: String,
+    /// The commit being served (the last one verified and applied).
+    pub commit: Option<String>,
+    /// Whether `commit` passed signature verification (false when verification is off).
+    pub verified: bool,
+    pub signer: Option<String>,
+    /// RFC 3339 time of the last sync that applied a commit.
+    pub last_sync_at: Option<String>,
+    /// Why the newest commit is not served, or why fetching fails.
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ApplicationStatus {
+    pub name: String,
+    pub source: SourceStatus,
+    pub prune: bool,
+    pub self_heal: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncStatus {
+    Synced,
+    OutOfSync,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Health {
+    /// The desired revision serves its share.
+    Healthy,
+    /// A revision is loading, or a rollout is under way.
+    Progressing,
+    /// The desired revision failed; the previous one (if any) keeps serving.
+    Degraded,
+    /// Nothing serves the service.
+    Missing,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatus {
+    pub name: String,
+    pub namespace: String,
+    pub application: String,
+    pub sync_status: SyncStatus,
+    pub health: Health,
+    /// Why it is out of sync or not healthy.
+    pub message: Option<String>,
+    pub revisions: Vec<RevisionStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionStatus {
+    pub name: String,
+    pub storage_uri: String,
+    pub digest: Option<String>,
+    /// `Pending`, `Ready`, `Failed` or `Retired`.
+    pub state: String,
+    pub traffic_percent: u8,
+    /// `latest` or `prev` when tag routing exposes it.
+    pub tag: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One entry of `GET /api/v1/history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncEntry {
+    pub seq: u64,
+    /// RFC 3339.
+    pub time: String,
+    pub repo: String,
+    pub revision: String,
+    pub commit: Option<String>,
+    pub author: Option<String>,
+    pub commit_time: Option<String>,
+    pub signer: Option<String>,
+    pub signer_key: Option<String>,
+    /// `Applied`, `Untrusted`, `Invalid` or `FetchFailed`.
+    pub outcome: String,
+    pub message: Option<String>,
+    pub diagnostics: Vec<String>,
+}
+
+/// One entry of `GET /api/v1/audit`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub time: String,
+    pub actor: String,
+    pub action: String,
+    pub subject: String,
+    pub detail: serde_json::Value,
+    pub prev: String,
+    pub hash: String,
+}
+
+/// `GET /api/v1/audit/verify`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditVerify {
+    pub ok: bool,
+    pub entries: u64,
+    pub broken_at: Option<u64>,
+    pub reason: Option<String>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+// === conversions from the store ===
+
+impl From<&store::SyncRecord> for SyncEntry {
+    fn from(r: &store::SyncRecord) -> Self {
+        Self {
+            seq: r.seq,
+            time: rfc3339_millis(r.time),
+            repo: r.repo.clone(),
+            revision: r.revision.clone(),
+            commit: r.commit.clone(),
+            author: r.author.clone(),
+            commit_time: r.commit_time.map(|s| rfc3339_millis(s * 1000)),
+            signer: r.signer.clone(),
+            signer_key: r.signer_key.clone(),
+            outcome: format!("{:?}", r.outcome),
+            message: r.message.clone(),
+            diagnostics: r.diagnostics.clone(),
+        }
+    }
+}
+
+impl From<&store::AuditEntry> for AuditEntry {
+    fn from(e: &store::AuditEntry) -> Self {
+        Self {
+            seq: e.seq,
+            time: rfc3339_millis(e.time),
+            actor: e.actor.clone(),
+            action: e.action.clone(),
+            subject: e.subject.clone(),
+            detail: e.detail.clone(),
+            prev: e.prev.clone(),
+            hash: e.hash.clone(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 UTC (`2026-11-26T12:33:35.123Z`).
+pub fn rfc3339_millis(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Civil date from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

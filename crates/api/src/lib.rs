@@ -1,0 +1,165 @@
+//! The control API: JSON over HTTP on the admin listener. Read endpoints are open; mutating
+//! ones need the admin bearer token; the Git webhook authenticates by HMAC instead.
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/api/v1/status` | [`dto::Status`] |
+//! | GET | `/api/v1/history?service=NS/NAME&limit=N` | [`dto::SyncEntry`] list, newest first |
+//! | GET | `/api/v1/audit` | [`dto::AuditEntry`] list, oldest first |
+//! | GET | `/api/v1/audit/verify` | [`dto::AuditVerify`] |
+//! | POST | `/api/v1/sync` | fetch and sync now (token) |
+//! | POST | `/api/v1/webhook/git` | fetch and sync now (webhook signature) |
+//! | GET | `/healthz` | `ok` |
+//!
+//! This is the only crate with wire types; the binary implements [`Backend`].
+
+pub mod dto;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+/// What the API reads and triggers; implemented by the binary.
+pub trait Backend: Send + Sync + 'static {
+    fn status(&self) -> dto::Status;
+    /// Sync records, newest first; only those that touched `service` when given.
+    fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String>;
+    fn audit(&self) -> Result<Vec<dto::AuditEntry>, String>;
+    fn verify_audit(&self) -> Result<dto::AuditVerify, String>;
+    /// Asks every Application to fetch and sync now; `why` goes to the log.
+    fn trigger_sync(&self, why: &str);
+    /// The admin bearer token.
+    fn admin_token(&self) -> &str;
+    /// The webhook secret, or `None` when webhooks are off.
+    fn webhook_secret(&self) -> Option<&[u8]>;
+}
+
+/// The API routes over `backend`.
+pub fn router(backend: Arc<dyn Backend>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/history", get(history))
+        .route("/api/v1/audit", get(audit))
+        .route("/api/v1/audit/verify", get(verify_audit))
+        .route("/api/v1/sync", post(sync))
+        .route("/api/v1/webhook/git", post(webhook))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .with_state(backend)
+}
+
+type Shared = State<Arc<dyn Backend>>;
+
+async fn status(State(b): Shared) -> Response {
+    axum::Json(b.status()).into_response()
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    service: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn history(State(b): Shared, Query(q): Query<HistoryQuery>) -> Response {
+    match b.history(q.service.as_deref(), q.limit.unwrap_or(50)) {
+        Ok(h) => axum::Json(h).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn audit(State(b): Shared) -> Response {
+    match b.audit() {
+        Ok(a) => axum::Json(a).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn verify_audit(State(b): Shared) -> Response {
+    match b.verify_audit() {
+        Ok(v) => axum::Json(v).into_response(),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+    }
+}
+
+async fn sync(State(b): Shared, headers: HeaderMap) -> Response {
+    if let Err(r) = authorize(b.as_ref(), &headers) {
+        return r;
+    }
+    b.trigger_sync("requested through the API");
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"triggered": true})),
+    )
+        .into_response()
+}
+
+async fn webhook(State(b): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    let Some(secret) = b.webhook_secret() else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "webhooks are off: start `crossfade up` with --webhook-secret".into(),
+        );
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let sender = match source::webhook::authenticate(secret, header, &body) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, e.to_string()),
+    };
+    let push = match source::webhook::parse_push(&body) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let why = format!(
+        "{} webhook{}",
+        sender.name(),
+        push.git_ref
+            .map(|r| format!(" for {r}"))
+            .unwrap_or_default()
+    );
+    b.trigger_sync(&why);
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::json!({"triggered": true, "sender": sender.name()})),
+    )
+        .into_response()
+}
+
+/// Checks `Authorization: Bearer <token>` in constant time.
+fn authorize(b: &dyn Backend, headers: &HeaderMap) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(given) = given else {
+        return Err(error(
+            StatusCode::UNAUTHORIZED,
+            "this endpoint needs `Authorization: Bearer <admin token>`".into(),
+        ));
+    };
+    let want = b.admin_token().as_bytes();
+    let same = given.len() == want.len()
+        && given
+            .bytes()
+            .zip(want)
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "wrong admin token".into()))
+    }
+}
+
+fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(dto::ErrorBody { error: message })).into_response()
+}
+
+#[cfg(test)]
+mod tests;

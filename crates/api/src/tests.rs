@@ -1,0 +1,210 @@
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+
+/// A backend that records what the API asked of it.
+#[derive(Default)]
+struct Recorder {
+    triggers: Mutex<Vec<String>>,
+    secret: Option<Vec<u8>>,
+}
+
+impl Backend for Recorder {
+    fn status(&self) -> dto::Status {
+        dto::Status {
+            source: dto::SourceStatus {
+                repo: "file:///srv/git/models".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+    fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String> {
+        Err(format!("history of {service:?} limit {limit}"))
+    }
+    fn audit(&self) -> Result<Vec<dto::AuditEntry>, String> {
+        Ok(vec![])
+    }
+    fn verify_audit(&self) -> Result<dto::AuditVerify, String> {
+        Ok(dto::AuditVerify {
+            ok: true,
+            entries: 0,
+            broken_at: None,
+            reason: None,
+        })
+    }
+    fn trigger_sync(&self, why: &str) {
+        self.triggers.lock().unwrap().push(why.to_owned());
+    }
+    fn admin_token(&self) -> &str {
+        "s3cret-token"
+    }
+    fn webhook_secret(&self) -> Option<&[u8]> {
+        self.secret.as_deref()
+    }
+}
+
+async fn call(backend: &Arc<Recorder>, req: Request<Body>) -> (StatusCode, String) {
+    let router = router(Arc::clone(backend) as Arc<dyn Backend>);
+    let resp = router.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn post(uri: &str, headers: &[(&str, &str)], body: &str) -> Request<Body> {
+    let mut b = Request::post(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::from(body.to_owned())).unwrap()
+}
+
+#[tokio::test]
+async fn reads_are_open() {
+    let b = Arc::new(Recorder::default());
+    let (s, body) = call(
+        &b,
+        Request::get("/api/v1/status").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["source"]["repo"], "file:///srv/git/models");
+    assert_eq!(v["source"]["lastSyncAt"], serde_json::Value::Null);
+    let (s, body) = call(
+        &b,
+        Request::get("/api/v1/history?service=default/iris&limit=3")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        body.contains(r#"history of Some(\"default/iris\") limit 3"#),
+        "{body}"
+    );
+    let (s, _) = call(&b, Request::get("/nope").body(Body::empty()).unwrap()).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn sync_needs_the_token() {
+    let b = Arc::new(Recorder::default());
+    let (s, body) = call(&b, post("/api/v1/sync", &[], "")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(body.contains("Bearer"), "{body}");
+    let (s, _) = call(
+        &b,
+        post("/api/v1/sync", &[("authorization", "Bearer nope")], ""),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(b.triggers.lock().unwrap().is_empty());
+    let (s, _) = call(
+        &b,
+        post(
+            "/api/v1/sync",
+            &[("authorization", "Bearer s3cret-token")],
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+    assert_eq!(*b.triggers.lock().unwrap(), ["requested through the API"]);
+}
+
+#[tokio::test]
+async fn webhooks_authenticate_by_hmac() {
+    let off = Arc::new(Recorder::default());
+    let (s, _) = call(&off, post("/api/v1/webhook/git", &[], "{}")).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let b = Arc::new(Recorder {
+        secret: Some(b"hook-secret".to_vec()),
+        ..Default::default()
+    });
+    let body = r#"{"ref":"refs/heads/main","after":"abc"}"#;
+    let good = format!(
+        "sha256={}",
+        source::webhook::sign(b"hook-secret", body.as_bytes())
+    );
+    let bad = format!(
+        "sha256={}",
+        source::webhook::sign(b"other", body.as_bytes())
+    );
+
+    let (s, _) = call(&b, post("/api/v1/webhook/git", &[], body)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _) = call(
+        &b,
+        post(
+            "/api/v1/webhook/git",
+            &[("x-hub-signature-256", &bad)],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(b.triggers.lock().unwrap().is_empty());
+
+    let (s, resp) = call(
+        &b,
+        post(
+            "/api/v1/webhook/git",
+            &[("x-hub-signature-256", &good)],
+            body,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{resp}");
+    assert_eq!(
+        *b.triggers.lock().unwrap(),
+        ["GitHub webhook for refs/heads/main"]
+    );
+
+    let junk = "{not json";
+    let signed = format!(
+        "sha256={}",
+        source::webhook::sign(b"hook-secret", junk.as_bytes())
+    );
+    let (s, resp) = call(
+        &b,
+        post(
+            "/api/v1/webhook/git",
+            &[("x-hub-signature-256", &signed)],
+            junk,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(resp.contains("not a JSON object"), "{resp}");
+    let (s, _) = call(
+        &b,
+        post(
+            "/api/v1/webhook/git",
+            &[("x-gitlab-token", "hook-secret")],
+            "{}",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED);
+}
+
+#[test]
+fn rfc3339() {
+    assert_eq!(dto::rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+    assert_eq!(
+        dto::rfc3339_millis(1_709_164_800_123),
+        "2024-02-29T00:00:00.123Z"
+    );
+    assert_eq!(
+        dto::rfc3339_millis(1_795_696_415_000),
+        "2026-11-26T12:33:35.000Z"
+    );
+}
