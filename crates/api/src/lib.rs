@@ -88,8 +88,8 @@ async fn verify_audit(State(b): Shared) -> Response {
 }
 
 async fn sync(State(b): Shared, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(b.as_ref(), &headers) {
-        return r;
+    if let Err(why) = authorize(b.as_ref(), &headers) {
+        return error(StatusCode::UNAUTHORIZED, why.into());
     }
     b.trigger_sync("requested through the API");
     (
@@ -131,17 +131,14 @@ async fn webhook(State(b): Shared, headers: HeaderMap, body: Bytes) -> Response 
 }
 
 /// Checks `Authorization: Bearer <token>` in constant time.
-fn authorize(b: &dyn Backend, headers: &HeaderMap) -> Result<(), Response> {
+fn authorize(b: &dyn Backend, headers: &HeaderMap) -> Result<(), &'static str> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let Some(given) = given else {
-        return Err(error(
-            StatusCode::UNAUTHORIZED,
-            "this endpoint needs `Authorization: Bearer <admin token>`".into(),
-        ));
+        return Err("this endpoint needs `Authorization: Bearer <admin token>`");
     };
     let want = b.admin_token().as_bytes();
     let same = given.len() == want.len()
@@ -153,7 +150,7 @@ fn authorize(b: &dyn Backend, headers: &HeaderMap) -> Result<(), Response> {
     if same {
         Ok(())
     } else {
-        Err(error(StatusCode::UNAUTHORIZED, "wrong admin token".into()))
+        Err("wrong admin token")
     }
 }
 
