@@ -85,6 +85,17 @@ pub struct RevisionStatus {
     pub reason: Option<String>,
 }
 
+/// What one Application's sync did (`POST /api/v1/sync`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncResult {
+    pub application: String,
+    /// `Applied`, `Unchanged`, `Untrusted`, `Invalid` or `FetchFailed`.
+    pub outcome: String,
+    pub commit: Option<String>,
+    pub message: Option<String>,
+}
+
 /// One entry of `GET /api/v1/history`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

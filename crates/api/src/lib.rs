@@ -7,7 +7,7 @@
 //! | GET | `/api/v1/history?service=NS/NAME&limit=N` | [`dto::SyncEntry`] list, newest first |
 //! | GET | `/api/v1/audit` | [`dto::AuditEntry`] list, oldest first |
 //! | GET | `/api/v1/audit/verify` | [`dto::AuditVerify`] |
-//! | POST | `/api/v1/sync` | fetch and sync now (token) |
+//! | POST | `/api/v1/sync?wait=true` | fetch and sync now (token); [`dto::SyncResult`] list |
 //! | POST | `/api/v1/webhook/git` | fetch and sync now (webhook signature) |
 //! | GET | `/healthz` | `ok` |
 //!
@@ -15,6 +15,8 @@
 
 pub mod dto;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::Router;
@@ -25,6 +27,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+/// A sync in progress.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
 /// What the API reads and triggers; implemented by the binary.
 pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> dto::Status;
@@ -32,8 +37,9 @@ pub trait Backend: Send + Sync + 'static {
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String>;
     fn audit(&self) -> Result<Vec<dto::AuditEntry>, String>;
     fn verify_audit(&self) -> Result<dto::AuditVerify, String>;
-    /// Asks every Application to fetch and sync now; `why` goes to the log.
-    fn trigger_sync(&self, why: &str);
+    /// Fetches and syncs every Application now; `why` goes to the log and the audit trail.
+    /// The future resolves when every sync is done.
+    fn sync_now(&self, why: String) -> BoxFuture<Vec<dto::SyncResult>>;
     /// The admin bearer token.
     fn admin_token(&self) -> &str;
     /// The webhook secret, or `None` when webhooks are off.
@@ -87,16 +93,26 @@ async fn verify_audit(State(b): Shared) -> Response {
     }
 }
 
-async fn sync(State(b): Shared, headers: HeaderMap) -> Response {
+#[derive(Deserialize)]
+struct SyncQuery {
+    wait: Option<bool>,
+}
+
+async fn sync(State(b): Shared, Query(q): Query<SyncQuery>, headers: HeaderMap) -> Response {
     if let Err(why) = authorize(b.as_ref(), &headers) {
         return error(StatusCode::UNAUTHORIZED, why.into());
     }
-    b.trigger_sync("requested through the API");
-    (
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({"triggered": true})),
-    )
-        .into_response()
+    let done = b.sync_now("requested through the API".into());
+    if q.wait.unwrap_or(true) {
+        axum::Json(done.await).into_response()
+    } else {
+        tokio::spawn(done);
+        (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({"triggered": true})),
+        )
+            .into_response()
+    }
 }
 
 async fn webhook(State(b): Shared, headers: HeaderMap, body: Bytes) -> Response {
@@ -122,7 +138,8 @@ async fn webhook(State(b): Shared, headers: HeaderMap, body: Bytes) -> Response 
             .map(|r| format!(" for {r}"))
             .unwrap_or_default()
     );
-    b.trigger_sync(&why);
+    // A sender wants a quick answer: sync in the background.
+    tokio::spawn(b.sync_now(why));
     (
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({"triggered": true, "sender": sender.name()})),

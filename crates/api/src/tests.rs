@@ -38,8 +38,16 @@ impl Backend for Recorder {
             reason: None,
         })
     }
-    fn trigger_sync(&self, why: &str) {
-        self.triggers.lock().unwrap().push(why.to_owned());
+    fn sync_now(&self, why: String) -> BoxFuture<Vec<dto::SyncResult>> {
+        self.triggers.lock().unwrap().push(why.clone());
+        Box::pin(async move {
+            vec![dto::SyncResult {
+                application: "models".into(),
+                outcome: "Applied".into(),
+                commit: Some("abc".into()),
+                message: Some(why),
+            }]
+        })
     }
     fn admin_token(&self) -> &str {
         "s3cret-token"
