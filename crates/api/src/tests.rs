@@ -114,17 +114,17 @@ async fn sync_needs_the_token() {
     .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(b.triggers.lock().unwrap().is_empty());
-    let (s, _) = call(
-        &b,
-        post(
-            "/api/v1/sync",
-            &[("authorization", "Bearer s3cret-token")],
-            "",
-        ),
-    )
-    .await;
+    let auth = [("authorization", "Bearer s3cret-token")];
+    let (s, body) = call(&b, post("/api/v1/sync", &auth, "")).await;
+    assert_eq!(s, StatusCode::OK);
+    let results: Vec<dto::SyncResult> = serde_json::from_str(&body).unwrap();
+    assert_eq!(results[0].outcome, "Applied");
+    let (s, _) = call(&b, post("/api/v1/sync?wait=false", &auth, "")).await;
     assert_eq!(s, StatusCode::ACCEPTED);
-    assert_eq!(*b.triggers.lock().unwrap(), ["requested through the API"]);
+    assert_eq!(
+        *b.triggers.lock().unwrap(),
+        ["requested through the API", "requested through the API"]
+    );
 }
 
 #[tokio::test]
