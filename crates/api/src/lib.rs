@@ -27,6 +27,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
+/// Why a sync runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    /// An operator asked (`crossfade sync`): applies even without an automated sync policy.
+    Manual,
+    /// A push webhook, described for the log.
+    Webhook(String),
+}
+
 /// A sync in progress.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -37,9 +46,8 @@ pub trait Backend: Send + Sync + 'static {
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String>;
     fn audit(&self) -> Result<Vec<dto::AuditEntry>, String>;
     fn verify_audit(&self) -> Result<dto::AuditVerify, String>;
-    /// Fetches and syncs every Application now; `why` goes to the log and the audit trail.
-    /// The future resolves when every sync is done.
-    fn sync_now(&self, why: String) -> BoxFuture<Vec<dto::SyncResult>>;
+    /// Fetches and syncs every Application now. The future resolves when every sync is done.
+    fn sync_now(&self, trigger: Trigger) -> BoxFuture<Vec<dto::SyncResult>>;
     /// The admin bearer token.
     fn admin_token(&self) -> &str;
     /// The webhook secret, or `None` when webhooks are off.
@@ -102,7 +110,7 @@ async fn sync(State(b): Shared, Query(q): Query<SyncQuery>, headers: HeaderMap) 
     if let Err(why) = authorize(b.as_ref(), &headers) {
         return error(StatusCode::UNAUTHORIZED, why.into());
     }
-    let done = b.sync_now("requested through the API".into());
+    let done = b.sync_now(Trigger::Manual);
     if q.wait.unwrap_or(true) {
         axum::Json(done.await).into_response()
     } else {
@@ -139,7 +147,7 @@ async fn webhook(State(b): Shared, headers: HeaderMap, body: Bytes) -> Response 
             .unwrap_or_default()
     );
     // A sender wants a quick answer: sync in the background.
-    tokio::spawn(b.sync_now(why));
+    tokio::spawn(b.sync_now(Trigger::Webhook(why)));
     (
         StatusCode::ACCEPTED,
         axum::Json(serde_json::json!({"triggered": true, "sender": sender.name()})),

@@ -38,7 +38,11 @@ impl Backend for Recorder {
             reason: None,
         })
     }
-    fn sync_now(&self, why: String) -> BoxFuture<Vec<dto::SyncResult>> {
+    fn sync_now(&self, trigger: Trigger) -> BoxFuture<Vec<dto::SyncResult>> {
+        let why = match trigger {
+            Trigger::Manual => "requested through the API".to_owned(),
+            Trigger::Webhook(w) => w,
+        };
         self.triggers.lock().unwrap().push(why.clone());
         Box::pin(async move {
             vec![dto::SyncResult {

@@ -1,6 +1,11 @@
 //! The `crossfade` binary: command-line parsing and the wiring of the library crates.
 
+mod client;
+mod clock;
+mod controller;
+mod datadir;
 mod lint;
+mod up;
 
 use std::process::ExitCode;
 
@@ -22,12 +27,53 @@ enum Command {
     /// Exit status: 0 when there is no error (warnings allowed), 1 when there is one, 2 on a
     /// usage error.
     Lint(lint::Args),
+    /// Sync a Git repository of manifests continuously and serve the control API.
+    Up(Box<up::Args>),
+    /// Show what serves: source commit, services, revisions and traffic.
+    Status(client::Connection),
+    /// Show the sync history (newest first), optionally of one service.
+    History {
+        /// A service, as `namespace/name` or `name`.
+        service: Option<String>,
+        /// How many entries.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Fetch and sync now, and show what happened.
+    Sync {
+        /// Return at once instead of waiting for the result.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Inspect the audit log.
+    #[command(subcommand)]
+    Audit(client::AuditCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // `lint` reports its own usage errors (a missing directory) with status 2.
+    let lint_usage = matches!(cli.command, Command::Lint(_));
+    // One rustls provider for the whole process: ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
         Command::Lint(args) => lint::run(&args),
+        Command::Up(args) => up::run(*args).map(|()| ExitCode::SUCCESS),
+        Command::Status(c) => client::status(&c),
+        Command::History {
+            service,
+            limit,
+            connection,
+        } => client::history(&connection, service.as_deref(), limit),
+        Command::Sync {
+            no_wait,
+            connection,
+        } => client::sync(&connection, !no_wait),
+        Command::Audit(command) => client::audit(&command),
     };
     match result {
         Ok(code) => code,
@@ -42,7 +88,7 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            ExitCode::from(if lint_usage { 2 } else { 1 })
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct SyncRecord {
     pub message: Option<String>,
     /// Rendered manifest diagnostics (`file:line:col: code: message`).
     pub diagnostics: Vec<String>,
+    /// The services (`namespace/name`) the commit declares, when it was read.
+    #[serde(default)]
+    pub services: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,6 +16,7 @@ fn sync(outcome: SyncOutcome, commit: &str) -> SyncRecord {
         outcome,
         message: None,
         diagnostics: vec![],
+        services: vec!["default/iris".into()],
     }
 }
 

@@ -1,0 +1,794 @@
+//! The sync loop of each Application: fetch, resolve, verify, parse, apply; and the state the
+//! control API reads.
+//!
+//! # Guarantees
+//!
+//! - A commit is applied whole or not at all: an untrusted commit, or one whose manifests have
+//!   errors, changes nothing that serves; the last good commit keeps serving and the status
+//!   says why the new one was refused.
+//! - Every examined commit and every fetch failure (once per distinct error) is in the sync
+//!   history; every change to what serves is in the audit log.
+//! - Syncs of one Application never overlap.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use api::dto;
+use engine::{
+    DesiredService, Effect, Live, LiveRevision, LiveService, RevisionState, ServiceId, SyncPolicy,
+    Tags,
+};
+use source::{Mirror, TrustedKeys};
+use store::{Store, SyncOutcome, SyncRecord};
+use tokio::sync::watch;
+
+use crate::clock;
+
+/// An Application as crossfade runs it.
+#[derive(Debug, Clone)]
+pub struct Application {
+    pub name: String,
+    pub repo: String,
+    pub revision: String,
+    pub path: String,
+    /// `syncPolicy.automated` is set: new commits are applied as they come. Otherwise only
+    /// `crossfade sync` applies them.
+    pub automated: bool,
+    pub policy: SyncPolicy,
+}
+
+/// Settings shared by every Application.
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub poll_interval: Duration,
+    pub fetch_timeout: Duration,
+    pub trust: Option<TrustedKeys>,
+    pub require_digest: bool,
+    pub admin_token: String,
+    pub webhook_secret: Option<Vec<u8>>,
+}
+
+/// Everything the loops and the API share.
+pub struct Controller {
+    store: Store,
+    settings: Settings,
+    apps: Vec<Slot>,
+}
+
+struct Slot {
+    app: Application,
+    mirror: Mirror,
+    /// Held for the whole of a sync, so syncs of one Application never overlap.
+    running: tokio::sync::Mutex<()>,
+    state: Mutex<AppState>,
+}
+
+/// What one Application has seen and applied.
+#[derive(Default)]
+struct AppState {
+    /// The commit serving now, with who signed it.
+    commit: Option<String>,
+    verified: bool,
+    signer: Option<String>,
+    last_sync_at: Option<i64>,
+    /// Why the newest commit is not serving, or why fetching fails.
+    error: Option<String>,
+    /// The last commit examined (applied or refused), so it is recorded once.
+    examined: Option<String>,
+    /// Consecutive failures to fetch, for backoff.
+    failures: u32,
+    desired: Vec<DesiredService>,
+    live: Live,
+    tags: BTreeMap<ServiceId, Tags>,
+    out_of_sync: BTreeMap<ServiceId, String>,
+}
+
+// === impl Controller ===
+
+impl Controller {
+    pub fn new(store: Store, settings: Settings, apps: Vec<Application>) -> anyhow::Result<Self> {
+        let mut slots = Vec::new();
+        for app in apps {
+            let dir = settings
+                .data_dir
+                .join("git")
+                .join(mirror_dir_name(&app.repo));
+            let mirror = Mirror::open(&app.repo, &dir)?;
+            // Resume where the previous run stood: the last applied commit is re-applied on
+            // the first sync without a second history entry.
+            let examined = store
+                .syncs(1000)?
+                .into_iter()
+                .find(|s| s.repo == mirror.url() && s.revision == app.revision)
+                .and_then(|s| s.commit);
+            slots.push(Slot {
+                app,
+                mirror,
+                running: tokio::sync::Mutex::new(()),
+                state: Mutex::new(AppState {
+                    examined,
+                    ..AppState::default()
+                }),
+            });
+        }
+        Ok(Self {
+            store,
+            settings,
+            apps: slots,
+        })
+    }
+
+    /// Runs the poll loop of every Application until `shutdown` turns true.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for i in 0..self.apps.len() {
+            let this = Arc::clone(&self);
+            let mut stop = shutdown.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut first = true;
+                loop {
+                    let wait = if first {
+                        Duration::ZERO
+                    } else {
+                        this.next_wait(i)
+                    };
+                    first = false;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = stop.changed() => break,
+                    }
+                    this.sync_app(i, &api::Trigger::Webhook("poll".into()))
+                        .await;
+                }
+            }));
+        }
+        let _ = shutdown.changed().await;
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// The poll interval, or a shorter backoff after failures (1 s, 2 s, 4 s, ... up to the
+    /// poll interval).
+    fn next_wait(&self, i: usize) -> Duration {
+        let failures = self.apps[i].state.lock().expect("state").failures;
+        if failures == 0 {
+            return self.settings.poll_interval;
+        }
+        let backoff = Duration::from_secs(1u64 << failures.min(10));
+        backoff.min(self.settings.poll_interval)
+    }
+
+    /// Syncs every Application; returns what each did.
+    pub async fn sync_all(self: Arc<Self>, trigger: api::Trigger) -> Vec<dto::SyncResult> {
+        let mut out = Vec::new();
+        for i in 0..self.apps.len() {
+            out.push(self.sync_app(i, &trigger).await);
+        }
+        out
+    }
+
+    async fn sync_app(&self, i: usize, trigger: &api::Trigger) -> dto::SyncResult {
+        let manual = *trigger == api::Trigger::Manual;
+        let why = match trigger {
+            api::Trigger::Manual => "manual sync",
+            api::Trigger::Webhook(w) => w.as_str(),
+        };
+        let slot = &self.apps[i];
+        let _running = slot.running.lock().await;
+        let mirror = slot.mirror.clone();
+        let app = slot.app.clone();
+        let timeout = self.settings.fetch_timeout;
+        // Git work is blocking: keep it off the async threads.
+        let fetched = tokio::task::spawn_blocking(move || read_commit(&mirror, &app, timeout))
+            .await
+            .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
+        let result = self.apply(slot, fetched, manual);
+        if result.outcome != "Unchanged" {
+            tracing::info!(
+                application = %slot.app.name,
+                outcome = %result.outcome,
+                commit = result.commit.as_deref().unwrap_or("-"),
+                trigger = why,
+                message = result.message.as_deref().unwrap_or(""),
+                "sync"
+            );
+        }
+        result
+    }
+
+    /// Turns what was read from Git into history, status and effects.
+    fn apply(
+        &self,
+        slot: &Slot,
+        fetched: Result<Fetched, String>,
+        manual: bool,
+    ) -> dto::SyncResult {
+        let now = clock::now_ms();
+        let app = &slot.app;
+        let mut state = slot.state.lock().expect("state");
+        let mut result = dto::SyncResult {
+            application: app.name.clone(),
+            outcome: String::new(),
+            commit: None,
+            message: None,
+        };
+        let base = SyncRecord {
+            seq: 0,
+            time: now,
+            repo: slot.mirror.url().to_owned(),
+            revision: app.revision.clone(),
+            commit: None,
+            author: None,
+            commit_time: None,
+            signer: None,
+            signer_key: None,
+            outcome: SyncOutcome::Applied,
+            message: None,
+            diagnostics: Vec::new(),
+            services: Vec::new(),
+        };
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(message) => {
+                state.failures += 1;
+                // Record each distinct failure once, not every retry.
+                if state.error.as_deref() != Some(message.as_str()) {
+                    self.record(SyncRecord {
+                        outcome: SyncOutcome::FetchFailed,
+                        message: Some(message.clone()),
+                        ..base
+                    });
+                }
+                state.error = Some(message.clone());
+                result.outcome = "FetchFailed".into();
+                result.message = Some(message);
+                return result;
+            }
+        };
+        state.failures = 0;
+        result.commit = Some(fetched.info.id.clone());
+        let unchanged = state.examined.as_deref() == Some(fetched.info.id.as_str());
+        let base = SyncRecord {
+            commit: Some(fetched.info.id.clone()),
+            author: Some(fetched.info.author.clone()),
+            commit_time: Some(fetched.info.time),
+            ..base
+        };
+
+        // Signature.
+        let signer = match &self.settings.trust {
+            None => None,
+            Some(trust) => match trust.verify(&fetched.info) {
+                Ok(s) => Some(s),
+                Err(rejection) => {
+                    let message = format!(
+                        "commit {} is not synced: {rejection}; {} keeps serving",
+                        short(&fetched.info.id),
+                        state
+                            .commit
+                            .as_deref()
+                            .map_or("nothing".into(), |c| format!("commit {}", short(c)))
+                    );
+                    if !unchanged {
+                        self.record(SyncRecord {
+                            outcome: SyncOutcome::Untrusted,
+                            message: Some(message.clone()),
+                            ..base
+                        });
+                        self.audit(
+                            now,
+                            &format!("git:{}", fetched.info.id),
+                            "reject-commit",
+                            &app.name,
+                            serde_json::json!({"reason": rejection.to_string()}),
+                        );
+                    }
+                    state.examined = Some(fetched.info.id.clone());
+                    state.error = Some(message.clone());
+                    result.outcome = if unchanged { "Unchanged" } else { "Untrusted" }.into();
+                    result.message = Some(message);
+                    return result;
+                }
+            },
+        };
+        let base = SyncRecord {
+            signer: signer.as_ref().map(|s| s.identity.clone()),
+            signer_key: signer.as_ref().map(|s| s.fingerprint.clone()),
+            ..base
+        };
+
+        // Manifests.
+        let parsed = match &fetched.sources {
+            Ok(sources) => {
+                let parsed = manifest::parse(
+                    sources,
+                    manifest::Options {
+                        require_digest: self.settings.require_digest,
+                    },
+                );
+                if parsed.has_errors() {
+                    Err((
+                        "its manifests have errors".to_owned(),
+                        render_diagnostics(sources, &parsed),
+                    ))
+                } else {
+                    Ok(parsed)
+                }
+            }
+            Err(e) => Err((e.clone(), Vec::new())),
+        };
+        let parsed = match parsed {
+            Ok(p) => p,
+            Err((why, diagnostics)) => {
+                let message = format!(
+                    "commit {} is not synced: {why}; {} keeps serving",
+                    short(&fetched.info.id),
+                    state
+                        .commit
+                        .as_deref()
+                        .map_or("nothing".into(), |c| format!("commit {}", short(c)))
+                );
+                if !unchanged {
+                    self.record(SyncRecord {
+                        outcome: SyncOutcome::Invalid,
+                        message: Some(message.clone()),
+                        diagnostics: diagnostics.clone(),
+                        ..base
+                    });
+                }
+                state.examined = Some(fetched.info.id.clone());
+                state.error = Some(message.clone());
+                result.outcome = if unchanged { "Unchanged" } else { "Invalid" }.into();
+                result.message = Some(message);
+                return result;
+            }
+        };
+
+        // Apply.
+        let desired = engine::desired_state(&parsed.manifests);
+        let is_new = state.commit.as_deref() != Some(fetched.info.id.as_str());
+        if is_new && !app.automated && !manual {
+            let message = format!(
+                "commit {} is available; the Application has no automated sync policy, so run `crossfade sync` to apply it",
+                short(&fetched.info.id)
+            );
+            state.error = Some(message.clone());
+            result.outcome = "Unchanged".into();
+            result.message = Some(message);
+            return result;
+        }
+        if is_new || manual || state.desired.is_empty() {
+            let services: Vec<String> = desired.iter().map(|d| d.id.to_string()).collect();
+            if !unchanged {
+                self.record(SyncRecord {
+                    services: services.clone(),
+                    ..base
+                });
+                self.audit(
+                    now,
+                    &format!("git:{}", fetched.info.id),
+                    "sync",
+                    &app.name,
+                    serde_json::json!({
+                        "commit": fetched.info.id,
+                        "author": fetched.info.author,
+                        "signer": signer.as_ref().map(|s| &s.identity),
+                        "signerKey": signer.as_ref().map(|s| &s.fingerprint),
+                        "services": services,
+                    }),
+                );
+            }
+            if is_new {
+                // A new commit is the new truth: API overrides give way (Argo CD syncs it
+                // whether or not selfHeal is on).
+                for svc in state.live.services.values_mut() {
+                    svc.overridden = false;
+                }
+            }
+            state.commit = Some(fetched.info.id.clone());
+            state.verified = signer.is_some();
+            state.signer = signer.map(|s| s.identity);
+            state.last_sync_at = Some(now);
+        }
+        state.examined = Some(fetched.info.id.clone());
+        state.error = None;
+        state.desired = desired;
+        self.reconcile(&app.name, app.policy, &mut state, now);
+        result.outcome = if unchanged { "Unchanged" } else { "Applied" }.into();
+        result
+    }
+
+    /// Runs reconcile and carries out its effects on the live state and the store.
+    fn reconcile(&self, application: &str, policy: SyncPolicy, state: &mut AppState, now: i64) {
+        let decision = engine::reconcile(&state.desired, &state.live, policy);
+        state.out_of_sync.clear();
+        for effect in decision.effects {
+            match effect {
+                Effect::CreateRevision {
+                    service,
+                    spec_hash,
+                    model,
+                } => {
+                    match self.store.revision_for(
+                        &service.namespace,
+                        &service.name,
+                        &spec_hash,
+                        &model.storage_uri.raw,
+                        now,
+                    ) {
+                        Ok(mut record) => {
+                            if record.state == store::RevisionState::Retired {
+                                record.state = store::RevisionState::Pending;
+                                self.log_store(self.store.update_revision(&record));
+                            }
+                            self.audit(now, "controller", "create-revision", &service.to_string(), serde_json::json!({"revision": record.name, "storageUri": record.storage_uri}));
+                            let live = state.live.services.entry(service).or_default();
+                            live.revisions.push(LiveRevision {
+                                name: record.name,
+                                spec_hash,
+                                state: RevisionState::Pending,
+                            });
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot record a revision"),
+                    }
+                }
+                Effect::SetTraffic {
+                    service,
+                    splits,
+                    tags,
+                } => {
+                    let detail = serde_json::json!(
+                        splits
+                            .iter()
+                            .map(|s| (s.revision.clone(), s.percent.get()))
+                            .collect::<BTreeMap<_, _>>()
+                    );
+                    self.audit(
+                        now,
+                        "controller",
+                        "set-traffic",
+                        &service.to_string(),
+                        detail,
+                    );
+                    let live = state.live.services.entry(service.clone()).or_default();
+                    live.traffic = splits;
+                    live.overridden = false;
+                    state.tags.insert(service, tags);
+                }
+                Effect::MarkRolledOut { service, revision } => {
+                    self.audit(
+                        now,
+                        "controller",
+                        "rolled-out",
+                        &service.to_string(),
+                        serde_json::json!({"revision": revision}),
+                    );
+                    state.live.services.entry(service).or_default().rolled_out = Some(revision);
+                }
+                Effect::RetireRevision { service, revision } => {
+                    if let Ok(records) = self.store.revisions(&service.namespace, &service.name) {
+                        for mut r in records.into_iter().filter(|r| r.name == revision) {
+                            r.state = store::RevisionState::Retired;
+                            self.log_store(self.store.update_revision(&r));
+                        }
+                    }
+                    self.audit(
+                        now,
+                        "controller",
+                        "retire-revision",
+                        &service.to_string(),
+                        serde_json::json!({"revision": revision}),
+                    );
+                    if let Some(live) = state.live.services.get_mut(&service) {
+                        live.revisions.retain(|r| r.name != revision);
+                    }
+                }
+                Effect::RemoveService { service } => {
+                    self.audit(
+                        now,
+                        "controller",
+                        "remove-service",
+                        &service.to_string(),
+                        serde_json::json!({"application": application}),
+                    );
+                    state.live.services.remove(&service);
+                    state.tags.remove(&service);
+                }
+                Effect::ReportOutOfSync { service, reason } => {
+                    state.out_of_sync.insert(service, reason);
+                }
+            }
+        }
+    }
+
+    fn record(&self, record: SyncRecord) {
+        self.log_store(self.store.record_sync(record).map(|_| ()));
+    }
+
+    fn audit(&self, now: i64, actor: &str, action: &str, subject: &str, detail: serde_json::Value) {
+        self.log_store(
+            self.store
+                .audit(now, actor, action, subject, detail)
+                .map(|_| ()),
+        );
+    }
+
+    fn log_store(&self, result: Result<(), store::Error>) {
+        if let Err(e) = result {
+            tracing::error!(error = %e, "the store refused a write");
+        }
+    }
+
+    // --- reads for the API ---
+
+    fn source_status(&self, slot: &Slot, state: &AppState) -> dto::SourceStatus {
+        dto::SourceStatus {
+            repo: slot.mirror.url().to_owned(),
+            revision: slot.app.revision.clone(),
+            path: slot.app.path.clone(),
+            commit: state.commit.clone(),
+            verified: state.verified,
+            signer: state.signer.clone(),
+            last_sync_at: state.last_sync_at.map(dto::rfc3339_millis),
+            error: state.error.clone(),
+        }
+    }
+
+    fn service_status(
+        &self,
+        application: &str,
+        id: &ServiceId,
+        state: &AppState,
+    ) -> dto::ServiceStatus {
+        let empty = LiveService::default();
+        let live = state.live.services.get(id).unwrap_or(&empty);
+        let tags = state.tags.get(id).cloned().unwrap_or_default();
+        let desired = state.desired.iter().find(|d| &d.id == id);
+        let latest =
+            desired.and_then(|d| live.revisions.iter().find(|r| r.spec_hash == d.spec_hash));
+        let records = self
+            .store
+            .revisions(&id.namespace, &id.name)
+            .unwrap_or_default();
+        let revisions: Vec<dto::RevisionStatus> = records
+            .iter()
+            .map(|r| {
+                let live_rev = live.revisions.iter().find(|l| l.name == r.name);
+                let (state_name, reason) = match live_rev.map(|l| &l.state) {
+                    Some(RevisionState::Ready) => ("Ready", None),
+                    Some(RevisionState::Pending) => (
+                        "Pending",
+                        Some("waiting for the data plane to load it".to_owned()),
+                    ),
+                    Some(RevisionState::Failed { reason }) => ("Failed", Some(reason.clone())),
+                    None => ("Retired", None),
+                };
+                let tag = if tags.latest.as_deref() == Some(r.name.as_str()) {
+                    Some("latest".to_owned())
+                } else if tags.prev.as_deref() == Some(r.name.as_str()) {
+                    Some("prev".to_owned())
+                } else {
+                    None
+                };
+                dto::RevisionStatus {
+                    name: r.name.clone(),
+                    storage_uri: r.storage_uri.clone(),
+                    digest: r.digest.clone(),
+                    state: state_name.into(),
+                    traffic_percent: live
+                        .traffic
+                        .iter()
+                        .find(|s| s.revision == r.name)
+                        .map_or(0, |s| s.percent.get()),
+                    tag,
+                    reason: reason.or_else(|| r.reason.clone()),
+                }
+            })
+            .collect();
+        let out_of_sync = state.out_of_sync.get(id);
+        let health = match latest.map(|l| &l.state) {
+            Some(RevisionState::Failed { .. }) => dto::Health::Degraded,
+            _ if desired.is_none() && live.traffic.is_empty() => dto::Health::Missing,
+            Some(RevisionState::Pending) | None => dto::Health::Progressing,
+            Some(RevisionState::Ready) if live.traffic.is_empty() => dto::Health::Missing,
+            Some(RevisionState::Ready) => dto::Health::Healthy,
+        };
+        let message = out_of_sync.cloned().or_else(|| {
+            latest
+                .filter(|l| l.state == RevisionState::Pending)
+                .map(|l| format!("revision {} is loading", l.name))
+        });
+        dto::ServiceStatus {
+            name: id.name.clone(),
+            namespace: id.namespace.clone(),
+            application: application.to_owned(),
+            sync_status: if out_of_sync.is_some() {
+                dto::SyncStatus::OutOfSync
+            } else {
+                dto::SyncStatus::Synced
+            },
+            health,
+            message,
+            revisions,
+        }
+    }
+}
+
+// === reads for the API ===
+
+impl Controller {
+    pub fn status(&self) -> dto::Status {
+        let mut status = dto::Status::default();
+        for slot in &self.apps {
+            let state = slot.state.lock().expect("state");
+            let source = self.source_status(slot, &state);
+            status.applications.push(dto::ApplicationStatus {
+                name: slot.app.name.clone(),
+                source,
+                prune: slot.app.policy.prune,
+                self_heal: slot.app.policy.self_heal,
+            });
+            let ids: std::collections::BTreeSet<&ServiceId> = state
+                .desired
+                .iter()
+                .map(|d| &d.id)
+                .chain(state.live.services.keys())
+                .collect();
+            for id in ids {
+                status
+                    .services
+                    .push(self.service_status(&slot.app.name, id, &state));
+            }
+        }
+        if let Some(first) = status.applications.first() {
+            status.source = first.source.clone();
+        }
+        status
+    }
+
+    pub fn history(
+        &self,
+        service: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<dto::SyncEntry>, String> {
+        let records = self.store.syncs(usize::MAX).map_err(|e| e.to_string())?;
+        Ok(records
+            .iter()
+            .filter(|r| {
+                service.is_none_or(|s| {
+                    r.services
+                        .iter()
+                        .any(|x| x == s || x.ends_with(&format!("/{s}")))
+                })
+            })
+            .take(limit)
+            .map(dto::SyncEntry::from)
+            .collect())
+    }
+
+    pub fn audit_entries(&self) -> Result<Vec<dto::AuditEntry>, String> {
+        let entries = self.store.audit_log().map_err(|e| e.to_string())?;
+        Ok(entries.iter().map(dto::AuditEntry::from).collect())
+    }
+
+    pub fn verify_audit(&self) -> Result<dto::AuditVerify, String> {
+        Ok(audit_verdict(
+            self.store.verify_audit().map_err(|e| e.to_string())?,
+        ))
+    }
+}
+
+/// The API's view of an audit check.
+pub fn audit_verdict(result: Result<u64, store::BrokenChain>) -> dto::AuditVerify {
+    match result {
+        Ok(entries) => dto::AuditVerify {
+            ok: true,
+            entries,
+            broken_at: None,
+            reason: None,
+        },
+        Err(b) => dto::AuditVerify {
+            ok: false,
+            entries: b.seq.saturating_sub(1),
+            broken_at: Some(b.seq),
+            reason: Some(b.reason),
+        },
+    }
+}
+
+/// What a sync read from Git.
+struct Fetched {
+    info: source::CommitInfo,
+    /// The manifests, or why they could not be read (the path is missing).
+    sources: Result<manifest::Sources, String>,
+}
+
+/// Fetch, resolve and read, on a blocking thread.
+fn read_commit(mirror: &Mirror, app: &Application, timeout: Duration) -> Result<Fetched, String> {
+    mirror.fetch(timeout).map_err(|e| e.to_string())?;
+    let id = mirror.resolve(&app.revision).map_err(|e| e.to_string())?;
+    let info = mirror.commit(&id).map_err(|e| e.to_string())?;
+    let sources = mirror
+        .read_manifests(&id, &app.path)
+        .map_err(|e| e.to_string());
+    Ok(Fetched { info, sources })
+}
+
+fn render_diagnostics(sources: &manifest::Sources, parsed: &manifest::Parsed) -> Vec<String> {
+    parsed
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| {
+            format!(
+                "{}:{}:{}: {}: {}{}",
+                sources.get(d.file).name,
+                d.line(),
+                d.column(),
+                d.code,
+                d.message,
+                if d.field.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", d.field)
+                }
+            )
+        })
+        .collect()
+}
+
+fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// A directory name for a repository URL: readable, and unique by a hash suffix.
+fn mirror_dir_name(url: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    url.hash(&mut h);
+    let readable: String = url
+        .rsplit('/')
+        .find(|s| !s.is_empty())
+        .unwrap_or("repo")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("{readable}-{:016x}", h.finish())
+}
+
+/// The controller behind an `Arc`, as the API holds it (syncs need an owned handle).
+pub struct SharedController(pub Arc<Controller>);
+
+impl api::Backend for SharedController {
+    fn status(&self) -> dto::Status {
+        self.0.status()
+    }
+    fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String> {
+        self.0.history(service, limit)
+    }
+    fn audit(&self) -> Result<Vec<dto::AuditEntry>, String> {
+        self.0.audit_entries()
+    }
+    fn verify_audit(&self) -> Result<dto::AuditVerify, String> {
+        self.0.verify_audit()
+    }
+    fn sync_now(&self, trigger: api::Trigger) -> api::BoxFuture<Vec<dto::SyncResult>> {
+        Box::pin(Arc::clone(&self.0).sync_all(trigger))
+    }
+    fn admin_token(&self) -> &str {
+        &self.0.settings.admin_token
+    }
+    fn webhook_secret(&self) -> Option<&[u8]> {
+        self.0.settings.webhook_secret.as_deref()
+    }
+}

@@ -1,0 +1,257 @@
+//! `crossfade up`: sync a Git repository continuously and serve the control API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use engine::SyncPolicy;
+use source::TrustedKeys;
+use tokio::sync::watch;
+
+use crate::controller::{Application, Controller, Settings, SharedController};
+use crate::datadir;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Git repository: a local path, file://, http:// or https:// URL.
+    #[arg(long, conflicts_with = "application")]
+    repo: Option<String>,
+    /// Branch, tag, commit or HEAD (with --repo).
+    #[arg(long, default_value = "HEAD", requires = "repo")]
+    revision: String,
+    /// Directory of manifests inside the repository (with --repo).
+    #[arg(long, default_value = ".", requires = "repo")]
+    path: String,
+    /// Remove services deleted from Git (with --repo; an Application says it in syncPolicy).
+    #[arg(long, requires = "repo")]
+    prune: bool,
+    /// Revert traffic changed through the API (with --repo).
+    #[arg(long, requires = "repo")]
+    self_heal: bool,
+    /// Argo CD Application manifest(s) to run; may be given several times.
+    #[arg(short = 'f', long = "application", value_name = "FILE")]
+    application: Vec<PathBuf>,
+    /// Where the database, Git mirrors and admin token live.
+    #[arg(long, env = "CROSSFADE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the control API.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    /// Bearer token for mutating API calls (default: generated into the data directory).
+    #[arg(long, env = "CROSSFADE_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// How often to fetch (30s, 5m, ...).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// Give up on a fetch after this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    fetch_timeout: Duration,
+    /// Only sync commits signed by a key in this file (git's SSH allowed_signers format).
+    #[arg(long, value_name = "FILE")]
+    allowed_signers: Option<PathBuf>,
+    /// Only sync commits signed by a key in this armored OpenPGP keyring.
+    #[arg(long, value_name = "FILE")]
+    gpg_keyring: Option<PathBuf>,
+    /// Secret for POST /api/v1/webhook/git (GitHub, GitLab, Gitea, Gogs or HMAC-SHA256).
+    #[arg(long, env = "CROSSFADE_WEBHOOK_SECRET", hide_env_values = true)]
+    webhook_secret: Option<String>,
+    /// Refuse commits whose storageUris do not pin a sha256 digest.
+    #[arg(long)]
+    require_digest: bool,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = manifest::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let apps = applications(&args)?;
+    let data_dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
+    let store = store::Store::open(&data_dir)
+        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    let admin_token = datadir::admin_token(&data_dir, args.admin_token.clone())?;
+    let trust = trusted_keys(&args)?;
+    let settings = Settings {
+        data_dir: data_dir.clone(),
+        poll_interval: args.poll_interval,
+        fetch_timeout: args.fetch_timeout,
+        trust,
+        require_digest: args.require_digest,
+        admin_token,
+        webhook_secret: args.webhook_secret.clone().map(String::into_bytes),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(store, settings, apps, args.admin_listen))
+}
+
+async fn serve(
+    store: store::Store,
+    settings: Settings,
+    apps: Vec<Application>,
+    admin_listen: SocketAddr,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(admin_listen)
+        .await
+        .with_context(|| format!("listening on {admin_listen}"))?;
+    let data_dir = settings.data_dir.clone();
+    let controller = Arc::new(Controller::new(store, settings, apps)?);
+    tracing::info!(
+        admin = %listener.local_addr()?,
+        data_dir = %data_dir.display(),
+        "crossfade is up"
+    );
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let loops = tokio::spawn(Arc::clone(&controller).run(stop_rx.clone()));
+    let router = api::router(Arc::new(SharedController(Arc::clone(&controller))));
+    let mut api_stop = stop_rx.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            })
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    server.await??;
+    loops.await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CROSSFADE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The Applications to run: from `--repo`, or from `-f` files (real Argo CD Applications).
+fn applications(args: &Args) -> anyhow::Result<Vec<Application>> {
+    if let Some(repo) = &args.repo {
+        let name = repo
+            .trim_end_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("default")
+            .trim_end_matches(".git")
+            .to_owned();
+        return Ok(vec![Application {
+            name: if name.is_empty() {
+                "default".into()
+            } else {
+                name
+            },
+            repo: repo.clone(),
+            revision: args.revision.clone(),
+            path: args.path.clone(),
+            automated: true,
+            policy: SyncPolicy {
+                prune: args.prune,
+                self_heal: args.self_heal,
+            },
+        }]);
+    }
+    if args.application.is_empty() {
+        bail!(
+            "nothing to run: give --repo URL (with --revision and --path) or -f application.yaml"
+        );
+    }
+    let sources = manifest::Sources::read(&args.application)?;
+    let parsed = manifest::parse(&sources, manifest::Options::default());
+    if parsed.has_errors() {
+        let mut text = String::new();
+        for d in parsed.diagnostics.iter().filter(|d| d.is_error()) {
+            text.push_str(&d.render(&sources));
+        }
+        bail!("the Application manifests have errors:\n{text}");
+    }
+    let apps: Vec<Application> = parsed
+        .manifests
+        .applications
+        .iter()
+        .map(|a| {
+            let a = &a.value;
+            Application {
+                name: a.meta.name.clone(),
+                repo: a.source.repo_url.clone(),
+                revision: a.source.target_revision.clone(),
+                path: a.source.path.clone(),
+                automated: a.automated.is_some(),
+                policy: a
+                    .automated
+                    .map(|s| SyncPolicy {
+                        prune: s.prune,
+                        self_heal: s.self_heal,
+                    })
+                    .unwrap_or_default(),
+            }
+        })
+        .collect();
+    if apps.is_empty() {
+        bail!("no Application in {}", paths(&args.application));
+    }
+    Ok(apps)
+}
+
+fn paths(p: &[PathBuf]) -> String {
+    p.iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn trusted_keys(args: &Args) -> anyhow::Result<Option<TrustedKeys>> {
+    if args.allowed_signers.is_none() && args.gpg_keyring.is_none() {
+        return Ok(None);
+    }
+    let mut keys = TrustedKeys::default();
+    if let Some(path) = &args.allowed_signers {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        keys.add_allowed_signers(&text, &path.display().to_string())?;
+    }
+    if let Some(path) = &args.gpg_keyring {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        keys.add_keyring(&text, &path.display().to_string())?;
+    }
+    if keys.is_empty() {
+        bail!("the trusted key files hold no key: every commit would be refused");
+    }
+    Ok(Some(keys))
+}
