@@ -310,19 +310,29 @@ impl Controller {
                     },
                 );
                 if parsed.has_errors() {
+                    // Name the services the broken commit declares, for `history SERVICE`.
+                    let services = parsed
+                        .resources
+                        .iter()
+                        .filter(|r| r.kind == "InferenceService")
+                        .map(|r| {
+                            format!("{}/{}", r.namespace.as_deref().unwrap_or("default"), r.name)
+                        })
+                        .collect();
                     Err((
                         "its manifests have errors".to_owned(),
                         render_diagnostics(sources, &parsed),
+                        services,
                     ))
                 } else {
                     Ok(parsed)
                 }
             }
-            Err(e) => Err((e.clone(), Vec::new())),
+            Err(e) => Err((e.clone(), Vec::new(), Vec::new())),
         };
         let parsed = match parsed {
             Ok(p) => p,
-            Err((why, diagnostics)) => {
+            Err((why, diagnostics, services)) => {
                 let message = format!(
                     "commit {} is not synced: {why}; {} keeps serving",
                     short(&fetched.info.id),
@@ -336,6 +346,7 @@ impl Controller {
                         outcome: SyncOutcome::Invalid,
                         message: Some(message.clone()),
                         diagnostics: diagnostics.clone(),
+                        services,
                         ..base
                     });
                 }
@@ -657,11 +668,14 @@ impl Controller {
         let records = self.store.syncs(usize::MAX).map_err(|e| e.to_string())?;
         Ok(records
             .iter()
+            // A record naming no service (a fetch failure, a refused signature, a file that
+            // does not parse) concerns every service.
             .filter(|r| {
                 service.is_none_or(|s| {
-                    r.services
-                        .iter()
-                        .any(|x| x == s || x.ends_with(&format!("/{s}")))
+                    r.services.is_empty()
+                        || r.services
+                            .iter()
+                            .any(|x| x == s || x.ends_with(&format!("/{s}")))
                 })
             })
             .take(limit)

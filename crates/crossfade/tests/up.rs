@@ -1,0 +1,484 @@
+//! `crossfade up` as a user runs it: a real Git repository (local path and smart HTTP), commits
+//! pushed while it runs, the CLI and the HTTP API, signed-only mode, `kill -9` and restart.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+use test_support::{GitHttpServer, GitRepo, SigningKey, bare_clone};
+
+const BIN: &str = env!("CARGO_BIN_EXE_crossfade");
+const TOKEN: &str = "test-admin-token";
+const HOOK_SECRET: &str = "hook-secret";
+
+/// A running `crossfade up`, killed when dropped.
+struct Up {
+    child: Child,
+    server: String,
+}
+
+impl Up {
+    /// Starts `crossfade up` with `args` and waits for its "crossfade is up" log line, which
+    /// names the port it bound (the tests ask for port 0).
+    fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("up")
+            .args(args)
+            .args(["--data-dir", data_dir.to_str().unwrap()])
+            .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--admin-token", TOKEN, "--webhook-secret", HOOK_SECRET])
+            // Polls stay out of the way: the tests trigger every sync themselves.
+            .args(["--poll-interval", "1h"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start crossfade up");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let admin = loop {
+            let Some(Ok(line)) = lines.next() else {
+                let _ = child.kill();
+                panic!("crossfade up exited before it was up:\n{}", seen.join("\n"));
+            };
+            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+            if v["fields"]["message"] == "crossfade is up" {
+                break v["fields"]["admin"].as_str().unwrap().to_owned();
+            }
+            seen.push(line);
+        };
+        // Keep draining the log so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            server: format!("http://{admin}"),
+        }
+    }
+
+    /// Runs a client command against this server; returns (exit code, stdout).
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let out = Command::new(BIN)
+            .args(args)
+            .args(["--server", &self.server, "--token", TOKEN])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let (code, out) = self.cli(&all);
+        assert_eq!(code, 0, "{args:?}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    fn sync(&self) -> Value {
+        self.json(&["sync"])
+    }
+
+    fn status(&self) -> Value {
+        self.json(&["status"])
+    }
+
+    /// Sends a raw HTTP POST; returns the status code.
+    fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
+        let addr = self.server.trim_start_matches("http://");
+        let mut stream = TcpStream::connect(addr).unwrap();
+        let mut req = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        stream.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        stream.read_to_string(&mut resp).unwrap();
+        resp.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// `kill -9`.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn isvc(name: &str, uri: &str) -> String {
+    format!(
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: {name}, namespace: models}}\nspec:\n  predictor:\n    model: {{modelFormat: {{name: onnx}}, storageUri: \"{uri}\"}}\n"
+    )
+}
+
+fn service<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no service {name} in {status:#}"))
+}
+
+fn revision_names(status: &Value, svc: &str) -> Vec<String> {
+    service(status, svc)["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn local_repository_sync_history_restart() {
+    let repo = GitRepo::new();
+    repo.write(
+        "deploy/iris.yaml",
+        &isvc("iris", "file:///models/iris-1.onnx"),
+    );
+    let first = repo.commit("iris v1");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
+    );
+
+    let result = up.sync();
+    assert_eq!(result[0]["commit"], first.as_str(), "{result:#}");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], first.as_str());
+    assert_eq!(status["source"]["verified"], false);
+    assert_eq!(status["source"]["error"], Value::Null);
+    assert!(
+        status["source"]["lastSyncAt"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let iris = service(&status, "iris");
+    assert_eq!(iris["namespace"], "models");
+    assert_eq!(iris["syncStatus"], "Synced");
+    assert_eq!(iris["revisions"][0]["name"], "iris-predictor-00001");
+    assert_eq!(
+        iris["revisions"][0]["storageUri"],
+        "file:///models/iris-1.onnx"
+    );
+
+    // A commit that breaks a manifest: nothing of it applies, the status says why.
+    repo.write("deploy/iris.yaml", &isvc("iris", "pvc://nope"));
+    let broken = repo.commit("broken manifest");
+    let result = up.sync();
+    assert_eq!(result[0]["outcome"], "Invalid");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], first.as_str());
+    let error = status["source"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&broken[..12]) && error.contains(&first[..12]),
+        "{error}"
+    );
+    let history = up.json(&["history", "iris"]);
+    assert_eq!(history[0]["outcome"], "Invalid");
+    let diagnostics = history[0]["diagnostics"].as_array().unwrap();
+    assert!(
+        diagnostics.iter().any(|d| d
+            .as_str()
+            .unwrap()
+            .starts_with("iris.yaml:6:52: unsupported-scheme")),
+        "{diagnostics:?}"
+    );
+
+    // A good commit replaces it: a second revision.
+    repo.write(
+        "deploy/iris.yaml",
+        &isvc("iris", "file:///models/iris-2.onnx"),
+    );
+    let second = repo.commit("iris v2");
+    assert_eq!(up.sync()[0]["outcome"], "Applied");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], second.as_str());
+    assert_eq!(status["source"]["error"], Value::Null);
+    assert_eq!(
+        revision_names(&status, "iris"),
+        ["iris-predictor-00001", "iris-predictor-00002"]
+    );
+
+    // kill -9, restart: history, audit chain and revision names survive.
+    up.kill();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
+    );
+    assert_eq!(up.sync()[0]["outcome"], "Unchanged");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], second.as_str());
+    assert_eq!(
+        revision_names(&status, "iris"),
+        ["iris-predictor-00001", "iris-predictor-00002"]
+    );
+    let history = up.json(&["history"]);
+    let outcomes: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["Applied", "Invalid", "Applied"]);
+    let verdict = up.json(&["audit", "verify"]);
+    assert_eq!(verdict["ok"], true, "{verdict:#}");
+    assert!(verdict["entries"].as_u64().unwrap() >= 4);
+    let (code, out) = up.cli(&["audit", "verify"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("audit log intact"), "{out}");
+
+    // A second instance on the same data directory is refused.
+    let other = Command::new(BIN)
+        .args(["up", "--repo", repo.path().to_str().unwrap()])
+        .args([
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(other.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        stderr.contains("in use by another crossfade process"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn smart_http_with_webhooks() {
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc("iris", "file:///models/iris-1.onnx"));
+    let first = repo.commit("iris v1");
+    let served = tempfile::tempdir().unwrap();
+    let bare = bare_clone(repo.path(), served.path(), "models.git");
+    let git = GitHttpServer::start(served.path());
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", &git.url("models.git")]);
+    assert_eq!(up.sync()[0]["commit"], first.as_str());
+
+    repo.write("iris.yaml", &isvc("iris", "file:///models/iris-2.onnx"));
+    let second = repo.commit("iris v2");
+    repo.push_to(&bare);
+
+    // Webhooks: a wrong or missing signature is refused and triggers nothing; a malformed
+    // body is a 400.
+    let body = r#"{"ref":"refs/heads/main"}"#;
+    let good = format!(
+        "sha256={}",
+        source::webhook::sign(HOOK_SECRET.as_bytes(), body.as_bytes())
+    );
+    let bad = format!(
+        "sha256={}",
+        source::webhook::sign(b"wrong", body.as_bytes())
+    );
+    assert_eq!(
+        up.post(
+            "/api/v1/webhook/git",
+            &[("X-Hub-Signature-256", &bad)],
+            body
+        ),
+        401
+    );
+    assert_eq!(up.post("/api/v1/webhook/git", &[], body), 401);
+    assert_eq!(up.status()["source"]["commit"], first.as_str());
+    let junk = "{oops";
+    let junk_sig = format!(
+        "sha256={}",
+        source::webhook::sign(HOOK_SECRET.as_bytes(), junk.as_bytes())
+    );
+    assert_eq!(
+        up.post(
+            "/api/v1/webhook/git",
+            &[("X-Hub-Signature-256", &junk_sig)],
+            junk
+        ),
+        400
+    );
+    assert_eq!(
+        up.post(
+            "/api/v1/webhook/git",
+            &[("X-Hub-Signature-256", &good)],
+            body
+        ),
+        202
+    );
+    assert_eq!(
+        up.post(
+            "/api/v1/webhook/git",
+            &[("X-Gitlab-Token", HOOK_SECRET)],
+            "{}"
+        ),
+        202
+    );
+    // Syncs of one Application never overlap, so this one waits for the webhook's.
+    up.sync();
+    assert_eq!(up.status()["source"]["commit"], second.as_str());
+    let applied: Vec<Value> = up.json(&["history"]).as_array().unwrap().clone();
+    let for_second = applied
+        .iter()
+        .filter(|h| h["commit"] == second.as_str() && h["outcome"] == "Applied")
+        .count();
+    assert_eq!(for_second, 1, "{applied:#?}");
+
+    // Mutating API calls need the token.
+    assert_eq!(up.post("/api/v1/sync", &[], ""), 401);
+    assert_eq!(
+        up.post("/api/v1/sync", &[("Authorization", "Bearer nope")], ""),
+        401
+    );
+}
+
+#[test]
+fn signed_only_mode() {
+    let alice = SigningKey::ssh("alice@example.com");
+    let mallory = SigningKey::ssh("mallory@example.com");
+    let keys = tempfile::tempdir().unwrap();
+    let signers: PathBuf = keys.path().join("allowed_signers");
+    std::fs::write(&signers, alice.allowed_signers_line("alice@example.com")).unwrap();
+
+    let mut repo = GitRepo::new();
+    repo.sign_with(alice);
+    repo.write("iris.yaml", &isvc("iris", "file:///models/iris-1.onnx"));
+    let signed = repo.commit("iris v1, signed");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--allowed-signers",
+            signers.to_str().unwrap(),
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], signed.as_str());
+    assert_eq!(status["source"]["verified"], true);
+    assert_eq!(status["source"]["signer"], "alice@example.com");
+
+    // Unsigned: refused, named in the status, the verified commit keeps serving.
+    let alice = repo.unsigned().unwrap();
+    repo.write("iris.yaml", &isvc("iris", "file:///models/iris-2.onnx"));
+    let unsigned = repo.commit("iris v2, unsigned");
+    assert_eq!(up.sync()[0]["outcome"], "Untrusted");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], signed.as_str());
+    let error = status["source"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&unsigned[..12]) && error.contains("not signed"),
+        "{error}"
+    );
+
+    // Signed by an untrusted key: refused too.
+    repo.sign_with(mallory);
+    repo.write("iris.yaml", &isvc("iris", "file:///models/iris-3.onnx"));
+    let untrusted = repo.commit("iris v3, mallory");
+    assert_eq!(up.sync()[0]["outcome"], "Untrusted");
+    let error = up.status()["source"]["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains(&untrusted[..12]) && error.contains("untrusted key"),
+        "{error}"
+    );
+    assert_eq!(
+        revision_names(&up.status(), "iris"),
+        ["iris-predictor-00001"]
+    );
+
+    // Signed by alice again: synced.
+    repo.sign_with(alice);
+    repo.write("iris.yaml", &isvc("iris", "file:///models/iris-4.onnx"));
+    let good = repo.commit("iris v4, signed");
+    assert_eq!(up.sync()[0]["outcome"], "Applied");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], good.as_str());
+    assert_eq!(status["source"]["error"], Value::Null);
+    let history = up.json(&["history"]);
+    let signers: Vec<&Value> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| &h["signer"])
+        .collect();
+    assert_eq!(signers[0], "alice@example.com");
+    assert_eq!(history[1]["outcome"], "Untrusted");
+}
+
+#[test]
+fn an_argo_cd_application_file() {
+    let repo = GitRepo::new();
+    repo.write(
+        "deploy/iris.yaml",
+        &isvc("iris", "file:///models/iris-1.onnx"),
+    );
+    repo.write(
+        "deploy/gone.yaml",
+        &isvc("gone", "file:///models/gone.onnx"),
+    );
+    repo.commit("two services");
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("application.yaml");
+    std::fs::write(
+        &app,
+        format!(
+            "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {{name: models, namespace: argocd}}\nspec:\n  source: {{repoURL: \"{}\", path: deploy, targetRevision: main}}\n  destination: {{namespace: models}}\n  syncPolicy:\n    automated: {{prune: true}}\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let up = Up::start(&dir.path().join("data"), &["-f", app.to_str().unwrap()]);
+    up.sync();
+    let status = up.status();
+    assert_eq!(status["applications"][0]["name"], "models");
+    assert_eq!(status["applications"][0]["prune"], true);
+    assert_eq!(status["source"]["revision"], "main");
+    assert_eq!(status["services"].as_array().unwrap().len(), 2);
+
+    // Deleted from Git with prune: removed.
+    repo.remove("deploy/gone.yaml");
+    repo.commit("remove gone");
+    up.sync();
+    let status = up.status();
+    let names: Vec<&str> = status["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["iris"]);
+
+    // A broken Application file is refused before anything starts.
+    std::fs::write(
+        &app,
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata: {name: x}\nspec: {}\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "-f", app.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("missing required field `source`"),
+        "{stderr}"
+    );
+}
