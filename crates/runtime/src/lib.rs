@@ -1,0 +1,25 @@
+//! Model loading and inference. In-process ONNX with tract today; process runtimes started from
+//! a ServingRuntime come next.
+
+mod onnx;
+mod tensor;
+
+use std::path::PathBuf;
+
+pub use onnx::OnnxModel;
+pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
+
+/// Errors of the runtime crate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("{} uses the operator {operator}, which the ONNX engine (tract) does not implement", path.display())]
+    UnsupportedOperator { path: PathBuf, operator: String },
+    #[error("cannot load {}: {message}", path.display())]
+    Load { path: PathBuf, message: String },
+    /// A request's input does not fit the model (a client error).
+    #[error("input {input}: {message}")]
+    Input { input: String, message: String },
+    /// The model failed while running (a server error).
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
