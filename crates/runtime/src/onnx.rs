@@ -71,13 +71,13 @@ impl OnnxModel {
         let typed = model.into_typed().map_err(|e| classify(path, &e))?;
         let inputs = specs(
             &typed,
-            &typed.input_outlets().map_err(|e| load(&e))?.to_vec(),
+            typed.input_outlets().map_err(|e| load(&e))?,
             true,
         )
         .map_err(|e| load(&e))?;
         let outputs = specs(
             &typed,
-            &typed.output_outlets().map_err(|e| load(&e))?.to_vec(),
+            typed.output_outlets().map_err(|e| load(&e))?,
             false,
         )
         .map_err(|e| load(&e))?;
