@@ -69,18 +69,10 @@ impl OnnxModel {
                 .map_err(|e| load(&e))?;
         }
         let typed = model.into_typed().map_err(|e| classify(path, &e))?;
-        let inputs = specs(
-            &typed,
-            typed.input_outlets().map_err(|e| load(&e))?,
-            true,
-        )
-        .map_err(|e| load(&e))?;
-        let outputs = specs(
-            &typed,
-            typed.output_outlets().map_err(|e| load(&e))?,
-            false,
-        )
-        .map_err(|e| load(&e))?;
+        let inputs = specs(&typed, typed.input_outlets().map_err(|e| load(&e))?, true)
+            .map_err(|e| load(&e))?;
+        let outputs = specs(&typed, typed.output_outlets().map_err(|e| load(&e))?, false)
+            .map_err(|e| load(&e))?;
         let plan = typed
             .into_optimized()
             .and_then(|m| m.into_runnable())

@@ -1,0 +1,365 @@
+//! Model artifacts: fetched from their `storageUri`, verified against the sha256 digest the URI
+//! pins, and kept in a content-addressed cache under the data directory.
+//!
+//! # Digests
+//!
+//! A digest covers what the URI names. A file: the sha256 of its bytes. A directory: the sha256
+//! of its *listing*, one line per regular file, sorted by path (bytewise), each line
+//! `<sha256 of the file, 64 lower-case hex>  <path relative to the directory, '/'-separated>\n`
+//! (the format of `sha256sum`), so `find . -type f | sort | xargs sha256sum` style tools can
+//! reproduce it.
+//!
+//! # Guarantees
+//!
+//! - Nothing unverified is ever in the cache: downloads land in a temporary directory, are
+//!   hashed, and are renamed into `sha256/<hex>` only when they match.
+//! - A second revision with the same pinned digest is served from the cache without a download.
+//! - An artifact over the size limit is refused while it downloads.
+//!
+//! Blocking: async callers run it on a blocking thread.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use manifest::{Digest, Scheme, StorageUri};
+use sha2::{Digest as _, Sha256};
+
+/// Errors of the artifact crate.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{uri}: digest mismatch: expected sha256:{expected}, got sha256:{actual}")]
+    DigestMismatch {
+        uri: String,
+        expected: Digest,
+        actual: Digest,
+    },
+    #[error("{uri}: larger than the limit of {limit} bytes")]
+    TooLarge { uri: String, limit: u64 },
+    #[error("{uri}: not found")]
+    NotFound { uri: String },
+    #[error("{uri}: {message}")]
+    Fetch { uri: String, message: String },
+    #[error("{uri}: the {scheme} scheme is not supported by this build yet")]
+    Unsupported { uri: String, scheme: &'static str },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A verified artifact in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    pub digest: Digest,
+    /// The file, or the directory, in the cache.
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// False when it came from the cache.
+    pub downloaded: bool,
+}
+
+/// The content-addressed cache: `<root>/sha256/<hex>/<name>`.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    root: PathBuf,
+    max_bytes: u64,
+    timeout: Duration,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+// === impl Cache ===
+
+impl Cache {
+    /// A cache in `root`, refusing artifacts over `max_bytes`.
+    pub fn new(root: &Path, max_bytes: u64, timeout: Duration) -> Result<Self, Error> {
+        std::fs::create_dir_all(root.join("sha256")).map_err(io(root))?;
+        Ok(Self {
+            root: root.to_owned(),
+            max_bytes,
+            timeout,
+        })
+    }
+
+    /// Fetches and verifies `uri`, from the cache when its pinned digest is there already.
+    pub fn fetch(&self, uri: &StorageUri) -> Result<Fetched, Error> {
+        if let Some(digest) = uri.digest
+            && let Some(hit) = self.lookup(&digest)?
+        {
+            return Ok(hit);
+        }
+        let staging = tempdir_in(&self.root)?;
+        let name = leaf_name(&uri.raw);
+        let target = staging.join(&name);
+        let bytes = match uri.scheme {
+            Scheme::File => self.copy_local(uri, &target)?,
+            Scheme::Http | Scheme::Https => self.download(uri, &target)?,
+            Scheme::S3 => {
+                return Err(Error::Unsupported {
+                    uri: uri.raw.clone(),
+                    scheme: "s3",
+                });
+            }
+            Scheme::Gs => {
+                return Err(Error::Unsupported {
+                    uri: uri.raw.clone(),
+                    scheme: "gs",
+                });
+            }
+        };
+        let actual = digest_path(&target)?;
+        if let Some(expected) = uri.digest
+            && expected != actual
+        {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(Error::DigestMismatch {
+                uri: uri.raw.clone(),
+                expected,
+                actual,
+            });
+        }
+        let slot = self.root.join("sha256").join(actual.to_string());
+        if !slot.exists() {
+            // Atomic: the verified staging directory becomes the cache entry.
+            std::fs::rename(&staging, &slot).map_err(io(&slot))?;
+        } else {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Ok(Fetched {
+            digest: actual,
+            path: slot.join(name),
+            bytes,
+            downloaded: true,
+        })
+    }
+
+    fn lookup(&self, digest: &Digest) -> Result<Option<Fetched>, Error> {
+        let slot = self.root.join("sha256").join(digest.to_string());
+        let Ok(mut entries) = std::fs::read_dir(&slot) else {
+            return Ok(None);
+        };
+        let Some(entry) = entries.next() else {
+            return Ok(None);
+        };
+        let path = entry.map_err(io(&slot))?.path();
+        Ok(Some(Fetched {
+            digest: *digest,
+            bytes: size(&path)?,
+            path,
+            downloaded: false,
+        }))
+    }
+
+    fn copy_local(&self, uri: &StorageUri, target: &Path) -> Result<u64, Error> {
+        let source = PathBuf::from(uri.raw.trim_start_matches("file://"));
+        let meta = std::fs::metadata(&source).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                uri: uri.raw.clone(),
+            },
+            _ => Error::Io {
+                path: source.clone(),
+                source: e,
+            },
+        })?;
+        let limit = |n: u64| -> Result<(), Error> {
+            if n > self.max_bytes {
+                Err(Error::TooLarge {
+                    uri: uri.raw.clone(),
+                    limit: self.max_bytes,
+                })
+            } else {
+                Ok(())
+            }
+        };
+        if meta.is_dir() {
+            limit(size(&source)?)?;
+            copy_dir(&source, target)
+        } else {
+            limit(meta.len())?;
+            std::fs::copy(&source, target).map_err(io(&source))
+        }
+    }
+
+    fn download(&self, uri: &StorageUri, target: &Path) -> Result<u64, Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let fail = |message: String| Error::Fetch {
+            uri: uri.raw.clone(),
+            message,
+        };
+        let client = reqwest::blocking::Client::builder()
+            .timeout(self.timeout)
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        let mut response = client
+            .get(&uri.raw)
+            .send()
+            .map_err(|e| fail(root_cause(&e)))?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Err(Error::NotFound {
+                uri: uri.raw.clone(),
+            });
+        }
+        if !response.status().is_success() {
+            return Err(fail(format!("the server answered {}", response.status())));
+        }
+        if response
+            .content_length()
+            .is_some_and(|n| n > self.max_bytes)
+        {
+            return Err(Error::TooLarge {
+                uri: uri.raw.clone(),
+                limit: self.max_bytes,
+            });
+        }
+        let mut file = std::fs::File::create(target).map_err(io(target))?;
+        let mut total = 0u64;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = response.read(&mut buf).map_err(|e| fail(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            if total > self.max_bytes {
+                return Err(Error::TooLarge {
+                    uri: uri.raw.clone(),
+                    limit: self.max_bytes,
+                });
+            }
+            file.write_all(&buf[..n]).map_err(io(target))?;
+        }
+        file.sync_all().map_err(io(target))?;
+        Ok(total)
+    }
+}
+
+/// The digest of a file (its bytes) or a directory (its listing; see the crate docs).
+pub fn digest_path(path: &Path) -> Result<Digest, Error> {
+    if path.is_dir() {
+        let listing = listing(path)?;
+        Ok(Digest(Sha256::digest(listing.as_bytes()).into()))
+    } else {
+        digest_file(path)
+    }
+}
+
+/// The canonical listing of a directory: `<sha256 hex>  <relative path>\n` per file, sorted.
+pub fn listing(dir: &Path) -> Result<String, Error> {
+    let mut files = Vec::new();
+    walk(dir, "", &mut files)?;
+    files.sort();
+    let mut out = String::new();
+    for rel in files {
+        let d = digest_file(&dir.join(&rel))?;
+        out.push_str(&format!("{d}  {rel}\n"));
+    }
+    Ok(out)
+}
+
+fn digest_file(path: &Path) -> Result<Digest, Error> {
+    let mut file = std::fs::File::open(path).map_err(io(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = file.read(&mut buf).map_err(io(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Digest(hasher.finalize().into()))
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(), Error> {
+    for entry in std::fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let ty = entry.file_type().map_err(io(dir))?;
+        if ty.is_dir() {
+            walk(&entry.path(), &rel, out)?;
+        } else if ty.is_file() {
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<u64, Error> {
+    std::fs::create_dir_all(to).map_err(io(to))?;
+    let mut total = 0;
+    for entry in std::fs::read_dir(from).map_err(io(from))? {
+        let entry = entry.map_err(io(from))?;
+        let ty = entry.file_type().map_err(io(from))?;
+        let dest = to.join(entry.file_name());
+        if ty.is_dir() {
+            total += copy_dir(&entry.path(), &dest)?;
+        } else if ty.is_file() {
+            total += std::fs::copy(entry.path(), &dest).map_err(io(&dest))?;
+        }
+    }
+    Ok(total)
+}
+
+fn size(path: &Path) -> Result<u64, Error> {
+    let meta = std::fs::metadata(path).map_err(io(path))?;
+    if !meta.is_dir() {
+        return Ok(meta.len());
+    }
+    let mut total = 0;
+    for entry in std::fs::read_dir(path).map_err(io(path))? {
+        total += size(&entry.map_err(io(path))?.path())?;
+    }
+    Ok(total)
+}
+
+/// The last path segment of a URI (`model.onnx`), or `artifact` when there is none.
+fn leaf_name(uri: &str) -> String {
+    uri.split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .filter(|s| !s.is_empty() && !s.contains(':'))
+        .unwrap_or("artifact")
+        .to_owned()
+}
+
+/// A fresh directory under `root` for a download in progress.
+fn tempdir_in(root: &Path) -> Result<PathBuf, Error> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = root.join(format!("tmp-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io(&dir)(e)),
+        }
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests;
