@@ -1,0 +1,348 @@
+//! KServe V1 and Open Inference (V2) JSON: requests to tensors, tensors to responses. Every
+//! error names the input and says what is wrong, for a 400.
+
+use runtime::{DataType, Tensor, TensorData, TensorSpec};
+use serde_json::{Map, Value, json};
+
+/// A client error in a request body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct BadRequest(pub String);
+
+fn bad<T>(message: impl Into<String>) -> Result<T, BadRequest> {
+    Err(BadRequest(message.into()))
+}
+
+/// A parsed V2 infer request.
+#[derive(Debug)]
+pub struct InferRequest {
+    pub id: Option<Value>,
+    pub inputs: Vec<Tensor>,
+    /// `outputs[].name`: only these are returned.
+    pub outputs: Option<Vec<String>>,
+}
+
+/// Reads a V2 `infer` body. Datatypes and shapes are checked against the model's inputs.
+pub fn parse_v2(body: &[u8], specs: &[TensorSpec]) -> Result<InferRequest, BadRequest> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let Some(obj) = v.as_object() else {
+        return bad("the body must be a JSON object with `inputs`");
+    };
+    let Some(inputs) = obj.get("inputs").and_then(Value::as_array) else {
+        return bad("`inputs` is missing or not a list");
+    };
+    let mut tensors = Vec::new();
+    for (i, input) in inputs.iter().enumerate() {
+        let Some(input) = input.as_object() else {
+            return bad(format!("inputs[{i}] is not an object"));
+        };
+        let Some(name) = input.get("name").and_then(Value::as_str) else {
+            return bad(format!("inputs[{i}] has no `name`"));
+        };
+        let Some(spec) = specs.iter().find(|s| s.name == name) else {
+            return bad(format!(
+                "input {name}: the model has no such input (it has {})",
+                specs
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        };
+        let shape = match input.get("shape").and_then(Value::as_array) {
+            Some(dims) => dims
+                .iter()
+                .map(|d| d.as_u64().map(|d| d as usize))
+                .collect::<Option<Vec<usize>>>()
+                .ok_or_else(|| {
+                    BadRequest(format!(
+                        "input {name}: `shape` must be a list of non-negative integers"
+                    ))
+                })?,
+            None => return bad(format!("input {name}: `shape` is missing")),
+        };
+        let Some(datatype) = input.get("datatype").and_then(Value::as_str) else {
+            return bad(format!("input {name}: `datatype` is missing"));
+        };
+        let Some(datatype) = DataType::parse(datatype) else {
+            return bad(format!("input {name}: unknown datatype {datatype}"));
+        };
+        if datatype != spec.datatype {
+            return bad(format!(
+                "input {name}: datatype {} does not match the model's {}",
+                datatype.as_str(),
+                spec.datatype.as_str()
+            ));
+        }
+        let Some(data) = input.get("data") else {
+            return bad(format!("input {name}: `data` is missing"));
+        };
+        let mut flat = Vec::new();
+        flatten(data, &mut flat);
+        let data = convert(name, datatype, &flat)?;
+        let tensor = Tensor {
+            name: name.to_owned(),
+            shape,
+            data,
+        };
+        spec.check(&tensor).map_err(|e| BadRequest(e.to_string()))?;
+        tensors.push(tensor);
+    }
+    for spec in specs {
+        if !tensors.iter().any(|t| t.name == spec.name) {
+            return bad(format!("input {}: missing", spec.name));
+        }
+    }
+    let outputs = match obj.get("outputs") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(list)) => Some(
+            list.iter()
+                .map(|o| o.get("name").and_then(Value::as_str).map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| BadRequest("every `outputs` entry needs a `name`".into()))?,
+        ),
+        Some(_) => return bad("`outputs` must be a list"),
+    };
+    Ok(InferRequest {
+        id: obj.get("id").cloned(),
+        inputs: tensors,
+        outputs,
+    })
+}
+
+/// The V2 response body.
+pub fn render_v2(
+    model: &str,
+    revision: &str,
+    id: Option<&Value>,
+    outputs: &[Tensor],
+    selected: Option<&[String]>,
+) -> Result<Value, BadRequest> {
+    if let Some(sel) = selected
+        && let Some(unknown) = sel.iter().find(|n| !outputs.iter().any(|o| &o.name == *n))
+    {
+        return bad(format!(
+            "output {unknown}: the model has no such output (it has {})",
+            outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    let rendered: Vec<Value> = outputs
+        .iter()
+        .filter(|o| selected.is_none_or(|s| s.contains(&o.name)))
+        .map(|o| {
+            json!({
+                "name": o.name,
+                "datatype": o.data.datatype().as_str(),
+                "shape": o.shape,
+                "data": data_json(&o.data),
+            })
+        })
+        .collect();
+    let mut body = Map::new();
+    body.insert("model_name".into(), json!(model));
+    body.insert("model_version".into(), json!(revision));
+    if let Some(id) = id {
+        body.insert("id".into(), id.clone());
+    }
+    body.insert("outputs".into(), Value::Array(rendered));
+    Ok(Value::Object(body))
+}
+
+/// Model metadata (`GET /v2/models/<m>`).
+pub fn metadata_v2(
+    model: &str,
+    versions: &[String],
+    inputs: &[TensorSpec],
+    outputs: &[TensorSpec],
+) -> Value {
+    let spec = |s: &TensorSpec| json!({"name": s.name, "datatype": s.datatype.as_str(), "shape": s.shape_i64()});
+    json!({
+        "name": model,
+        "versions": versions,
+        "platform": "onnx",
+        "inputs": inputs.iter().map(spec).collect::<Vec<_>>(),
+        "outputs": outputs.iter().map(spec).collect::<Vec<_>>(),
+    })
+}
+
+/// Reads a V1 `predict` body (`{"instances": [...]}`) for a model with one input.
+pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))?;
+    let Some(instances) = v.get("instances").and_then(Value::as_array) else {
+        return bad("`instances` is missing or not a list");
+    };
+    let [spec] = specs else {
+        return bad(format!(
+            "the V1 protocol sends one input, but the model takes {}: use the V2 protocol",
+            specs.len()
+        ));
+    };
+    let name = spec.name.as_str();
+    let Some(first) = instances.first() else {
+        return bad("`instances` is empty");
+    };
+    let inner = shape_of(first);
+    let mut flat = Vec::new();
+    for (i, instance) in instances.iter().enumerate() {
+        if shape_of(instance) != inner {
+            return bad(format!(
+                "input {name}: instance {i} has shape {:?}, instance 0 has {inner:?}",
+                shape_of(instance)
+            ));
+        }
+        flatten(instance, &mut flat);
+    }
+    let mut shape = vec![instances.len()];
+    shape.extend(inner);
+    let tensor = Tensor {
+        name: name.to_owned(),
+        shape,
+        data: convert(name, spec.datatype, &flat)?,
+    };
+    spec.check(&tensor).map_err(|e| BadRequest(e.to_string()))?;
+    Ok(tensor)
+}
+
+/// The V1 response: one prediction per instance, from the first output.
+pub fn render_v1(outputs: &[Tensor]) -> Value {
+    let Some(first) = outputs.first() else {
+        return json!({"predictions": []});
+    };
+    let rows = first.shape.first().copied().unwrap_or(1).max(1);
+    let per_row = first.data.len() / rows;
+    let values = data_json(&first.data);
+    let Value::Array(values) = values else {
+        return json!({"predictions": []});
+    };
+    let predictions: Vec<Value> = if first.shape.len() <= 1 {
+        values
+    } else {
+        values
+            .chunks(per_row.max(1))
+            .map(|c| Value::Array(c.to_vec()))
+            .collect()
+    };
+    json!({ "predictions": predictions })
+}
+
+fn shape_of(v: &Value) -> Vec<usize> {
+    match v {
+        Value::Array(items) => {
+            let mut s = vec![items.len()];
+            if let Some(first) = items.first() {
+                s.extend(shape_of(first));
+            }
+            s
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn flatten<'v>(v: &'v Value, out: &mut Vec<&'v Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other),
+    }
+}
+
+fn convert(name: &str, datatype: DataType, values: &[&Value]) -> Result<TensorData, BadRequest> {
+    let wrong = |i: usize, what: &str| {
+        BadRequest(format!(
+            "input {name}: data element {i} ({}) is not {what}",
+            values[i]
+        ))
+    };
+    macro_rules! ints {
+        ($t:ty, $variant:ident) => {{
+            let mut out = Vec::with_capacity(values.len());
+            for (i, v) in values.iter().enumerate() {
+                let n = v
+                    .as_i64()
+                    .and_then(|n| <$t>::try_from(n).ok())
+                    .or_else(|| v.as_u64().and_then(|n| <$t>::try_from(n).ok()))
+                    .ok_or_else(|| wrong(i, concat!("a ", stringify!($t))))?;
+                out.push(n);
+            }
+            TensorData::$variant(out)
+        }};
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_bool().ok_or_else(|| wrong(i, "a boolean")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::U8 => ints!(u8, U8),
+        DataType::U16 => ints!(u16, U16),
+        DataType::U32 => ints!(u32, U32),
+        DataType::U64 => ints!(u64, U64),
+        DataType::I8 => ints!(i8, I8),
+        DataType::I16 => ints!(i16, I16),
+        DataType::I32 => ints!(i32, I32),
+        DataType::I64 => ints!(i64, I64),
+        DataType::F32 => TensorData::F32(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_f64()
+                        .map(|f| f as f32)
+                        .ok_or_else(|| wrong(i, "a number"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::F64 => TensorData::F64(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().ok_or_else(|| wrong(i, "a number")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::Bytes => TensorData::Bytes(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    v.as_str()
+                        .map(|s| s.as_bytes().to_vec())
+                        .ok_or_else(|| wrong(i, "a string"))
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DataType::F16 | DataType::Other => {
+            return bad(format!(
+                "input {name}: datatype {} is not supported",
+                datatype.as_str()
+            ));
+        }
+    })
+}
+
+fn data_json(data: &TensorData) -> Value {
+    match data {
+        TensorData::Bool(v) => json!(v),
+        TensorData::U8(v) => json!(v),
+        TensorData::U16(v) => json!(v),
+        TensorData::U32(v) => json!(v),
+        TensorData::U64(v) => json!(v),
+        TensorData::I8(v) => json!(v),
+        TensorData::I16(v) => json!(v),
+        TensorData::I32(v) => json!(v),
+        TensorData::I64(v) => json!(v),
+        TensorData::F32(v) => json!(v),
+        TensorData::F64(v) => json!(v),
+        TensorData::Bytes(v) => json!(
+            v.iter()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .collect::<Vec<_>>()
+        ),
+    }
+}

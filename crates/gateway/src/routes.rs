@@ -1,0 +1,167 @@
+//! The route table: an immutable snapshot of which revisions serve each model and how traffic
+//! splits among them. The control plane builds a new one and swaps it in; requests read the
+//! current one without a lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use runtime::{OnnxModel, TensorSpec};
+
+/// A loaded revision, ready to serve.
+pub struct Revision {
+    pub name: String,
+    pub model: OnnxModel,
+}
+
+impl Revision {
+    pub fn inputs(&self) -> &[TensorSpec] {
+        self.model.inputs()
+    }
+
+    pub fn outputs(&self) -> &[TensorSpec] {
+        self.model.outputs()
+    }
+}
+
+/// How one model's traffic is routed.
+#[derive(Clone)]
+pub struct Route {
+    /// Every loaded revision of the service, by name: reachable with `/versions/<name>`.
+    pub revisions: Vec<Arc<Revision>>,
+    /// The weighted split: revision index and percent; the percents sum to 100.
+    pub split: Vec<(usize, u8)>,
+    /// Tag routing (`latest-<m>.*`, `prev-<m>.*` hosts and `x-crossfade-tag`).
+    pub tag_routing: bool,
+    pub latest: Option<usize>,
+    pub prev: Option<usize>,
+    /// Requests whose headers all match go to the given revision (Argo's `setHeaderRoute`).
+    pub header_routes: Vec<HeaderRoute>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HeaderRoute {
+    pub matches: Vec<(String, Match)>,
+    pub revision: usize,
+}
+
+#[derive(Clone, Debug)]
+pub enum Match {
+    Exact(String),
+    Prefix(String),
+    Regex(regex::Regex),
+}
+
+/// All routes, by model name.
+#[derive(Clone, Default)]
+pub struct RouteTable {
+    pub models: HashMap<String, Route>,
+}
+
+/// Why a request went where it went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Chosen {
+    Split,
+    Sticky,
+    Pinned,
+    Tag,
+    Header,
+}
+
+/// What a request carries that routing looks at.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// `/versions/<name>`.
+    pub version: Option<&'a str>,
+    /// The `Host` header.
+    pub host: Option<&'a str>,
+    /// `x-crossfade-tag`.
+    pub tag: Option<&'a str>,
+    /// `x-crossfade-key`.
+    pub key: Option<&'a str>,
+}
+
+// === impl Route ===
+
+impl Route {
+    /// Picks the revision for a request, or `None` when the service has nothing to serve (or
+    /// the pinned version or tag does not exist).
+    pub fn choose(
+        &self,
+        model: &str,
+        facts: RequestFacts<'_>,
+        header: impl Fn(&str) -> Option<String>,
+    ) -> Option<(&Arc<Revision>, Chosen)> {
+        if let Some(v) = facts.version {
+            return self
+                .revisions
+                .iter()
+                .find(|r| r.name == v)
+                .map(|r| (r, Chosen::Pinned));
+        }
+        if self.tag_routing {
+            let tag = facts.tag.map(str::to_owned).or_else(|| {
+                let host = facts.host?.split(':').next()?;
+                if host.starts_with(&format!("latest-{model}."))
+                    || host == format!("latest-{model}")
+                {
+                    Some("latest".into())
+                } else if host.starts_with(&format!("prev-{model}."))
+                    || host == format!("prev-{model}")
+                {
+                    Some("prev".into())
+                } else {
+                    None
+                }
+            });
+            if let Some(tag) = tag {
+                let idx = match tag.as_str() {
+                    "latest" => self.latest,
+                    "prev" => self.prev,
+                    _ => None,
+                };
+                return idx.map(|i| (&self.revisions[i], Chosen::Tag));
+            }
+        }
+        for route in &self.header_routes {
+            if route
+                .matches
+                .iter()
+                .all(|(name, m)| header(name).is_some_and(|v| m.matches(&v)))
+            {
+                return Some((&self.revisions[route.revision], Chosen::Header));
+            }
+        }
+        let (point, how) = match facts.key {
+            Some(key) => (bucket(key), Chosen::Sticky),
+            None => (fastrand::u8(0..100), Chosen::Split),
+        };
+        let mut acc = 0u8;
+        for (idx, pct) in &self.split {
+            acc = acc.saturating_add(*pct);
+            if point < acc {
+                return Some((&self.revisions[*idx], how));
+            }
+        }
+        None
+    }
+}
+
+impl Match {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Match::Exact(v) => value == v,
+            Match::Prefix(p) => value.starts_with(p.as_str()),
+            Match::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// A stable bucket in 0..100 for a sticky key (FNV-1a: stable across processes and builds).
+pub fn bucket(key: &str) -> u8 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % 100) as u8
+}

@@ -1,0 +1,363 @@
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+
+fn model(name: &str) -> runtime::OnnxModel {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("../../fixtures/models/{name}.onnx"));
+    runtime::OnnxModel::load(&path).unwrap()
+}
+
+fn revision(name: &str, file: &str) -> Arc<Revision> {
+    Arc::new(Revision {
+        name: name.into(),
+        model: model(file),
+    })
+}
+
+/// iris served by two revisions, 90/10, with tag routing and one header route.
+fn gateway(limit: usize) -> Arc<Gateway> {
+    let gw = Gateway::new(Config { body_limit: limit });
+    let route = Route {
+        revisions: vec![
+            revision("iris-predictor-00001", "iris-logreg-v1"),
+            revision("iris-predictor-00002", "iris-mlp-v1"),
+        ],
+        split: vec![(0, 90), (1, 10)],
+        tag_routing: true,
+        latest: Some(1),
+        prev: Some(0),
+        header_routes: vec![HeaderRoute {
+            matches: vec![("x-team".into(), Match::Exact("ml".into()))],
+            revision: 1,
+        }],
+    };
+    let mut table = RouteTable::default();
+    table.models.insert("iris".into(), route);
+    gw.publish(table);
+    gw
+}
+
+async fn send(gw: &Arc<Gateway>, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let resp = gw.router().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let rev = resp
+        .headers()
+        .get(REVISION_HEADER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    (status, rev, json)
+}
+
+fn infer(path: &str, body: &Value, headers: &[(&str, &str)]) -> Request<Body> {
+    let mut b = Request::post(path).header("content-type", "application/json");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(Body::from(body.to_string())).unwrap()
+}
+
+fn iris_body() -> Value {
+    json!({
+        "id": "req-42",
+        "inputs": [{"name": "X", "shape": [3, 4], "datatype": "FP32",
+                    "data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.1, 4.4, 1.4], [6.3, 3.3, 6.0, 2.5]]}]
+    })
+}
+
+#[tokio::test]
+async fn v2_infer_with_metadata_and_output_selection() {
+    let gw = gateway(1 << 20);
+    let (s, rev, v) = send(
+        &gw,
+        infer(
+            "/v2/models/iris/versions/iris-predictor-00001/infer",
+            &iris_body(),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(rev.as_deref(), Some("iris-predictor-00001"));
+    assert_eq!(v["id"], "req-42");
+    assert_eq!(v["model_name"], "iris");
+    assert_eq!(v["model_version"], "iris-predictor-00001");
+    assert_eq!(v["outputs"][0]["name"], "label");
+    assert_eq!(v["outputs"][0]["datatype"], "INT64");
+    assert_eq!(v["outputs"][0]["data"], json!([0, 1, 2]));
+    assert_eq!(v["outputs"][1]["shape"], json!([3, 3]));
+
+    let mut only_probs = iris_body();
+    only_probs["outputs"] = json!([{"name": "probabilities"}]);
+    let (s, _, v) = send(&gw, infer("/v2/models/iris/infer", &only_probs, &[])).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["outputs"].as_array().unwrap().len(), 1);
+    assert_eq!(v["outputs"][0]["name"], "probabilities");
+
+    let (s, _, v) = send(
+        &gw,
+        Request::get("/v2/models/iris").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        v["inputs"][0],
+        json!({"name": "X", "datatype": "FP32", "shape": [-1, 4]})
+    );
+    assert_eq!(
+        v["versions"],
+        json!(["iris-predictor-00001", "iris-predictor-00002"])
+    );
+    let (s, _, _) = send(
+        &gw,
+        Request::get("/v2/models/iris/ready")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, _) = send(
+        &gw,
+        Request::get("/v2/health/ready")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, v) = send(&gw, Request::get("/v2").body(Body::empty()).unwrap()).await;
+    assert_eq!((s, &v["name"]), (StatusCode::OK, &json!("crossfade")));
+}
+
+#[tokio::test]
+async fn v1_predict() {
+    let gw = gateway(1 << 20);
+    let body = json!({"instances": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]});
+    let (s, rev, v) = send(
+        &gw,
+        infer(
+            "/v1/models/iris:predict",
+            &body,
+            &[("x-crossfade-tag", "prev")],
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(rev.as_deref(), Some("iris-predictor-00001"));
+    assert_eq!(v, json!({"predictions": [0, 2]}));
+    let (s, _, v) = send(
+        &gw,
+        Request::get("/v1/models/iris").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (s, v),
+        (StatusCode::OK, json!({"name": "iris", "ready": true}))
+    );
+    let (s, _, v) = send(
+        &gw,
+        infer(
+            "/v1/models/iris:predict",
+            &json!({"instances": [[1, 2], [1, 2, 3]]}),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("instance 1"), "{v}");
+}
+
+#[tokio::test]
+async fn client_errors_name_the_input() {
+    let gw = gateway(2048);
+    let cases = [
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}),
+            "dimension 1",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "INT64", "data": [1, 2, 3, 4]}]}),
+            "datatype INT64 does not match the model's FP32",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+            "holds 8 values but 4 were given",
+        ),
+        (
+            json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1, "a", 3, 4]}]}),
+            "data element 1",
+        ),
+        (
+            json!({"inputs": [{"name": "Y", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}),
+            "input Y: the model has no such input",
+        ),
+        (json!({"inputs": []}), "input X: missing"),
+        (json!({"nope": 1}), "`inputs` is missing"),
+    ];
+    for (body, expected) in cases {
+        let (s, _, v) = send(&gw, infer("/v2/models/iris/infer", &body, &[])).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        let msg = v["error"].as_str().unwrap();
+        assert!(msg.contains(expected), "{msg} should contain {expected}");
+    }
+    let req = Request::post("/v2/models/iris/infer")
+        .body(Body::from("{oops"))
+        .unwrap();
+    let (s, _, v) = send(&gw, req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(v["error"].as_str().unwrap().contains("not valid JSON"));
+    let (s, _, _) = send(&gw, infer("/v2/models/nope/infer", &iris_body(), &[])).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = send(
+        &gw,
+        infer(
+            "/v2/models/iris/versions/iris-predictor-00009/infer",
+            &iris_body(),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let big = json!({"inputs": [{"name": "X", "shape": [200, 4], "datatype": "FP32", "data": vec![1.0; 800]}]});
+    let (s, _, v) = send(&gw, infer("/v2/models/iris/infer", &big, &[])).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(v["error"].is_string());
+}
+
+#[tokio::test]
+async fn a_model_failing_on_an_input_is_a_500_not_a_crash() {
+    let gw = Gateway::new(Config::default());
+    let mut table = RouteTable::default();
+    table.models.insert(
+        "fails".into(),
+        Route {
+            revisions: vec![revision("fails-predictor-00001", "iris-fails")],
+            split: vec![(0, 100)],
+            tag_routing: false,
+            latest: None,
+            prev: None,
+            header_routes: vec![],
+        },
+    );
+    gw.publish(table);
+    let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.0, 3.0, 1.0, 0.2]}]});
+    let (s, rev, v) = send(&gw, infer("/v2/models/fails/infer", &body, &[])).await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert_eq!(rev.as_deref(), Some("fails-predictor-00001"));
+    let ok = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [1.0, 3.0, 1.0, 0.2]}]});
+    let (s, _, v) = send(&gw, infer("/v2/models/fails/infer", &ok, &[])).await;
+    assert_eq!(
+        (s, &v["outputs"][0]["data"]),
+        (StatusCode::OK, &json!([0.5]))
+    );
+}
+
+#[tokio::test]
+async fn routing_split_sticky_tags_headers() {
+    let gw = gateway(1 << 20);
+    // Tags by host and header, header routes, pinned versions.
+    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+        (
+            "/v2/models/iris/infer",
+            &[("host", "latest-iris.models.example.com")],
+            "iris-predictor-00002",
+        ),
+        (
+            "/v2/models/iris/infer",
+            &[("host", "prev-iris.models.example.com:8080")],
+            "iris-predictor-00001",
+        ),
+        (
+            "/v2/models/iris/infer",
+            &[("x-crossfade-tag", "latest")],
+            "iris-predictor-00002",
+        ),
+        (
+            "/v2/models/iris/infer",
+            &[("x-team", "ml")],
+            "iris-predictor-00002",
+        ),
+        (
+            "/v2/models/iris/versions/iris-predictor-00001/infer",
+            &[("x-team", "ml")],
+            "iris-predictor-00001",
+        ),
+    ];
+    for (path, headers, want) in cases {
+        let (s, rev, _) = send(&gw, infer(path, &iris_body(), headers)).await;
+        assert_eq!(
+            (s, rev.as_deref()),
+            (StatusCode::OK, Some(want)),
+            "{headers:?}"
+        );
+    }
+    // The same key always lands on the same revision.
+    for key in ["alice", "bob", "carol"] {
+        let (_, first, _) = send(
+            &gw,
+            infer(
+                "/v2/models/iris/infer",
+                &iris_body(),
+                &[("x-crossfade-key", key)],
+            ),
+        )
+        .await;
+        for _ in 0..20 {
+            let (_, again, _) = send(
+                &gw,
+                infer(
+                    "/v2/models/iris/infer",
+                    &iris_body(),
+                    &[("x-crossfade-key", key)],
+                ),
+            )
+            .await;
+            assert_eq!(again, first, "key {key}");
+        }
+    }
+}
+
+#[test]
+fn split_counts() {
+    let table = {
+        let gw = gateway(1 << 20);
+        gw.table()
+    };
+    let route = &table.models["iris"];
+    let no_headers = |_: &str| None;
+    // Sticky keys spread by the hash: exactly the buckets below 90 go to the stable revision.
+    let mut stable = 0;
+    for i in 0..10_000 {
+        let key = format!("user-{i}");
+        let facts = RequestFacts {
+            key: Some(&key),
+            ..Default::default()
+        };
+        let (rev, how) = route.choose("iris", facts, no_headers).unwrap();
+        assert_eq!(how, Chosen::Sticky);
+        if rev.name == "iris-predictor-00001" {
+            stable += 1;
+        }
+        assert_eq!(rev.name == "iris-predictor-00001", bucket(&key) < 90);
+    }
+    assert!((8_800..=9_200).contains(&stable), "{stable}");
+    // Random choice: 10,000 draws, 10% ± 1.5% (5 standard deviations).
+    let canary = (0..10_000)
+        .filter(|_| {
+            route
+                .choose("iris", RequestFacts::default(), no_headers)
+                .unwrap()
+                .0
+                .name
+                == "iris-predictor-00002"
+        })
+        .count();
+    assert!((850..=1_150).contains(&canary), "{canary}");
+}
