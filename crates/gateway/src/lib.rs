@@ -243,15 +243,18 @@ fn facts<'a>(headers: &'a HeaderMap, version: Option<&'a str>) -> RequestFacts<'
     }
 }
 
-/// Routes a request: the revision, or the response to send instead.
+/// Routes a request: the revision, or why there is none.
 fn route_request(
     table: &RouteTable,
     model: &str,
     headers: &HeaderMap,
     version: Option<&str>,
-) -> Result<Arc<Revision>, Response> {
+) -> Result<Arc<Revision>, Failure> {
     let Some(route) = table.models.get(model) else {
-        return Err(unknown_model(model));
+        return Err(fail(
+            StatusCode::NOT_FOUND,
+            format!("model {model} is not served here"),
+        ));
     };
     let header = |name: &str| {
         headers
@@ -262,11 +265,11 @@ fn route_request(
     match route.choose(model, facts(headers, version), header) {
         Some((rev, _)) => Ok(Arc::clone(rev)),
         None => Err(match version {
-            Some(v) => error(
+            Some(v) => fail(
                 StatusCode::NOT_FOUND,
                 format!("model {model} has no version {v}"),
             ),
-            None => error(
+            None => fail(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("model {model} has no revision ready to serve this request"),
             ),
@@ -306,11 +309,11 @@ fn infer(
     let table = gw.table();
     let rev = match route_request(&table, model, headers, version) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(f) => return f.into_response(),
     };
     let mut resp = match run_v2(model, &rev, &body) {
         Ok(v) => axum::Json(v).into_response(),
-        Err(resp) => resp,
+        Err(f) => f.into_response(),
     };
     tag_revision(&mut resp, &rev.name);
     resp
@@ -327,13 +330,13 @@ fn run_v2(model: &str, rev: &Revision, body: &[u8]) -> Result<serde_json::Value,
         &outputs,
         request.outputs.as_deref(),
     )
-    .map_err(|e| error(StatusCode::BAD_REQUEST, e.0))
+    .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
 }
 
-fn runtime_error(e: runtime::Error) -> Response {
+fn runtime_error(e: runtime::Error) -> Failure {
     match e {
-        runtime::Error::Input { .. } => error(StatusCode::BAD_REQUEST, e.to_string()),
-        other => error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
+        runtime::Error::Input { .. } => fail(StatusCode::BAD_REQUEST, e.to_string()),
+        other => fail(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
 }
 
@@ -366,14 +369,14 @@ async fn v1_predict(
     let table = gw.table();
     let rev = match route_request(&table, model, &headers, None) {
         Ok(r) => r,
-        Err(resp) => return resp,
+        Err(f) => return f.into_response(),
     };
     let result = protocol::parse_v1(&body, rev.inputs())
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.0))
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
         .and_then(|input| rev.model.infer(&[input]).map_err(runtime_error));
     let mut resp = match result {
         Ok(outputs) => axum::Json(protocol::render_v1(&outputs)).into_response(),
-        Err(resp) => resp,
+        Err(f) => f.into_response(),
     };
     tag_revision(&mut resp, &rev.name);
     resp
