@@ -112,8 +112,24 @@ impl Gateway {
 
 type Shared = State<Arc<Gateway>>;
 
+/// A request that ends in an error response: `{"error": message}` with the status.
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+fn fail(status: StatusCode, message: String) -> Failure {
+    Failure { status, message }
+}
+
 fn error(status: StatusCode, message: String) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
+    fail(status, message).into_response()
 }
 
 fn unknown_model(model: &str) -> Response {
