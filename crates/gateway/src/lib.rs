@@ -335,9 +335,9 @@ fn infer(
     resp
 }
 
-fn run_v2(model: &str, rev: &Revision, body: &[u8]) -> Result<serde_json::Value, Response> {
+fn run_v2(model: &str, rev: &Revision, body: &[u8]) -> Result<serde_json::Value, Failure> {
     let request =
-        protocol::parse_v2(body, rev.inputs()).map_err(|e| error(StatusCode::BAD_REQUEST, e.0))?;
+        protocol::parse_v2(body, rev.inputs()).map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
     let outputs = rev.model.infer(&request.inputs).map_err(runtime_error)?;
     protocol::render_v2(
         model,
