@@ -263,7 +263,8 @@ async fn a_model_failing_on_an_input_is_a_500_not_a_crash() {
 async fn routing_split_sticky_tags_headers() {
     let gw = gateway(1 << 20);
     // Tags by host and header, header routes, pinned versions.
-    let cases: [(&str, &[(&str, &str)], &str); 5] = [
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 5] = [
         (
             "/v2/models/iris/infer",
             &[("host", "latest-iris.models.example.com")],
