@@ -48,6 +48,10 @@ pub struct Settings {
     pub require_digest: bool,
     pub admin_token: String,
     pub webhook_secret: Option<Vec<u8>>,
+    /// The data plane the route tables are published to.
+    pub gateway: Arc<gateway::Gateway>,
+    /// Where verified artifacts are kept.
+    pub artifacts: artifact::Cache,
 }
 
 /// Everything the loops and the API share.
@@ -55,6 +59,18 @@ pub struct Controller {
     store: Store,
     settings: Settings,
     apps: Vec<Slot>,
+    loads: tokio::sync::mpsc::UnboundedSender<LoadJob>,
+    load_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LoadJob>>>,
+    /// Bumped after every load, so that a sync can wait for its revisions to settle.
+    settled: watch::Sender<u64>,
+}
+
+/// A revision to fetch, verify, load and warm up.
+struct LoadJob {
+    app: usize,
+    service: ServiceId,
+    revision: String,
+    model: manifest::ModelSpec,
 }
 
 struct Slot {
@@ -83,6 +99,8 @@ struct AppState {
     live: Live,
     tags: BTreeMap<ServiceId, Tags>,
     out_of_sync: BTreeMap<ServiceId, String>,
+    /// Loaded revisions, by service and revision name.
+    loaded: BTreeMap<(ServiceId, String), Arc<gateway::Revision>>,
 }
 
 // === impl Controller ===
@@ -113,16 +131,28 @@ impl Controller {
                 }),
             });
         }
+        let (loads, queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Self {
             store,
             settings,
             apps: slots,
+            loads,
+            load_queue: Mutex::new(Some(queue)),
+            settled: watch::Sender::new(0),
         })
     }
 
     /// Runs the poll loop of every Application until `shutdown` turns true.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
+        if let Some(mut queue) = self.load_queue.lock().expect("queue").take() {
+            let this = Arc::clone(&self);
+            tasks.push(tokio::spawn(async move {
+                while let Some(job) = queue.recv().await {
+                    tokio::spawn(Arc::clone(&this).load(job));
+                }
+            }));
+        }
         for i in 0..self.apps.len() {
             let this = Arc::clone(&self);
             let mut stop = shutdown.clone();
@@ -185,7 +215,17 @@ impl Controller {
         let fetched = tokio::task::spawn_blocking(move || read_commit(&mirror, &app, timeout))
             .await
             .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
-        let result = self.apply(slot, fetched, manual);
+        let result = self.apply(i, fetched, manual);
+        self.publish();
+        if manual {
+            // `crossfade sync` returns once the revisions it created are Ready or Failed.
+            let mut settled = self.settled.subscribe();
+            while self.has_pending(i) {
+                if settled.changed().await.is_err() {
+                    break;
+                }
+            }
+        }
         if result.outcome != "Unchanged" {
             tracing::info!(
                 application = %slot.app.name,
@@ -200,12 +240,8 @@ impl Controller {
     }
 
     /// Turns what was read from Git into history, status and effects.
-    fn apply(
-        &self,
-        slot: &Slot,
-        fetched: Result<Fetched, String>,
-        manual: bool,
-    ) -> dto::SyncResult {
+    fn apply(&self, i: usize, fetched: Result<Fetched, String>, manual: bool) -> dto::SyncResult {
+        let slot = &self.apps[i];
         let now = clock::now_ms();
         let app = &slot.app;
         let mut state = slot.state.lock().expect("state");
@@ -407,14 +443,15 @@ impl Controller {
         state.examined = Some(fetched.info.id.clone());
         state.error = None;
         state.desired = desired;
-        self.reconcile(&app.name, app.policy, &mut state, now);
+        self.reconcile(i, &mut state, now);
         result.outcome = if unchanged { "Unchanged" } else { "Applied" }.into();
         result
     }
 
     /// Runs reconcile and carries out its effects on the live state and the store.
-    fn reconcile(&self, application: &str, policy: SyncPolicy, state: &mut AppState, now: i64) {
-        let decision = engine::reconcile(&state.desired, &state.live, policy);
+    fn reconcile(&self, app: usize, state: &mut AppState, now: i64) {
+        let application = self.apps[app].app.name.as_str();
+        let decision = engine::reconcile(&state.desired, &state.live, self.apps[app].app.policy);
         state.out_of_sync.clear();
         for effect in decision.effects {
             match effect {
@@ -436,6 +473,12 @@ impl Controller {
                                 self.log_store(self.store.update_revision(&record));
                             }
                             self.audit(now, "controller", "create-revision", &service.to_string(), serde_json::json!({"revision": record.name, "storageUri": record.storage_uri}));
+                            let _ = self.loads.send(LoadJob {
+                                app,
+                                service: service.clone(),
+                                revision: record.name.clone(),
+                                model,
+                            });
                             let live = state.live.services.entry(service).or_default();
                             live.revisions.push(LiveRevision {
                                 name: record.name,
@@ -496,6 +539,8 @@ impl Controller {
                     if let Some(live) = state.live.services.get_mut(&service) {
                         live.revisions.retain(|r| r.name != revision);
                     }
+                    // Requests in flight keep their reference until they finish.
+                    state.loaded.remove(&(service, revision));
                 }
                 Effect::RemoveService { service } => {
                     self.audit(
@@ -507,12 +552,117 @@ impl Controller {
                     );
                     state.live.services.remove(&service);
                     state.tags.remove(&service);
+                    state.loaded.retain(|(s, _), _| *s != service);
                 }
                 Effect::ReportOutOfSync { service, reason } => {
                     state.out_of_sync.insert(service, reason);
                 }
             }
         }
+    }
+
+    /// Fetches, verifies, loads and warms up a revision, then reconciles with the outcome.
+    async fn load(self: Arc<Self>, job: LoadJob) {
+        let cache = self.settings.artifacts.clone();
+        let model = job.model.clone();
+        let loaded = tokio::task::spawn_blocking(move || load_model(&cache, &model))
+            .await
+            .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
+        let now = clock::now_ms();
+        {
+            let mut state = self.apps[job.app].state.lock().expect("state");
+            let Some(live) = state.live.services.get_mut(&job.service) else {
+                return; // removed meanwhile
+            };
+            let Some(rev) = live.revisions.iter_mut().find(|r| r.name == job.revision) else {
+                return; // retired meanwhile
+            };
+            let mut record = self
+                .store
+                .revisions(&job.service.namespace, &job.service.name)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|r| r.name == job.revision);
+            match loaded {
+                Ok((model, digest)) => {
+                    rev.state = RevisionState::Ready;
+                    tracing::info!(service = %job.service, revision = %job.revision, digest = %digest, "revision ready");
+                    if let Some(r) = &mut record {
+                        r.state = store::RevisionState::Ready;
+                        r.digest = Some(digest.to_string());
+                        r.reason = None;
+                    }
+                    state.loaded.insert(
+                        (job.service.clone(), job.revision.clone()),
+                        Arc::new(gateway::Revision {
+                            name: job.revision.clone(),
+                            model,
+                        }),
+                    );
+                }
+                Err(reason) => {
+                    tracing::warn!(service = %job.service, revision = %job.revision, %reason, "revision failed");
+                    rev.state = RevisionState::Failed {
+                        reason: reason.clone(),
+                    };
+                    if let Some(r) = &mut record {
+                        r.state = store::RevisionState::Failed;
+                        r.reason = Some(reason);
+                    }
+                }
+            }
+            if let Some(r) = &record {
+                self.log_store(self.store.update_revision(r));
+            }
+            self.reconcile(job.app, &mut state, now);
+        }
+        self.publish();
+        self.settled.send_modify(|n| *n += 1);
+    }
+
+    fn has_pending(&self, i: usize) -> bool {
+        let state = self.apps[i].state.lock().expect("state");
+        state
+            .live
+            .services
+            .values()
+            .flat_map(|s| &s.revisions)
+            .any(|r| r.state == RevisionState::Pending)
+    }
+
+    /// Builds the route table from every Application's state and hands it to the gateway.
+    /// Locks one Application's state at a time.
+    fn publish(&self) {
+        let mut table = gateway::RouteTable::default();
+        for slot in &self.apps {
+            let state = slot.state.lock().expect("state");
+            for (id, live) in &state.live.services {
+                let revisions: Vec<Arc<gateway::Revision>> = live
+                    .revisions
+                    .iter()
+                    .filter_map(|r| state.loaded.get(&(id.clone(), r.name.clone())).cloned())
+                    .collect();
+                let index = |name: &str| revisions.iter().position(|r| r.name == name);
+                let split = live
+                    .traffic
+                    .iter()
+                    .filter_map(|s| index(&s.revision).map(|i| (i, s.percent.get())))
+                    .collect();
+                let tags = state.tags.get(id).cloned().unwrap_or_default();
+                let route = gateway::Route {
+                    split,
+                    tag_routing: state.desired.iter().any(|d| &d.id == id && d.tag_routing),
+                    latest: tags.latest.as_deref().and_then(index),
+                    prev: tags.prev.as_deref().and_then(index),
+                    header_routes: Vec::new(),
+                    revisions,
+                };
+                if table.models.insert(id.name.clone(), route).is_some() {
+                    tracing::warn!(service = %id, "another namespace serves a model of the same name; this one wins");
+                }
+            }
+        }
+        self.settings.gateway.publish(table);
     }
 
     fn record(&self, record: SyncRecord) {
@@ -729,6 +879,51 @@ fn read_commit(mirror: &Mirror, app: &Application, timeout: Duration) -> Result<
         .read_manifests(&id, &app.path)
         .map_err(|e| e.to_string());
     Ok(Fetched { info, sources })
+}
+
+/// Fetches and verifies the artifact, then loads and warms up the model (blocking).
+fn load_model(
+    cache: &artifact::Cache,
+    model: &manifest::ModelSpec,
+) -> Result<(runtime::OnnxModel, manifest::Digest), String> {
+    if model.format.name != "onnx" {
+        return Err(format!(
+            "model format {} needs a ServingRuntime process, which this build cannot start yet; crossfade serves ONNX in-process",
+            model.format.name
+        ));
+    }
+    let fetched = cache.fetch(&model.storage_uri).map_err(|e| e.to_string())?;
+    let file = onnx_file(&fetched.path)?;
+    let loaded = runtime::OnnxModel::load(&file).map_err(|e| e.to_string())?;
+    loaded
+        .warm_up()
+        .map_err(|e| format!("the warm-up inference failed: {e}"))?;
+    Ok((loaded, fetched.digest))
+}
+
+/// The model file of an artifact: the file itself, or the one `.onnx` file of a directory
+/// (`model.onnx` when there are several).
+fn onnx_file(path: &std::path::Path) -> Result<PathBuf, String> {
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err("the artifact has no .onnx file".into()),
+        many => many
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "model.onnx"))
+            .cloned()
+            .ok_or_else(|| {
+                "the artifact has several .onnx files and none is named model.onnx".into()
+            }),
+    }
 }
 
 fn render_diagnostics(sources: &manifest::Sources, parsed: &manifest::Parsed) -> Vec<String> {

@@ -39,6 +39,15 @@ pub struct Args {
     /// Address of the control API.
     #[arg(long, default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
+    /// Address of the inference endpoints (KServe V1 and Open Inference V2).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Largest inference request body, in bytes.
+    #[arg(long, default_value_t = 16 << 20)]
+    max_body_bytes: usize,
+    /// Largest model artifact, in bytes.
+    #[arg(long, default_value_t = 4 << 30)]
+    max_artifact_bytes: u64,
     /// Bearer token for mutating API calls (default: generated into the data directory).
     #[arg(long, env = "CROSSFADE_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -95,12 +104,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         require_digest: args.require_digest,
         admin_token,
         webhook_secret: args.webhook_secret.clone().map(String::into_bytes),
+        gateway: gateway::Gateway::new(gateway::Config {
+            body_limit: args.max_body_bytes,
+        }),
+        artifacts: artifact::Cache::new(
+            &data_dir.join("artifacts"),
+            args.max_artifact_bytes,
+            args.fetch_timeout,
+        )?,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(store, settings, apps, args.admin_listen))
+    runtime.block_on(serve(store, settings, apps, args.admin_listen, args.listen))
 }
 
 async fn serve(
@@ -108,14 +125,20 @@ async fn serve(
     settings: Settings,
     apps: Vec<Application>,
     admin_listen: SocketAddr,
+    listen: SocketAddr,
 ) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("listening on {admin_listen}"))?;
+    let data_listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     let data_dir = settings.data_dir.clone();
+    let data_plane = settings.gateway.router();
     let controller = Arc::new(Controller::new(store, settings, apps)?);
     tracing::info!(
         admin = %listener.local_addr()?,
+        listen = %data_listener.local_addr()?,
         data_dir = %data_dir.display(),
         "crossfade is up"
     );
@@ -130,10 +153,19 @@ async fn serve(
             })
             .await
     });
+    let mut data_stop = stop_rx.clone();
+    let data_server = tokio::spawn(async move {
+        axum::serve(data_listener, data_plane)
+            .with_graceful_shutdown(async move {
+                let _ = data_stop.changed().await;
+            })
+            .await
+    });
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
     server.await??;
+    data_server.await??;
     loops.await?;
     tracing::info!("stopped");
     Ok(())

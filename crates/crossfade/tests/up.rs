@@ -17,6 +17,8 @@ const HOOK_SECRET: &str = "hook-secret";
 struct Up {
     child: Child,
     server: String,
+    /// The inference endpoint.
+    data: String,
 }
 
 impl Up {
@@ -27,7 +29,8 @@ impl Up {
             .arg("up")
             .args(args)
             .args(["--data-dir", data_dir.to_str().unwrap()])
-            .args(["--admin-listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+            .args(["--log-format", "json"])
             .args(["--admin-token", TOKEN, "--webhook-secret", HOOK_SECRET])
             // Polls stay out of the way: the tests trigger every sync themselves.
             .args(["--poll-interval", "1h"])
@@ -36,14 +39,15 @@ impl Up {
             .expect("start crossfade up");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
         let mut seen = Vec::new();
-        let admin = loop {
+        let (admin, data) = loop {
             let Some(Ok(line)) = lines.next() else {
                 let _ = child.kill();
                 panic!("crossfade up exited before it was up:\n{}", seen.join("\n"));
             };
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if v["fields"]["message"] == "crossfade is up" {
-                break v["fields"]["admin"].as_str().unwrap().to_owned();
+                let field = |k: &str| v["fields"][k].as_str().unwrap().to_owned();
+                break (field("admin"), field("listen"));
             }
             seen.push(line);
         };
@@ -52,6 +56,7 @@ impl Up {
         Self {
             child,
             server: format!("http://{admin}"),
+            data: format!("http://{data}"),
         }
     }
 
@@ -85,9 +90,32 @@ impl Up {
         self.json(&["status"])
     }
 
-    /// Sends a raw HTTP POST; returns the status code.
+    /// Sends a raw HTTP POST to the control API; returns the status code.
     fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
-        let addr = self.server.trim_start_matches("http://");
+        http_post(&self.server, path, headers, body).0
+    }
+
+    /// Sends a raw HTTP POST to the inference endpoint; returns (status, headers, body).
+    fn infer(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+        http_post(&self.data, path, headers, body)
+    }
+
+    /// `kill -9`.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+/// A raw HTTP/1.1 POST; returns (status, header block, body).
+fn http_post(
+    base: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    {
+        let addr = base.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr).unwrap();
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -101,13 +129,9 @@ impl Up {
         stream.write_all(req.as_bytes()).unwrap();
         let mut resp = String::new();
         stream.read_to_string(&mut resp).unwrap();
-        resp.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    /// `kill -9`.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        (status, head.to_ascii_lowercase(), body.to_owned())
     }
 }
 
@@ -144,11 +168,11 @@ fn revision_names(status: &Value, svc: &str) -> Vec<String> {
 
 #[test]
 fn local_repository_sync_history_restart() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
     let repo = GitRepo::new();
-    repo.write(
-        "deploy/iris.yaml",
-        &isvc("iris", "file:///models/iris-1.onnx"),
-    );
+    repo.write("deploy/iris.yaml", &isvc("iris", &v1));
     let first = repo.commit("iris v1");
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(
@@ -172,10 +196,7 @@ fn local_repository_sync_history_restart() {
     assert_eq!(iris["namespace"], "models");
     assert_eq!(iris["syncStatus"], "Synced");
     assert_eq!(iris["revisions"][0]["name"], "iris-predictor-00001");
-    assert_eq!(
-        iris["revisions"][0]["storageUri"],
-        "file:///models/iris-1.onnx"
-    );
+    assert_eq!(iris["revisions"][0]["storageUri"], v1.as_str());
 
     // A commit that breaks a manifest: nothing of it applies, the status says why.
     repo.write("deploy/iris.yaml", &isvc("iris", "pvc://nope"));
@@ -201,10 +222,7 @@ fn local_repository_sync_history_restart() {
     );
 
     // A good commit replaces it: a second revision.
-    repo.write(
-        "deploy/iris.yaml",
-        &isvc("iris", "file:///models/iris-2.onnx"),
-    );
+    repo.write("deploy/iris.yaml", &isvc("iris", &v2));
     let second = repo.commit("iris v2");
     assert_eq!(up.sync()[0]["outcome"], "Applied");
     let status = up.status();
@@ -481,4 +499,178 @@ fn an_argo_cd_application_file() {
         stderr.contains("missing required field `source`"),
         "{stderr}"
     );
+}
+
+/// Copies a fixture model into `store/<name>/sha256-<digest>/model.onnx` and returns its
+/// pinned `file://` URI.
+fn publish_model(store: &Path, fixture: &str) -> String {
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/models/{fixture}.onnx"));
+    let digest = artifact::digest_path(&src).unwrap();
+    let dir = store.join(fixture).join(format!("sha256-{digest}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&src, dir.join("model.onnx")).unwrap();
+    format!("file://{}/model.onnx", dir.display())
+}
+
+fn isvc_with(name: &str, uri: &str, extra: &str) -> String {
+    format!(
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: {name}\n  annotations: {{serving.kserve.io/enable-tag-routing: \"true\"}}\nspec:\n  predictor:\n{extra}    model: {{modelFormat: {{name: onnx}}, storageUri: \"{uri}\"}}\n"
+    )
+}
+
+const IRIS_V2: &str = r#"{"id": "q1", "inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}]}"#;
+
+fn revision_of(head: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix("x-crossfade-revision: "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn serves_the_synced_models_with_kserve_canary_semantics() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-mlp-v1");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.commit("iris v1");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
+    );
+
+    // `sync` returns once the revision is loaded.
+    up.sync();
+    let status = up.status();
+    let iris = service(&status, "iris");
+    assert_eq!(iris["health"], "Healthy", "{status:#}");
+    let rev = &iris["revisions"][0];
+    assert_eq!(
+        (rev["state"].as_str(), rev["trafficPercent"].as_u64()),
+        (Some("Ready"), Some(100))
+    );
+    assert_eq!(rev["digest"].as_str().unwrap().len(), 64);
+
+    let (code, head, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(revision_of(&head), "iris-predictor-00001");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], "q1");
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([0, 2]));
+    let (code, _, body) = up.infer(
+        "/v1/models/iris:predict",
+        &[],
+        r#"{"instances": [[5.1, 3.5, 1.4, 0.2]]}"#,
+    );
+    assert_eq!((code, body.as_str()), (200, r#"{"predictions":[0]}"#));
+
+    // canaryTrafficPercent: 10: the new revision gets a tenth of the requests.
+    repo.write(
+        "iris.yaml",
+        &isvc_with("iris", &v2, "    canaryTrafficPercent: 10\n"),
+    );
+    repo.commit("iris v2 as a 10% canary");
+    up.sync();
+    let status = up.status();
+    let traffic: Vec<(String, u64)> = service(&status, "iris")["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["trafficPercent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        traffic,
+        [
+            ("iris-predictor-00001".to_owned(), 90),
+            ("iris-predictor-00002".to_owned(), 10)
+        ]
+    );
+    let mut canary = 0;
+    for _ in 0..1000 {
+        let (code, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+        assert_eq!(code, 200);
+        match revision_of(&head).as_str() {
+            "iris-predictor-00002" => canary += 1,
+            "iris-predictor-00001" => {}
+            other => panic!("answered by {other}"),
+        }
+    }
+    // 10% of 1000, within five standard deviations (sd = 9.5).
+    assert!((52..=148).contains(&canary), "{canary}");
+    // Tags and pinned versions reach either revision on purpose.
+    let (_, head, _) = up.infer(
+        "/v2/models/iris/infer",
+        &[("x-crossfade-tag", "latest")],
+        IRIS_V2,
+    );
+    assert_eq!(revision_of(&head), "iris-predictor-00002");
+    let (_, head, _) = up.infer(
+        "/v2/models/iris/infer",
+        &[("Host", "prev-iris.models.local")],
+        IRIS_V2,
+    );
+    assert_eq!(revision_of(&head), "iris-predictor-00001");
+    let (_, head, _) = up.infer(
+        "/v2/models/iris/versions/iris-predictor-00002/infer",
+        &[],
+        IRIS_V2,
+    );
+    assert_eq!(revision_of(&head), "iris-predictor-00002");
+
+    // A tampered artifact: the pinned digest does not match. It never gets traffic.
+    let tampered = publish_model(store.path(), "iris-forest-v1");
+    std::fs::write(
+        tampered.trim_start_matches("file://"),
+        b"not the model that was pinned",
+    )
+    .unwrap();
+    repo.write(
+        "iris.yaml",
+        &isvc_with("iris", &tampered, "    canaryTrafficPercent: 50\n"),
+    );
+    repo.commit("iris v3, tampered");
+    up.sync();
+    let status = up.status();
+    let iris = service(&status, "iris");
+    assert_eq!(iris["health"], "Degraded", "{status:#}");
+    let failed = iris["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "iris-predictor-00003")
+        .unwrap();
+    assert_eq!(failed["state"], "Failed");
+    assert_eq!(failed["trafficPercent"], 0);
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("digest mismatch"),
+        "{failed}"
+    );
+    for _ in 0..50 {
+        let (code, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+        assert_eq!(code, 200);
+        assert_ne!(revision_of(&head), "iris-predictor-00003");
+    }
+
+    // Promote v2: the field removed, all traffic to it.
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    repo.commit("promote iris v2");
+    up.sync();
+    for _ in 0..50 {
+        let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+        assert_eq!(revision_of(&head), "iris-predictor-00002");
+    }
+    let (code, _, body) = up.infer("/v2/models/nope/infer", &[], IRIS_V2);
+    assert_eq!(code, 404, "{body}");
 }
