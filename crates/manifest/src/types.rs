@@ -174,6 +174,55 @@ pub struct StorageUri {
     pub digest: Option<Digest>,
 }
 
+/// Why a string is not a storage URI crossfade accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UriError {
+    #[error("not a URI: expected <scheme>://<location>")]
+    NotAUri,
+    #[error("storage scheme `{0}://` is not supported")]
+    Scheme(String),
+    #[error("the URI names no location")]
+    NoLocation,
+    #[error("`{0}` is not a sha256 digest: expected 64 hex digits after `sha256-`")]
+    BadDigest(String),
+}
+
+impl StorageUri {
+    /// Parses a `storageUri`: scheme `file`, `http`, `https`, `s3` or `gs`, and the sha256 digest
+    /// pinned in a path segment `sha256-<64 hex>` or `sha256:<64 hex>`, if any.
+    pub fn parse(raw: &str) -> Result<Self, UriError> {
+        let (scheme, rest) = raw.split_once("://").ok_or(UriError::NotAUri)?;
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "file" => Scheme::File,
+            "http" => Scheme::Http,
+            "https" => Scheme::Https,
+            "s3" => Scheme::S3,
+            "gs" => Scheme::Gs,
+            other => return Err(UriError::Scheme(other.to_owned())),
+        };
+        if rest.is_empty() {
+            return Err(UriError::NoLocation);
+        }
+        let path = rest.split(['?', '#']).next().unwrap_or_default();
+        let mut digest = None;
+        for segment in path.split('/') {
+            let Some(hex) = segment
+                .strip_prefix("sha256-")
+                .or_else(|| segment.strip_prefix("sha256:"))
+            else {
+                continue;
+            };
+            digest =
+                Some(Digest::from_hex(hex).ok_or_else(|| UriError::BadDigest(segment.to_owned()))?);
+        }
+        Ok(Self {
+            raw: raw.to_owned(),
+            scheme,
+            digest,
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
     File,

@@ -299,59 +299,25 @@ pub(crate) fn storage_uri(
     require_digest: bool,
 ) -> Option<StorageUri> {
     let raw = cx.nonempty_string(at)?;
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        cx.error(
-            Code::InvalidValue,
-            at,
-            format!("`{raw}` is not a URI: expected <scheme>://<location>"),
-        )
-        .hint = Some("for a local file write file:///absolute/path".into());
-        return None;
-    };
-    let scheme = match scheme.to_ascii_lowercase().as_str() {
-        "file" => Scheme::File,
-        "http" => Scheme::Http,
-        "https" => Scheme::Https,
-        "s3" => Scheme::S3,
-        "gs" => Scheme::Gs,
-        other => {
-            cx.error(
-                Code::UnsupportedScheme,
-                at,
-                format!("storage scheme `{other}://` is not supported"),
-            )
-            .hint = Some("accepted schemes: file, http, https, s3, gs".into());
+    let uri = match StorageUri::parse(&raw) {
+        Ok(uri) => uri,
+        Err(e) => {
+            let (code, hint) = match &e {
+                UriError::NotAUri => (
+                    Code::InvalidValue,
+                    Some("for a local file write file:///absolute/path"),
+                ),
+                UriError::Scheme(_) => (
+                    Code::UnsupportedScheme,
+                    Some("accepted schemes: file, http, https, s3, gs"),
+                ),
+                UriError::NoLocation | UriError::BadDigest(_) => (Code::InvalidValue, None),
+            };
+            cx.error(code, at, format!("`{raw}`: {e}")).hint = hint.map(str::to_owned);
             return None;
         }
     };
-    if rest.is_empty() {
-        cx.error(Code::InvalidValue, at, format!("`{raw}` names no location"));
-        return None;
-    }
-    let path = rest.split(['?', '#']).next().unwrap_or_default();
-    let mut digest = None;
-    for segment in path.split('/') {
-        let Some(hex) = segment
-            .strip_prefix("sha256-")
-            .or_else(|| segment.strip_prefix("sha256:"))
-        else {
-            continue;
-        };
-        match Digest::from_hex(hex) {
-            Some(d) => digest = Some(d),
-            None => {
-                cx.error(
-                    Code::InvalidValue,
-                    at,
-                    format!(
-                        "`{segment}` is not a sha256 digest: expected 64 hex digits after `sha256-`"
-                    ),
-                );
-                return None;
-            }
-        }
-    }
-    if digest.is_none() && require_digest {
+    if uri.digest.is_none() && require_digest {
         cx.error(
             Code::UnpinnedArtifact,
             at,
@@ -361,11 +327,7 @@ pub(crate) fn storage_uri(
             "upload with `crossfade artifact push` and use the URI it prints (a path segment sha256-<64 hex>)".into(),
         );
     }
-    Some(StorageUri {
-        raw,
-        scheme,
-        digest,
-    })
+    Some(uri)
 }
 
 const TAG_ROUTING: &str = "serving.kserve.io/enable-tag-routing";
