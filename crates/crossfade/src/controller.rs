@@ -70,7 +70,8 @@ struct LoadJob {
     app: usize,
     service: ServiceId,
     revision: String,
-    model: manifest::ModelSpec,
+    format: String,
+    uri: manifest::StorageUri,
 }
 
 struct Slot {
@@ -132,6 +133,51 @@ impl Controller {
             });
         }
         let (loads, queue) = tokio::sync::mpsc::unbounded_channel();
+        // Resume what served before a restart: the stored splits, and every revision that was
+        // not retired, loaded again in the background.
+        let services = store.services()?;
+        for (app, slot) in slots.iter().enumerate() {
+            let mut state = slot.state.lock().expect("state");
+            for record in services.iter().filter(|s| s.application == slot.app.name) {
+                let id = ServiceId::new(&record.namespace, &record.name);
+                let mut live = LiveService {
+                    rolled_out: record.rolled_out.clone(),
+                    traffic: record
+                        .traffic
+                        .iter()
+                        .filter_map(|(rev, pct)| {
+                            Some(engine::Split {
+                                revision: rev.clone(),
+                                percent: manifest::Percent::new(*pct)?,
+                            })
+                        })
+                        .collect(),
+                    overridden: record.overridden,
+                    revisions: Vec::new(),
+                };
+                for rev in store.revisions(&id.namespace, &id.name)? {
+                    if rev.state == store::RevisionState::Retired {
+                        continue;
+                    }
+                    let Ok(uri) = manifest::StorageUri::parse(&rev.storage_uri) else {
+                        continue;
+                    };
+                    let _ = loads.send(LoadJob {
+                        app,
+                        service: id.clone(),
+                        revision: rev.name.clone(),
+                        format: rev.model_format.clone(),
+                        uri,
+                    });
+                    live.revisions.push(LiveRevision {
+                        name: rev.name,
+                        spec_hash: rev.spec_hash,
+                        state: RevisionState::Pending,
+                    });
+                }
+                state.live.services.insert(id, live);
+            }
+        }
         Ok(Self {
             store,
             settings,
@@ -464,7 +510,7 @@ impl Controller {
                         &service.namespace,
                         &service.name,
                         &spec_hash,
-                        &model.storage_uri.raw,
+                        (&model.format.name, &model.storage_uri.raw),
                         now,
                     ) {
                         Ok(mut record) => {
@@ -477,7 +523,8 @@ impl Controller {
                                 app,
                                 service: service.clone(),
                                 revision: record.name.clone(),
-                                model,
+                                format: model.format.name.clone(),
+                                uri: model.storage_uri.clone(),
                             });
                             let live = state.live.services.entry(service).or_default();
                             live.revisions.push(LiveRevision {
@@ -543,6 +590,7 @@ impl Controller {
                     state.loaded.remove(&(service, revision));
                 }
                 Effect::RemoveService { service } => {
+                    self.log_store(self.store.remove_service(&service.namespace, &service.name));
                     self.audit(
                         now,
                         "controller",
@@ -559,13 +607,34 @@ impl Controller {
                 }
             }
         }
+        self.persist_services(app, state);
+    }
+
+    /// Keeps every service's routing in the store, so that a restart resumes it.
+    fn persist_services(&self, app: usize, state: &AppState) {
+        for (id, live) in &state.live.services {
+            self.log_store(
+                self.store.put_service(&store::ServiceRecord {
+                    namespace: id.namespace.clone(),
+                    name: id.name.clone(),
+                    application: self.apps[app].app.name.clone(),
+                    rolled_out: live.rolled_out.clone(),
+                    traffic: live
+                        .traffic
+                        .iter()
+                        .map(|s| (s.revision.clone(), s.percent.get()))
+                        .collect(),
+                    overridden: live.overridden,
+                }),
+            );
+        }
     }
 
     /// Fetches, verifies, loads and warms up a revision, then reconciles with the outcome.
     async fn load(self: Arc<Self>, job: LoadJob) {
         let cache = self.settings.artifacts.clone();
-        let model = job.model.clone();
-        let loaded = tokio::task::spawn_blocking(move || load_model(&cache, &model))
+        let (format, uri) = (job.format.clone(), job.uri.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_model(&cache, &format, &uri))
             .await
             .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
         let now = clock::now_ms();
@@ -884,15 +953,15 @@ fn read_commit(mirror: &Mirror, app: &Application, timeout: Duration) -> Result<
 /// Fetches and verifies the artifact, then loads and warms up the model (blocking).
 fn load_model(
     cache: &artifact::Cache,
-    model: &manifest::ModelSpec,
+    format: &str,
+    uri: &manifest::StorageUri,
 ) -> Result<(runtime::OnnxModel, manifest::Digest), String> {
-    if model.format.name != "onnx" {
+    if format != "onnx" {
         return Err(format!(
-            "model format {} needs a ServingRuntime process, which this build cannot start yet; crossfade serves ONNX in-process",
-            model.format.name
+            "model format {format} needs a ServingRuntime process, which this build cannot start yet; crossfade serves ONNX in-process"
         ));
     }
-    let fetched = cache.fetch(&model.storage_uri).map_err(|e| e.to_string())?;
+    let fetched = cache.fetch(uri).map_err(|e| e.to_string())?;
     let file = onnx_file(&fetched.path)?;
     let loaded = runtime::OnnxModel::load(&file).map_err(|e| e.to_string())?;
     loaded

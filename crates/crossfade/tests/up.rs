@@ -606,6 +606,27 @@ fn serves_the_synced_models_with_kserve_canary_semantics() {
     }
     // 10% of 1000, within five standard deviations (sd = 9.5).
     assert!((52..=148).contains(&canary), "{canary}");
+    // kill -9 mid-canary: the restarted process resumes the same split.
+    up.kill();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
+    );
+    assert_eq!(up.sync()[0]["outcome"], "Unchanged");
+    let status = up.status();
+    let resumed: Vec<(String, u64)> = service(&status, "iris")["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["trafficPercent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(resumed, traffic, "{status:#}");
+
     // Tags and pinned versions reach either revision on purpose.
     let (_, head, _) = up.infer(
         "/v2/models/iris/infer",

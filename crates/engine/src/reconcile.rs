@@ -169,14 +169,20 @@ fn reconcile_service(
             model: want.model.clone(),
         });
     }
-    let rolled_out = have
+    let rolled_out_any = have
         .rolled_out
         .as_deref()
-        .and_then(|name| have.revisions.iter().find(|r| r.name == name))
-        .filter(|r| r.state == RevisionState::Ready);
+        .and_then(|name| have.revisions.iter().find(|r| r.name == name));
+    let rolled_out = rolled_out_any.filter(|r| r.state == RevisionState::Ready);
     let latest_ready = latest.filter(|r| r.state == RevisionState::Ready);
     if latest.is_none_or(|r| r.state == RevisionState::Pending) {
         decision.requeue_after = Some(PENDING_RECHECK);
+    }
+    // The rolled-out revision is loading again (after a restart): the split it had stands
+    // until it is back, so that nothing is promoted or dropped on a loading order.
+    if rolled_out_any.is_some_and(|r| r.state == RevisionState::Pending) {
+        decision.requeue_after = Some(PENDING_RECHECK);
+        return;
     }
 
     // KServe: the new revision gets canaryTrafficPercent, the rolled-out one the rest. A

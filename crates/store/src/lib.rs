@@ -24,6 +24,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const SYNCS: TableDefinition<u64, &[u8]> = TableDefinition::new("syncs");
 const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 
 const FILE_NAME: &str = "crossfade.redb";
 /// `prev` of the first audit entry.
@@ -114,12 +115,34 @@ pub struct RevisionRecord {
     /// Hash of the predictor spec: the same spec is the same revision.
     pub spec_hash: String,
     pub storage_uri: String,
+    /// `modelFormat.name` (`onnx`, `sklearn`, ...).
+    #[serde(default = "onnx")]
+    pub model_format: String,
     /// The artifact digest, once known.
     pub digest: Option<String>,
     pub state: RevisionState,
     pub reason: Option<String>,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
+}
+
+fn onnx() -> String {
+    "onnx".into()
+}
+
+/// How a service routes traffic, kept so that a restart resumes where it stood.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub namespace: String,
+    pub name: String,
+    /// The Application that declares it.
+    pub application: String,
+    /// The last rolled-out revision.
+    pub rolled_out: Option<String>,
+    /// The split: revision name and percent.
+    pub traffic: Vec<(String, u8)>,
+    /// The split was last set through the API.
+    pub overridden: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +232,7 @@ impl Store {
             txn.open_table(SYNCS)?;
             txn.open_table(REVISIONS)?;
             txn.open_table(AUDIT)?;
+            txn.open_table(SERVICES)?;
         }
         txn.commit()?;
         Ok(())
@@ -253,7 +277,7 @@ impl Store {
         namespace: &str,
         service: &str,
         spec_hash: &str,
-        storage_uri: &str,
+        (model_format, storage_uri): (&str, &str),
         now: i64,
     ) -> Result<RevisionRecord, Error> {
         let txn = self.db.begin_write()?;
@@ -284,6 +308,7 @@ impl Store {
                         number,
                         spec_hash: spec_hash.to_owned(),
                         storage_uri: storage_uri.to_owned(),
+                        model_format: model_format.to_owned(),
                         digest: None,
                         state: RevisionState::Pending,
                         reason: None,
@@ -320,6 +345,42 @@ impl Store {
             if !k.value().starts_with(&prefix) {
                 break;
             }
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    // --- services ---
+
+    /// Replaces the stored routing of a service.
+    pub fn put_service(&self, record: &ServiceRecord) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SERVICES)?;
+            let key = format!("{}/{}", record.namespace, record.name);
+            table.insert(key.as_str(), encode(record).as_slice())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_service(&self, namespace: &str, name: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(SERVICES)?;
+            table.remove(format!("{namespace}/{name}").as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every stored service.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SERVICES)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
             out.push(decode(v.value())?);
         }
         Ok(out)

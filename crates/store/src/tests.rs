@@ -77,28 +77,28 @@ fn revisions_are_numbered_per_service_and_stable() {
     {
         let store = Store::open(dir.path()).unwrap();
         let r1 = store
-            .revision_for("default", "iris", "h1", "file:///1", 10)
+            .revision_for("default", "iris", "h1", ("onnx", "file:///1"), 10)
             .unwrap();
         assert_eq!((r1.name.as_str(), r1.number), ("iris-predictor-00001", 1));
         assert_eq!(r1.state, RevisionState::Pending);
         let r2 = store
-            .revision_for("default", "iris", "h2", "file:///2", 20)
+            .revision_for("default", "iris", "h2", ("onnx", "file:///2"), 20)
             .unwrap();
         assert_eq!(r2.name, "iris-predictor-00002");
         // The same spec again is the same revision.
         assert_eq!(
             store
-                .revision_for("default", "iris", "h1", "file:///1", 30)
+                .revision_for("default", "iris", "h1", ("onnx", "file:///1"), 30)
                 .unwrap(),
             r1
         );
         // Other services and namespaces count on their own.
         let other = store
-            .revision_for("default", "iris-v2", "h1", "file:///1", 40)
+            .revision_for("default", "iris-v2", "h1", ("onnx", "file:///1"), 40)
             .unwrap();
         assert_eq!(other.name, "iris-v2-predictor-00001");
         let staged = store
-            .revision_for("staging", "iris", "h9", "file:///9", 40)
+            .revision_for("staging", "iris", "h9", ("onnx", "file:///9"), 40)
             .unwrap();
         assert_eq!(staged.name, "iris-predictor-00001");
         let mut ready = r2.clone();
@@ -112,7 +112,7 @@ fn revisions_are_numbered_per_service_and_stable() {
     assert_eq!(all[1].state, RevisionState::Ready);
     assert_eq!(all[1].digest.as_deref(), Some("abc"));
     let r3 = store
-        .revision_for("default", "iris", "h3", "file:///3", 50)
+        .revision_for("default", "iris", "h3", ("onnx", "file:///3"), 50)
         .unwrap();
     assert_eq!(r3.name, "iris-predictor-00003");
 }
@@ -164,4 +164,30 @@ fn audit_chain_detects_edits() {
     store.overwrite_audit_entry(&second).unwrap();
     assert_eq!(store.verify_audit().unwrap(), Ok(3));
     assert_eq!(store.audit_log().unwrap().len(), 3);
+}
+
+#[test]
+fn services_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let record = ServiceRecord {
+        namespace: "default".into(),
+        name: "iris".into(),
+        application: "models".into(),
+        rolled_out: Some("iris-predictor-00001".into()),
+        traffic: vec![
+            ("iris-predictor-00001".into(), 90),
+            ("iris-predictor-00002".into(), 10),
+        ],
+        overridden: false,
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.put_service(&record).unwrap();
+        let mut other = record.clone();
+        other.name = "gone".into();
+        store.put_service(&other).unwrap();
+        store.remove_service("default", "gone").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.services().unwrap(), [record]);
 }

@@ -333,3 +333,24 @@ fn spec_hash_ignores_spelling_and_traffic() {
     c.storage_uri.raw = String::new();
     assert_ne!(spec_hash(&c), spec_hash(&model("file:///1")));
 }
+
+#[test]
+fn a_restart_waits_for_the_rolled_out_revision() {
+    // After a restart both revisions load again; the new one happens to finish first.
+    let d = [want("iris", "file:///2", Some(10))];
+    let l = live(
+        "iris",
+        LiveService {
+            revisions: vec![
+                rev("iris", 1, "file:///1", Pending),
+                rev("iris", 2, "file:///2", Ready),
+            ],
+            rolled_out: Some("iris-predictor-00001".into()),
+            traffic: traffic(&[("iris-predictor-00001", 90), ("iris-predictor-00002", 10)]),
+            overridden: false,
+        },
+    );
+    let r = reconcile(&d, &l, SyncPolicy::default());
+    assert_eq!(render(&r), Vec::<String>::new());
+    assert!(r.requeue_after.is_some());
+}
