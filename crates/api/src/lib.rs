@@ -8,6 +8,8 @@
 //! | GET | `/api/v1/audit` | [`dto::AuditEntry`] list, oldest first |
 //! | GET | `/api/v1/audit/verify` | [`dto::AuditVerify`] |
 //! | POST | `/api/v1/sync?wait=true` | fetch and sync now (token); [`dto::SyncResult`] list |
+//! | POST | `/api/v1/refresh` | fetch and reconcile under the sync policy (token) |
+//! | POST | `/api/v1/services/<ns>/<name>/traffic` | set a split by hand (token) |
 //! | POST | `/api/v1/webhook/git` | fetch and sync now (webhook signature) |
 //! | GET | `/healthz` | `ok` |
 //!
@@ -30,8 +32,12 @@ use serde::Deserialize;
 /// Why a sync runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trigger {
-    /// An operator asked (`crossfade sync`): applies even without an automated sync policy.
+    /// An operator asked (`crossfade sync`): applies Git's state even without an automated sync
+    /// policy, and replaces traffic set through the API.
     Manual,
+    /// An operator asked to look again (`crossfade refresh`): fetch and reconcile as a poll
+    /// would, under the sync policy, and wait for the result.
+    Refresh,
     /// A push webhook, described for the log.
     Webhook(String),
 }
@@ -48,6 +54,14 @@ pub trait Backend: Send + Sync + 'static {
     fn verify_audit(&self) -> Result<dto::AuditVerify, String>;
     /// Fetches and syncs every Application now. The future resolves when every sync is done.
     fn sync_now(&self, trigger: Trigger) -> BoxFuture<Vec<dto::SyncResult>>;
+    /// Sets a service's split by hand (Argo CD's "live change"): kept until Git changes, a
+    /// `sync`, or, with `selfHeal`, the next reconcile.
+    fn set_traffic(
+        &self,
+        namespace: &str,
+        name: &str,
+        splits: &std::collections::BTreeMap<String, u8>,
+    ) -> Result<(), String>;
     /// The admin bearer token.
     fn admin_token(&self) -> &str;
     /// The webhook secret, or `None` when webhooks are off.
@@ -63,6 +77,11 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/api/v1/audit", get(audit))
         .route("/api/v1/audit/verify", get(verify_audit))
         .route("/api/v1/sync", post(sync))
+        .route("/api/v1/refresh", post(refresh))
+        .route(
+            "/api/v1/services/{namespace}/{name}/traffic",
+            post(set_traffic),
+        )
         .route("/api/v1/webhook/git", post(webhook))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(backend)
@@ -120,6 +139,47 @@ async fn sync(State(b): Shared, Query(q): Query<SyncQuery>, headers: HeaderMap) 
             axum::Json(serde_json::json!({"triggered": true})),
         )
             .into_response()
+    }
+}
+
+async fn refresh(State(b): Shared, headers: HeaderMap) -> Response {
+    if let Err(why) = authorize(b.as_ref(), &headers) {
+        return error(StatusCode::UNAUTHORIZED, why.into());
+    }
+    axum::Json(b.sync_now(Trigger::Refresh).await).into_response()
+}
+
+#[derive(Deserialize)]
+struct TrafficBody {
+    /// Revision name to percent; the percents sum to 100.
+    splits: std::collections::BTreeMap<String, u8>,
+}
+
+async fn set_traffic(
+    State(b): Shared,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(why) = authorize(b.as_ref(), &headers) {
+        return error(StatusCode::UNAUTHORIZED, why.into());
+    }
+    let body: TrafficBody = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("expected {{\"splits\": {{\"<revision>\": <percent>}}}}: {e}"),
+            );
+        }
+    };
+    match b.set_traffic(&namespace, &name, &body.splits) {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"service": format!("{namespace}/{name}"), "splits": body.splits})),
+        )
+            .into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

@@ -41,6 +41,7 @@ impl Backend for Recorder {
     fn sync_now(&self, trigger: Trigger) -> BoxFuture<Vec<dto::SyncResult>> {
         let why = match trigger {
             Trigger::Manual => "requested through the API".to_owned(),
+            Trigger::Refresh => "refresh".to_owned(),
             Trigger::Webhook(w) => w,
         };
         self.triggers.lock().unwrap().push(why.clone());
@@ -52,6 +53,22 @@ impl Backend for Recorder {
                 message: Some(why),
             }]
         })
+    }
+    fn set_traffic(
+        &self,
+        namespace: &str,
+        name: &str,
+        splits: &std::collections::BTreeMap<String, u8>,
+    ) -> Result<(), String> {
+        if splits.values().map(|p| u32::from(*p)).sum::<u32>() == 100 {
+            self.triggers
+                .lock()
+                .unwrap()
+                .push(format!("traffic {namespace}/{name}"));
+            Ok(())
+        } else {
+            Err("the percents must sum to 100".into())
+        }
     }
     fn admin_token(&self) -> &str {
         "s3cret-token"
@@ -219,4 +236,23 @@ fn rfc3339() {
         dto::rfc3339_millis(1_795_696_415_000),
         "2026-11-26T12:33:35.000Z"
     );
+}
+
+#[tokio::test]
+async fn traffic_overrides_need_the_token_and_a_valid_split() {
+    let b = Arc::new(Recorder::default());
+    let path = "/api/v1/services/default/iris/traffic";
+    let body = r#"{"splits": {"iris-predictor-00001": 100}}"#;
+    let (s, _) = call(&b, post(path, &[], body)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let auth = [("authorization", "Bearer s3cret-token")];
+    let (s, _) = call(&b, post(path, &auth, body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(*b.triggers.lock().unwrap(), ["traffic default/iris"]);
+    let (s, resp) = call(&b, post(path, &auth, r#"{"splits": {"a": 50}}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(resp.contains("sum to 100"), "{resp}");
+    let (s, resp) = call(&b, post(path, &auth, r#"{"nope": 1}"#)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(resp.contains("expected"), "{resp}");
 }

@@ -151,9 +151,13 @@ pub fn history(c: &Connection, service: Option<&str>, limit: usize) -> anyhow::R
     Ok(ExitCode::SUCCESS)
 }
 
-pub fn sync(c: &Connection, wait: bool) -> anyhow::Result<ExitCode> {
+pub fn sync(c: &Connection, wait: bool, refresh: bool) -> anyhow::Result<ExitCode> {
     let token = token(c)?;
-    let url = format!("{}/api/v1/sync?wait={wait}", c.server.trim_end_matches('/'));
+    let url = if refresh {
+        format!("{}/api/v1/refresh", c.server.trim_end_matches('/'))
+    } else {
+        format!("{}/api/v1/sync?wait={wait}", c.server.trim_end_matches('/'))
+    };
     let raw = request(c, |client| client.post(&url).bearer_auth(&token))?;
     if c.output == Output::Json {
         println!("{raw}");
@@ -179,6 +183,40 @@ pub fn sync(c: &Connection, wait: bool) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+pub fn traffic(c: &Connection, service: &str, splits: &[String]) -> anyhow::Result<ExitCode> {
+    let token = token(c)?;
+    let (namespace, name) = service.split_once('/').unwrap_or(("default", service));
+    let mut map = serde_json::Map::new();
+    for s in splits {
+        let (rev, pct) = s
+            .split_once('=')
+            .with_context(|| format!("`{s}`: write REVISION=PERCENT"))?;
+        let pct: u8 = pct
+            .trim_end_matches('%')
+            .parse()
+            .with_context(|| format!("`{s}`: the percent is not a number from 0 to 100"))?;
+        map.insert(rev.to_owned(), pct.into());
+    }
+    let url = format!(
+        "{}/api/v1/services/{}/{}/traffic",
+        c.server.trim_end_matches('/'),
+        encode(namespace),
+        encode(name)
+    );
+    let body = serde_json::json!({ "splits": map });
+    let raw = request(c, |client| {
+        client.post(&url).bearer_auth(&token).json(&body)
+    })?;
+    if c.output == Output::Json {
+        println!("{raw}");
+    } else {
+        println!(
+            "traffic of {namespace}/{name} set by hand; Git takes it back at the next sync (or reconcile, with selfHeal)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn audit(command: &AuditCommand) -> anyhow::Result<ExitCode> {

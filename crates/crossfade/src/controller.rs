@@ -98,7 +98,6 @@ struct AppState {
     failures: u32,
     desired: Vec<DesiredService>,
     live: Live,
-    tags: BTreeMap<ServiceId, Tags>,
     out_of_sync: BTreeMap<ServiceId, String>,
     /// Loaded revisions, by service and revision name.
     loaded: BTreeMap<(ServiceId, String), Arc<gateway::Revision>>,
@@ -154,6 +153,7 @@ impl Controller {
                         .collect(),
                     overridden: record.overridden,
                     revisions: Vec::new(),
+                    tags: Tags::default(),
                 };
                 for rev in store.revisions(&id.namespace, &id.name)? {
                     if rev.state == store::RevisionState::Retired {
@@ -248,8 +248,10 @@ impl Controller {
 
     async fn sync_app(&self, i: usize, trigger: &api::Trigger) -> dto::SyncResult {
         let manual = *trigger == api::Trigger::Manual;
+        let wait = matches!(trigger, api::Trigger::Manual | api::Trigger::Refresh);
         let why = match trigger {
             api::Trigger::Manual => "manual sync",
+            api::Trigger::Refresh => "refresh",
             api::Trigger::Webhook(w) => w.as_str(),
         };
         let slot = &self.apps[i];
@@ -263,7 +265,7 @@ impl Controller {
             .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
         let result = self.apply(i, fetched, manual);
         self.publish();
-        if manual {
+        if wait {
             // `crossfade sync` returns once the revisions it created are Ready or Failed.
             let mut settled = self.settled.subscribe();
             while self.has_pending(i) {
@@ -474,9 +476,9 @@ impl Controller {
                     }),
                 );
             }
-            if is_new {
-                // A new commit is the new truth: API overrides give way (Argo CD syncs it
-                // whether or not selfHeal is on).
+            if is_new || manual {
+                // A new commit, or an explicit sync, is the new truth: traffic set through the
+                // API gives way (Argo CD syncs it whether or not selfHeal is on).
                 for svc in state.live.services.values_mut() {
                     svc.overridden = false;
                 }
@@ -557,7 +559,7 @@ impl Controller {
                     let live = state.live.services.entry(service.clone()).or_default();
                     live.traffic = splits;
                     live.overridden = false;
-                    state.tags.insert(service, tags);
+                    live.tags = tags;
                 }
                 Effect::MarkRolledOut { service, revision } => {
                     self.audit(
@@ -599,7 +601,6 @@ impl Controller {
                         serde_json::json!({"application": application}),
                     );
                     state.live.services.remove(&service);
-                    state.tags.remove(&service);
                     state.loaded.retain(|(s, _), _| *s != service);
                 }
                 Effect::ReportOutOfSync { service, reason } => {
@@ -689,6 +690,67 @@ impl Controller {
         self.settled.send_modify(|n| *n += 1);
     }
 
+    /// Sets a split by hand. Every revision must be Ready; the percents must sum to 100.
+    pub fn set_traffic(
+        &self,
+        namespace: &str,
+        name: &str,
+        splits: &BTreeMap<String, u8>,
+    ) -> Result<(), String> {
+        let id = ServiceId::new(namespace, name);
+        let total: u32 = splits.values().map(|p| u32::from(*p)).sum();
+        if total != 100 {
+            return Err(format!("the percents sum to {total}, not 100"));
+        }
+        let now = clock::now_ms();
+        let found = self.apps.iter().enumerate().find(|(_, slot)| {
+            slot.state
+                .lock()
+                .expect("state")
+                .live
+                .services
+                .contains_key(&id)
+        });
+        let Some((app, slot)) = found else {
+            return Err(format!("no service {id}"));
+        };
+        {
+            let mut state = slot.state.lock().expect("state");
+            let live = state.live.services.get_mut(&id).expect("found above");
+            let mut traffic = Vec::new();
+            for (revision, pct) in splits {
+                let Some(rev) = live.revisions.iter().find(|r| &r.name == revision) else {
+                    return Err(format!("{id} has no revision {revision}"));
+                };
+                if rev.state != RevisionState::Ready {
+                    return Err(format!("revision {revision} is not Ready"));
+                }
+                if *pct > 0 {
+                    traffic.push(engine::Split {
+                        revision: revision.clone(),
+                        percent: manifest::Percent::new(*pct).ok_or("a percent is over 100")?,
+                    });
+                }
+            }
+            live.traffic = traffic;
+            live.overridden = true;
+            state
+                .out_of_sync
+                .insert(id.clone(), "traffic was changed through the API".into());
+            self.persist_services(app, &state);
+        }
+        self.audit(
+            now,
+            "api:admin",
+            "override-traffic",
+            &id.to_string(),
+            serde_json::json!(splits),
+        );
+        tracing::info!(service = %id, ?splits, "traffic set through the API");
+        self.publish();
+        Ok(())
+    }
+
     fn has_pending(&self, i: usize) -> bool {
         let state = self.apps[i].state.lock().expect("state");
         state
@@ -717,7 +779,7 @@ impl Controller {
                     .iter()
                     .filter_map(|s| index(&s.revision).map(|i| (i, s.percent.get())))
                     .collect();
-                let tags = state.tags.get(id).cloned().unwrap_or_default();
+                let tags = &live.tags;
                 let route = gateway::Route {
                     split,
                     tag_routing: state.desired.iter().any(|d| &d.id == id && d.tag_routing),
@@ -775,7 +837,7 @@ impl Controller {
     ) -> dto::ServiceStatus {
         let empty = LiveService::default();
         let live = state.live.services.get(id).unwrap_or(&empty);
-        let tags = state.tags.get(id).cloned().unwrap_or_default();
+        let tags = live.tags.clone();
         let desired = state.desired.iter().find(|d| &d.id == id);
         let latest =
             desired.and_then(|d| live.revisions.iter().find(|r| r.spec_hash == d.spec_hash));
@@ -1059,6 +1121,14 @@ impl api::Backend for SharedController {
     }
     fn verify_audit(&self) -> Result<dto::AuditVerify, String> {
         self.0.verify_audit()
+    }
+    fn set_traffic(
+        &self,
+        namespace: &str,
+        name: &str,
+        splits: &BTreeMap<String, u8>,
+    ) -> Result<(), String> {
+        self.0.set_traffic(namespace, name, splits)
     }
     fn sync_now(&self, trigger: api::Trigger) -> api::BoxFuture<Vec<dto::SyncResult>> {
         Box::pin(Arc::clone(&self.0).sync_all(trigger))

@@ -49,6 +49,21 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// Fetch and reconcile under the sync policy (as a poll would), and show what happened.
+    Refresh {
+        #[command(flatten)]
+        connection: client::Connection,
+    },
+    /// Set a service's traffic split by hand: `crossfade traffic models/iris iris-predictor-00001=100`.
+    Traffic {
+        /// The service, as `namespace/name` or `name` (namespace default).
+        service: String,
+        /// `REVISION=PERCENT`, summing to 100.
+        #[arg(required = true)]
+        splits: Vec<String>,
+        #[command(flatten)]
+        connection: client::Connection,
+    },
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(client::AuditCommand),
@@ -72,7 +87,13 @@ fn main() -> ExitCode {
         Command::Sync {
             no_wait,
             connection,
-        } => client::sync(&connection, !no_wait),
+        } => client::sync(&connection, !no_wait, false),
+        Command::Refresh { connection } => client::sync(&connection, true, true),
+        Command::Traffic {
+            service,
+            splits,
+            connection,
+        } => client::traffic(&connection, &service, &splits),
         Command::Audit(command) => client::audit(&command),
     };
     match result {

@@ -695,3 +695,106 @@ fn serves_the_synced_models_with_kserve_canary_semantics() {
     let (code, _, body) = up.infer("/v2/models/nope/infer", &[], IRIS_V2);
     assert_eq!(code, 404, "{body}");
 }
+
+fn splits_of(status: &Value, svc: &str) -> Vec<(String, u64)> {
+    service(status, svc)["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_owned(),
+                r["trafficPercent"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Starts `up` on a repo whose iris is a 90/10 canary, with `extra` flags.
+fn canary_setup(extra: &[&str]) -> (tempfile::TempDir, tempfile::TempDir, GitRepo, Up) {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.commit("iris v1");
+    let data = tempfile::tempdir().unwrap();
+    let mut args = vec!["--repo", repo.path().to_str().unwrap()];
+    args.extend(extra);
+    let up = Up::start(data.path(), &args);
+    up.sync();
+    repo.write(
+        "iris.yaml",
+        &isvc_with("iris", &v2, "    canaryTrafficPercent: 10\n"),
+    );
+    repo.commit("iris v2, 10%");
+    up.sync();
+    (store, data, repo, up)
+}
+
+fn canary_split() -> Vec<(String, u64)> {
+    vec![
+        ("iris-predictor-00001".into(), 90),
+        ("iris-predictor-00002".into(), 10),
+    ]
+}
+
+#[test]
+fn api_overrides_without_self_heal_are_kept_until_a_sync() {
+    let (_store, _data, _repo, up) = canary_setup(&[]);
+    assert_eq!(splits_of(&up.status(), "iris"), canary_split());
+    let (code, out) = up.cli(&["traffic", "iris", "iris-predictor-00002=100"]);
+    assert_eq!(code, 0, "{out}");
+    let status = up.status();
+    assert_eq!(
+        splits_of(&status, "iris"),
+        [
+            ("iris-predictor-00001".into(), 0),
+            ("iris-predictor-00002".into(), 100)
+        ]
+    );
+    assert_eq!(service(&status, "iris")["syncStatus"], "OutOfSync");
+    for _ in 0..20 {
+        let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+        assert_eq!(revision_of(&head), "iris-predictor-00002");
+    }
+    // A reconcile under the policy keeps the change and reports the drift.
+    up.json(&["refresh"]);
+    let status = up.status();
+    assert_eq!(splits_of(&status, "iris")[1].1, 100);
+    let iris = service(&status, "iris");
+    assert_eq!(iris["syncStatus"], "OutOfSync");
+    assert!(
+        iris["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not self-heal"),
+        "{iris}"
+    );
+    // An explicit sync applies Git again.
+    up.sync();
+    let status = up.status();
+    assert_eq!(splits_of(&status, "iris"), canary_split());
+    assert_eq!(service(&status, "iris")["syncStatus"], "Synced");
+    // Bad overrides are refused with the reason.
+    let (code, out) = up.cli(&["traffic", "iris", "iris-predictor-00001=60"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("sum to 60, not 100"), "{out}");
+    let (code, out) = up.cli(&["traffic", "iris", "iris-predictor-00009=100"]);
+    assert_eq!(code, 1);
+    assert!(out.contains("no revision iris-predictor-00009"), "{out}");
+    let audit = up.json(&["audit", "verify"]);
+    assert_eq!(audit["ok"], true);
+}
+
+#[test]
+fn self_heal_reverts_api_overrides_at_the_next_reconcile() {
+    let (_store, _data, _repo, up) = canary_setup(&["--self-heal"]);
+    let (code, out) = up.cli(&["traffic", "default/iris", "iris-predictor-00001=100"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(splits_of(&up.status(), "iris")[0].1, 100);
+    up.json(&["refresh"]);
+    let status = up.status();
+    assert_eq!(splits_of(&status, "iris"), canary_split());
+    assert_eq!(service(&status, "iris")["syncStatus"], "Synced");
+}

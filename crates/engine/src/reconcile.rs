@@ -49,6 +49,8 @@ pub struct LiveService {
     pub traffic: Vec<Split>,
     /// The split was last set through the API, not by reconcile.
     pub overridden: bool,
+    /// The revisions the tags route to.
+    pub tags: Tags,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +247,7 @@ fn reconcile_service(
         });
     }
 
-    if splits != have.traffic || (have.overridden && policy.self_heal) {
+    if splits != have.traffic || tags != have.tags || (have.overridden && policy.self_heal) {
         if have.overridden && !policy.self_heal {
             decision.effects.push(Effect::ReportOutOfSync {
                 service: id.clone(),

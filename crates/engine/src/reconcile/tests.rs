@@ -145,6 +145,7 @@ fn first_revision_gets_everything_once_ready() {
             rolled_out: Some("iris-predictor-00001".into()),
             traffic: traffic(&[("iris-predictor-00001", 100)]),
             overridden: false,
+            tags: Tags::default(),
         },
     );
     assert!(
@@ -165,6 +166,7 @@ fn two_revisions(new_state: RevisionState) -> Live {
             rolled_out: Some("iris-predictor-00001".into()),
             traffic: traffic(&[("iris-predictor-00001", 100)]),
             overridden: false,
+            tags: Tags::default(),
         },
     )
 }
@@ -268,6 +270,7 @@ fn reverting_the_spec_returns_to_the_old_revision() {
             rolled_out: Some("iris-predictor-00002".into()),
             traffic: traffic(&[("iris-predictor-00002", 100)]),
             overridden: false,
+            tags: Tags::default(),
         },
     );
     assert_eq!(
@@ -348,6 +351,7 @@ fn a_restart_waits_for_the_rolled_out_revision() {
             rolled_out: Some("iris-predictor-00001".into()),
             traffic: traffic(&[("iris-predictor-00001", 90), ("iris-predictor-00002", 10)]),
             overridden: false,
+            tags: Tags::default(),
         },
     );
     let r = reconcile(&d, &l, SyncPolicy::default());
