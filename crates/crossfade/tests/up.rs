@@ -798,3 +798,62 @@ fn self_heal_reverts_api_overrides_at_the_next_reconcile() {
     assert_eq!(splits_of(&status, "iris"), canary_split());
     assert_eq!(service(&status, "iris")["syncStatus"], "Synced");
 }
+
+#[test]
+fn an_unreachable_or_rewritten_remote_keeps_the_last_good_commit_serving() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-mlp-v1");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    let first = repo.commit("iris v1");
+    let served = tempfile::tempdir().unwrap();
+    let bare = bare_clone(repo.path(), served.path(), "models.git");
+    let git = GitHttpServer::start(served.path());
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", &git.url("models.git")]);
+    up.sync();
+
+    // The repository disappears from the server.
+    let hidden = served.path().join("hidden.git");
+    std::fs::rename(&bare, &hidden).unwrap();
+    let result = up.sync();
+    assert_eq!(result[0]["outcome"], "FetchFailed", "{result:#}");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], first.as_str());
+    assert!(
+        status["source"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("fetching"),
+        "{status:#}"
+    );
+    let (code, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(
+        (code, revision_of(&head).as_str()),
+        (200, "iris-predictor-00001")
+    );
+    // A second failure with the same error is not recorded twice.
+    up.sync();
+    let failures = up
+        .json(&["history"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["outcome"] == "FetchFailed")
+        .count();
+    assert_eq!(failures, 1);
+
+    // It comes back with rewritten history (a force-push): the new head is applied.
+    std::fs::rename(&hidden, &bare).unwrap();
+    repo.git(&["commit", "--quiet", "--amend", "-m", "iris v1, reworded"]);
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    let rewritten = repo.commit("iris v2 on rewritten history");
+    repo.push_to(&bare);
+    assert_eq!(up.sync()[0]["outcome"], "Applied");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], rewritten.as_str());
+    assert_eq!(status["source"]["error"], Value::Null);
+    let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(revision_of(&head), "iris-predictor-00002");
+}
