@@ -110,7 +110,9 @@ impl DataType {
             D::I8 => DataType::I8,
             D::I16 => DataType::I16,
             D::I32 => DataType::I32,
-            D::I64 => DataType::I64,
+            // Integer results the optimiser tracks as symbolic dimensions (an ArgMax's labels)
+            // come out as INT64.
+            D::I64 | D::TDim => DataType::I64,
             D::F16 => DataType::F16,
             D::F32 => DataType::F32,
             D::F64 => DataType::F64,

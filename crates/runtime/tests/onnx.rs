@@ -52,8 +52,16 @@ fn outputs_match_onnxruntime() {
             ("X", DataType::F32, vec![-1, 4]),
             "{name}"
         );
-        let names: Vec<&str> = model.outputs().iter().map(|o| o.name.as_str()).collect();
-        assert_eq!(names, ["label", "probabilities"], "{name}");
+        let outputs: Vec<(&str, DataType)> = model
+            .outputs()
+            .iter()
+            .map(|o| (o.name.as_str(), o.datatype))
+            .collect();
+        assert_eq!(
+            outputs,
+            [("label", DataType::I64), ("probabilities", DataType::F32)],
+            "{name}"
+        );
         model.warm_up().unwrap();
 
         let reference = reference(name);
