@@ -193,9 +193,16 @@ impl Controller {
         let mut tasks = Vec::new();
         if let Some(mut queue) = self.load_queue.lock().expect("queue").take() {
             let this = Arc::clone(&self);
+            let mut stop = shutdown.clone();
             tasks.push(tokio::spawn(async move {
-                while let Some(job) = queue.recv().await {
-                    tokio::spawn(Arc::clone(&this).load(job));
+                loop {
+                    tokio::select! {
+                        job = queue.recv() => match job {
+                            Some(job) => drop(tokio::spawn(Arc::clone(&this).load(job))),
+                            None => break,
+                        },
+                        _ = stop.changed() => break,
+                    }
                 }
             }));
         }

@@ -92,8 +92,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let apps = applications(&args)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
-    let store = store::Store::open(&data_dir)
-        .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
+    let store = store::Store::open(&data_dir)?;
     let admin_token = datadir::admin_token(&data_dir, args.admin_token.clone())?;
     let trust = trusted_keys(&args)?;
     let settings = Settings {

@@ -15,7 +15,7 @@ const HOOK_SECRET: &str = "hook-secret";
 
 /// A running `crossfade up`, killed when dropped.
 struct Up {
-    child: Child,
+    child: Option<Child>,
     server: String,
     /// The inference endpoint.
     data: String,
@@ -54,7 +54,7 @@ impl Up {
         // Keep draining the log so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Self {
-            child,
+            child: Some(child),
             server: format!("http://{admin}"),
             data: format!("http://{data}"),
         }
@@ -102,8 +102,36 @@ impl Up {
 
     /// `kill -9`.
     fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM; returns how the process exited, or `None` if it is still running after
+    /// `timeout` (then it is killed).
+    fn terminate(mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take().unwrap();
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let status = child.wait();
+            let _ = tx.send(());
+            (child, status)
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(()) => waiter.join().unwrap().1.ok(),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+                None
+            }
+        }
     }
 }
 
@@ -137,8 +165,10 @@ fn http_post(
 
 impl Drop for Up {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -856,4 +886,23 @@ fn an_unreachable_or_rewritten_remote_keeps_the_last_good_commit_serving() {
     assert_eq!(status["source"]["error"], Value::Null);
     let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
     assert_eq!(revision_of(&head), "iris-predictor-00002");
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.commit("iris v1");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let status = up
+        .terminate(std::time::Duration::from_secs(30))
+        .expect("crossfade up did not stop on SIGTERM");
+    assert!(status.success(), "{status}");
+    // And it left the data directory usable: the next start opens it.
+    let again = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    assert_eq!(again.sync()[0]["outcome"], "Unchanged");
 }

@@ -327,17 +327,39 @@ fn infer(
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
-    let mut resp = match run_v2(model, &rev, &body) {
-        Ok(v) => axum::Json(v).into_response(),
+    let json_len = headers
+        .get("inference-header-content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    let mut resp = match run_v2(model, &rev, &body, json_len) {
+        Ok(rendered) if rendered.binary.is_empty() => axum::Json(rendered.json).into_response(),
+        Ok(rendered) => {
+            // The binary tensor data extension: JSON header, then the raw output bytes.
+            let mut out = rendered.json.to_string().into_bytes();
+            let header_len = out.len();
+            out.extend_from_slice(&rendered.binary);
+            let mut resp =
+                ([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response();
+            resp.headers_mut().insert(
+                "inference-header-content-length",
+                HeaderValue::from(header_len),
+            );
+            resp
+        }
         Err(f) => f.into_response(),
     };
     tag_revision(&mut resp, &rev.name);
     resp
 }
 
-fn run_v2(model: &str, rev: &Revision, body: &[u8]) -> Result<serde_json::Value, Failure> {
-    let request =
-        protocol::parse_v2(body, rev.inputs()).map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
+fn run_v2(
+    model: &str,
+    rev: &Revision,
+    body: &[u8],
+    json_len: Option<usize>,
+) -> Result<protocol::Rendered, Failure> {
+    let request = protocol::parse_v2(body, json_len, rev.inputs())
+        .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
     let outputs = rev.model.infer(&request.inputs).map_err(runtime_error)?;
     protocol::render_v2(
         model,
@@ -345,6 +367,7 @@ fn run_v2(model: &str, rev: &Revision, body: &[u8]) -> Result<serde_json::Value,
         request.id.as_ref(),
         &outputs,
         request.outputs.as_deref(),
+        &request.binary_outputs,
     )
     .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
 }

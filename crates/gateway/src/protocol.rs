@@ -20,11 +20,43 @@ pub struct InferRequest {
     pub inputs: Vec<Tensor>,
     /// `outputs[].name`: only these are returned.
     pub outputs: Option<Vec<String>>,
+    /// Outputs to return as binary data (the binary tensor data extension).
+    pub binary_outputs: BinaryOutputs,
+}
+
+/// Which outputs go back as raw bytes after the JSON header.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum BinaryOutputs {
+    #[default]
+    None,
+    /// `parameters.binary_data_output: true` on the request.
+    All,
+    /// `outputs[].parameters.binary_data: true`.
+    Named(Vec<String>),
 }
 
 /// Reads a V2 `infer` body. Datatypes and shapes are checked against the model's inputs.
-pub fn parse_v2(body: &[u8], specs: &[TensorSpec]) -> Result<InferRequest, BadRequest> {
-    let v: Value = serde_json::from_slice(body)
+///
+/// `json_len` is the `Inference-Header-Content-Length` header of the binary tensor data
+/// extension: the JSON is the first `json_len` bytes, and inputs with
+/// `parameters.binary_data_size` take their data, in order, from the bytes after it
+/// (little-endian, row-major; `BYTES` elements as a 4-byte length and the bytes).
+pub fn parse_v2(
+    body: &[u8],
+    json_len: Option<usize>,
+    specs: &[TensorSpec],
+) -> Result<InferRequest, BadRequest> {
+    let (json_part, mut binary) = match json_len {
+        Some(n) if n <= body.len() => (&body[..n], &body[n..]),
+        Some(n) => {
+            return bad(format!(
+                "Inference-Header-Content-Length is {n} but the body has {} bytes",
+                body.len()
+            ));
+        }
+        None => (body, &[][..]),
+    };
+    let v: Value = serde_json::from_slice(json_part)
         .map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))?;
     let Some(obj) = v.as_object() else {
         return bad("the body must be a JSON object with `inputs`");
@@ -75,12 +107,30 @@ pub fn parse_v2(body: &[u8], specs: &[TensorSpec]) -> Result<InferRequest, BadRe
                 spec.datatype.as_str()
             ));
         }
-        let Some(data) = input.get("data") else {
-            return bad(format!("input {name}: `data` is missing"));
+        let binary_size = input
+            .get("parameters")
+            .and_then(|p| p.get("binary_data_size"))
+            .and_then(Value::as_u64);
+        let data = match (binary_size, input.get("data")) {
+            (Some(size), _) => {
+                let size = size as usize;
+                if size > binary.len() {
+                    return bad(format!(
+                        "input {name}: binary_data_size is {size} but only {} bytes follow the JSON",
+                        binary.len()
+                    ));
+                }
+                let (mine, rest) = binary.split_at(size);
+                binary = rest;
+                decode_binary(name, datatype, mine)?
+            }
+            (None, Some(data)) => {
+                let mut flat = Vec::new();
+                flatten(data, &mut flat);
+                convert(name, datatype, &flat)?
+            }
+            (None, None) => return bad(format!("input {name}: `data` is missing")),
         };
-        let mut flat = Vec::new();
-        flatten(data, &mut flat);
-        let data = convert(name, datatype, &flat)?;
         let tensor = Tensor {
             name: name.to_owned(),
             shape,
@@ -94,21 +144,50 @@ pub fn parse_v2(body: &[u8], specs: &[TensorSpec]) -> Result<InferRequest, BadRe
             return bad(format!("input {}: missing", spec.name));
         }
     }
+    let all_binary = obj
+        .get("parameters")
+        .and_then(|p| p.get("binary_data_output"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let mut named_binary = Vec::new();
     let outputs = match obj.get("outputs") {
         None | Some(Value::Null) => None,
-        Some(Value::Array(list)) => Some(
-            list.iter()
-                .map(|o| o.get("name").and_then(Value::as_str).map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| BadRequest("every `outputs` entry needs a `name`".into()))?,
-        ),
+        Some(Value::Array(list)) => {
+            let mut names = Vec::new();
+            for o in list {
+                let Some(name) = o.get("name").and_then(Value::as_str) else {
+                    return bad("every `outputs` entry needs a `name`");
+                };
+                let binary = o
+                    .get("parameters")
+                    .and_then(|p| p.get("binary_data"))
+                    .and_then(Value::as_bool);
+                if binary == Some(true) || (binary.is_none() && all_binary) {
+                    named_binary.push(name.to_owned());
+                }
+                names.push(name.to_owned());
+            }
+            Some(names)
+        }
         Some(_) => return bad("`outputs` must be a list"),
+    };
+    let binary_outputs = match (&outputs, all_binary) {
+        (None, true) => BinaryOutputs::All,
+        _ if named_binary.is_empty() => BinaryOutputs::None,
+        _ => BinaryOutputs::Named(named_binary),
     };
     Ok(InferRequest {
         id: obj.get("id").cloned(),
         inputs: tensors,
         outputs,
+        binary_outputs,
     })
+}
+
+/// A V2 response: the JSON, and the binary tensor data that follows it (empty when none).
+pub struct Rendered {
+    pub json: Value,
+    pub binary: Vec<u8>,
 }
 
 /// The V2 response body.
@@ -118,7 +197,8 @@ pub fn render_v2(
     id: Option<&Value>,
     outputs: &[Tensor],
     selected: Option<&[String]>,
-) -> Result<Value, BadRequest> {
+    binary_outputs: &BinaryOutputs,
+) -> Result<Rendered, BadRequest> {
     if let Some(sel) = selected
         && let Some(unknown) = sel.iter().find(|n| !outputs.iter().any(|o| &o.name == *n))
     {
@@ -131,16 +211,33 @@ pub fn render_v2(
                 .join(", ")
         ));
     }
+    let mut binary = Vec::new();
     let rendered: Vec<Value> = outputs
         .iter()
         .filter(|o| selected.is_none_or(|s| s.contains(&o.name)))
         .map(|o| {
-            json!({
-                "name": o.name,
-                "datatype": o.data.datatype().as_str(),
-                "shape": o.shape,
-                "data": data_json(&o.data),
-            })
+            let as_binary = match binary_outputs {
+                BinaryOutputs::None => false,
+                BinaryOutputs::All => true,
+                BinaryOutputs::Named(names) => names.contains(&o.name),
+            };
+            if as_binary {
+                let before = binary.len();
+                encode_binary(&o.data, &mut binary);
+                json!({
+                    "name": o.name,
+                    "datatype": o.data.datatype().as_str(),
+                    "shape": o.shape,
+                    "parameters": {"binary_data_size": binary.len() - before},
+                })
+            } else {
+                json!({
+                    "name": o.name,
+                    "datatype": o.data.datatype().as_str(),
+                    "shape": o.shape,
+                    "data": data_json(&o.data),
+                })
+            }
         })
         .collect();
     let mut body = Map::new();
@@ -150,7 +247,103 @@ pub fn render_v2(
         body.insert("id".into(), id.clone());
     }
     body.insert("outputs".into(), Value::Array(rendered));
-    Ok(Value::Object(body))
+    Ok(Rendered {
+        json: Value::Object(body),
+        binary,
+    })
+}
+
+/// Decodes raw little-endian tensor bytes.
+fn decode_binary(name: &str, datatype: DataType, bytes: &[u8]) -> Result<TensorData, BadRequest> {
+    macro_rules! le {
+        ($t:ty, $variant:ident) => {{
+            const N: usize = std::mem::size_of::<$t>();
+            if bytes.len() % N != 0 {
+                return bad(format!(
+                    "input {name}: {} binary bytes are not a whole number of {} values",
+                    bytes.len(),
+                    datatype.as_str()
+                ));
+            }
+            TensorData::$variant(
+                bytes
+                    .chunks_exact(N)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("exact chunk")))
+                    .collect(),
+            )
+        }};
+    }
+    Ok(match datatype {
+        DataType::Bool => TensorData::Bool(bytes.iter().map(|b| *b != 0).collect()),
+        DataType::U8 => TensorData::U8(bytes.to_vec()),
+        DataType::U16 => le!(u16, U16),
+        DataType::U32 => le!(u32, U32),
+        DataType::U64 => le!(u64, U64),
+        DataType::I8 => TensorData::I8(bytes.iter().map(|b| *b as i8).collect()),
+        DataType::I16 => le!(i16, I16),
+        DataType::I32 => le!(i32, I32),
+        DataType::I64 => le!(i64, I64),
+        DataType::F32 => le!(f32, F32),
+        DataType::F64 => le!(f64, F64),
+        DataType::Bytes => {
+            let mut out = Vec::new();
+            let mut rest = bytes;
+            while !rest.is_empty() {
+                if rest.len() < 4 {
+                    return bad(format!("input {name}: a BYTES element is cut short"));
+                }
+                let n = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes")) as usize;
+                if rest.len() < 4 + n {
+                    return bad(format!("input {name}: a BYTES element is cut short"));
+                }
+                out.push(rest[4..4 + n].to_vec());
+                rest = &rest[4 + n..];
+            }
+            TensorData::Bytes(out)
+        }
+        DataType::F16 | DataType::Other => {
+            return bad(format!(
+                "input {name}: datatype {} is not supported",
+                datatype.as_str()
+            ));
+        }
+    })
+}
+
+fn encode_binary(data: &TensorData, out: &mut Vec<u8>) {
+    match data {
+        TensorData::Bool(v) => out.extend(v.iter().map(|b| u8::from(*b))),
+        TensorData::U8(v) => out.extend_from_slice(v),
+        TensorData::U16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::U32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::U64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I8(v) => out.extend(v.iter().map(|x| *x as u8)),
+        TensorData::I16(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F32(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::Bytes(v) => v.iter().for_each(|b| {
+            out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+            out.extend_from_slice(b);
+        }),
+    }
 }
 
 /// Model metadata (`GET /v2/models/<m>`).

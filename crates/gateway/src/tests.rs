@@ -362,3 +362,55 @@ fn split_counts() {
         .count();
     assert!((850..=1_150).contains(&canary), "{canary}");
 }
+
+#[tokio::test]
+async fn binary_tensor_data_extension() {
+    // What tritonclient sends by default: JSON header, then raw little-endian tensors.
+    let gw = gateway(1 << 20);
+    let header = json!({
+        "inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32",
+                    "parameters": {"binary_data_size": 32}}],
+        "outputs": [{"name": "label", "parameters": {"binary_data": true}}, {"name": "probabilities"}]
+    })
+    .to_string();
+    let mut body = header.clone().into_bytes();
+    for x in [5.1f32, 3.5, 1.4, 0.2, 6.3, 3.3, 6.0, 2.5] {
+        body.extend_from_slice(&x.to_le_bytes());
+    }
+    let req = Request::post("/v2/models/iris/versions/iris-predictor-00001/infer")
+        .header("inference-header-content-length", header.len())
+        .body(Body::from(body))
+        .unwrap();
+    let resp = gw.router().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json_len: usize = resp.headers()["inference-header-content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes[..json_len]).unwrap();
+    assert_eq!(v["outputs"][0]["parameters"]["binary_data_size"], 16);
+    assert!(v["outputs"][0].get("data").is_none());
+    assert_eq!(v["outputs"][1]["shape"], json!([2, 3]));
+    let labels: Vec<i64> = bytes[json_len..]
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(labels, [0, 2]);
+
+    // Too few bytes for the declared size: a 400 naming the input.
+    let req = Request::post("/v2/models/iris/infer")
+        .header("inference-header-content-length", header.len())
+        .body(Body::from(header.clone().into_bytes()))
+        .unwrap();
+    let (s, _, v) = send(&gw, req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("input X: binary_data_size is 32"),
+        "{v}"
+    );
+}
