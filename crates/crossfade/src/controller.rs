@@ -758,6 +758,11 @@ impl Controller {
         Ok(())
     }
 
+    /// The data plane this controller publishes to.
+    pub fn gateway(&self) -> &Arc<gateway::Gateway> {
+        &self.settings.gateway
+    }
+
     fn has_pending(&self, i: usize) -> bool {
         let state = self.apps[i].state.lock().expect("state");
         state
@@ -787,14 +792,12 @@ impl Controller {
                     .filter_map(|s| index(&s.revision).map(|i| (i, s.percent.get())))
                     .collect();
                 let tags = &live.tags;
-                let route = gateway::Route {
-                    split,
-                    tag_routing: state.desired.iter().any(|d| &d.id == id && d.tag_routing),
-                    latest: tags.latest.as_deref().and_then(index),
-                    prev: tags.prev.as_deref().and_then(index),
-                    header_routes: Vec::new(),
-                    revisions,
-                };
+                let latest = tags.latest.as_deref().and_then(index);
+                let prev = tags.prev.as_deref().and_then(index);
+                let mut route = gateway::Route::new(id.to_string(), revisions, split);
+                route.tag_routing = state.desired.iter().any(|d| &d.id == id && d.tag_routing);
+                route.latest = latest;
+                route.prev = prev;
                 if table.models.insert(id.name.clone(), route).is_some() {
                     tracing::warn!(service = %id, "another namespace serves a model of the same name; this one wins");
                 }

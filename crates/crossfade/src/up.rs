@@ -143,7 +143,22 @@ async fn serve(
     );
     let (stop_tx, stop_rx) = watch::channel(false);
     let loops = tokio::spawn(Arc::clone(&controller).run(stop_rx.clone()));
-    let router = api::router(Arc::new(SharedController(Arc::clone(&controller))));
+    let gateway = Arc::clone(controller.gateway());
+    let router = api::router(Arc::new(SharedController(Arc::clone(&controller)))).route(
+        "/metrics",
+        axum::routing::get(move || {
+            let gateway = Arc::clone(&gateway);
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    gateway.metrics_text(),
+                )
+            }
+        }),
+    );
     let mut api_stop = stop_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, router)

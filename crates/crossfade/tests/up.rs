@@ -135,6 +135,22 @@ impl Up {
     }
 }
 
+/// A raw HTTP/1.1 GET; returns the body.
+fn http_get(base: &str, path: &str) -> String {
+    let addr = base.trim_start_matches("http://");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    stream.read_to_string(&mut resp).unwrap();
+    resp.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
 /// A raw HTTP/1.1 POST; returns (status, header block, body).
 fn http_post(
     base: &str,
@@ -724,6 +740,14 @@ fn serves_the_synced_models_with_kserve_canary_semantics() {
     }
     let (code, _, body) = up.infer("/v2/models/nope/infer", &[], IRIS_V2);
     assert_eq!(code, 404, "{body}");
+
+    // Prometheus metrics on the admin listener.
+    let metrics = http_get(&up.server, "/metrics");
+    assert!(
+        metrics.contains(r#"crossfade_requests_total{service="default/iris",revision="iris-predictor-00002",outcome="ok"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"crossfade_traffic_weight_percent{service="default/iris",revision="iris-predictor-00002"} 100"#), "{metrics}");
 }
 
 fn splits_of(status: &Value, svc: &str) -> Vec<(String, u64)> {

@@ -20,8 +20,10 @@
 //! - Client errors (JSON, shapes, datatypes) are 400 with `{"error": ...}` naming the input;
 //!   unknown models 404; bodies over the limit 413; a model failing on an input 500.
 
+mod metrics;
 mod protocol;
 mod routes;
+mod stats;
 
 use std::sync::Arc;
 
@@ -36,7 +38,10 @@ use axum::routing::{get, post};
 use serde_json::json;
 
 pub use protocol::BadRequest;
-pub use routes::{Chosen, HeaderRoute, Match, RequestFacts, Revision, Route, RouteTable, bucket};
+pub use routes::{
+    Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
+};
+pub use stats::{Outcome, Summary, WINDOW_SECONDS};
 
 /// The response header naming the revision that answered.
 pub const REVISION_HEADER: &str = "x-crossfade-revision";
@@ -56,10 +61,21 @@ impl Default for Config {
     }
 }
 
-/// The data plane's state: the current route table.
+/// The data plane's state: the current route table, metrics and statistics.
 pub struct Gateway {
     table: ArcSwap<RouteTable>,
     config: Config,
+    metrics: metrics::Metrics,
+    started: std::time::Instant,
+    /// Mirrored requests still running in the background.
+    mirrors: std::sync::atomic::AtomicUsize,
+    mirrors_done: tokio::sync::Notify,
+}
+
+/// The one place the gateway reads the clock: request latency and the statistics' seconds.
+#[allow(clippy::disallowed_methods)]
+fn now() -> std::time::Instant {
+    std::time::Instant::now()
 }
 
 // === impl Gateway ===
@@ -69,12 +85,65 @@ impl Gateway {
         Arc::new(Self {
             table: ArcSwap::from_pointee(RouteTable::default()),
             config,
+            metrics: metrics::Metrics::new(),
+            started: now(),
+            mirrors: std::sync::atomic::AtomicUsize::new(0),
+            mirrors_done: tokio::sync::Notify::new(),
         })
     }
 
     /// Replaces the route table; requests in flight finish on the revisions they started on.
-    pub fn publish(&self, table: RouteTable) {
+    pub fn publish(&self, mut table: RouteTable) {
+        for route in table.models.values_mut() {
+            route.metrics = route
+                .revisions
+                .iter()
+                .map(|r| self.metrics.revision(&route.service, &r.name))
+                .collect();
+            let weights: Vec<(String, u8)> = route
+                .revisions
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let pct = route
+                        .split
+                        .iter()
+                        .find(|(j, _)| *j == i)
+                        .map_or(0, |(_, p)| *p);
+                    (r.name.clone(), pct)
+                })
+                .collect();
+            self.metrics.set_weights(&route.service, &weights);
+        }
         self.table.store(Arc::new(table));
+    }
+
+    /// Seconds since the gateway started: the clock of its statistics.
+    pub fn second(&self) -> u64 {
+        now().duration_since(self.started).as_secs()
+    }
+
+    /// A revision's statistics over the last `seconds` seconds, or `None` if it never served.
+    pub fn summary(&self, service: &str, revision: &str, seconds: u64) -> Option<Summary> {
+        self.metrics
+            .window(service, revision)
+            .map(|w| w.summary(self.second(), seconds))
+    }
+
+    /// Resolves once no mirrored request is running (for shutdown, and for tests).
+    pub async fn mirrors_idle(&self) {
+        loop {
+            let notified = self.mirrors_done.notified();
+            if self.mirrors.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The Prometheus text exposition of the data plane's metrics.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
     }
 
     /// The current table.
@@ -259,13 +328,22 @@ fn facts<'a>(headers: &'a HeaderMap, version: Option<&'a str>) -> RequestFacts<'
     }
 }
 
+/// Where a request goes, with what it updates.
+struct Routed {
+    service: String,
+    rev: Arc<Revision>,
+    metrics: metrics::RevisionMetrics,
+    /// The revision to mirror to, when this request is one of the mirrored share.
+    mirror: Option<(Arc<Revision>, metrics::RevisionMetrics)>,
+}
+
 /// Routes a request: the revision, or why there is none.
 fn route_request(
     table: &RouteTable,
     model: &str,
     headers: &HeaderMap,
     version: Option<&str>,
-) -> Result<Arc<Revision>, Failure> {
+) -> Result<Routed, Failure> {
     let Some(route) = table.models.get(model) else {
         return Err(fail(
             StatusCode::NOT_FOUND,
@@ -278,9 +356,8 @@ fn route_request(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    match route.choose(model, facts(headers, version), header) {
-        Some((rev, _)) => Ok(Arc::clone(rev)),
-        None => Err(match version {
+    let Some((idx, how)) = route.choose(model, facts(headers, version), header) else {
+        return Err(match version {
             Some(v) => fail(
                 StatusCode::NOT_FOUND,
                 format!("model {model} has no version {v}"),
@@ -289,7 +366,71 @@ fn route_request(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("model {model} has no revision ready to serve this request"),
             ),
-        }),
+        });
+    };
+    // Only the split's requests are mirrored, never a pinned, tagged or header-routed one.
+    let mirror = route
+        .mirror
+        .filter(|m| matches!(how, Chosen::Split | Chosen::Sticky) && m.revision != idx)
+        .filter(|m| fastrand::u8(0..100) < m.percent)
+        .and_then(|m| {
+            Some((
+                Arc::clone(route.revisions.get(m.revision)?),
+                route.metrics.get(m.revision)?.clone(),
+            ))
+        });
+    Ok(Routed {
+        service: route.service.clone(),
+        rev: Arc::clone(&route.revisions[idx]),
+        metrics: route.metrics[idx].clone(),
+        mirror,
+    })
+}
+
+/// Counts a request in flight, and its outcome and latency when it ends (even if the client
+/// goes away and the handler is dropped).
+struct Measure<'a> {
+    gw: &'a Gateway,
+    metrics: &'a metrics::RevisionMetrics,
+    start: std::time::Instant,
+    outcome: Outcome,
+}
+
+impl<'a> Measure<'a> {
+    fn start(gw: &'a Gateway, metrics: &'a metrics::RevisionMetrics) -> Self {
+        metrics.in_flight.inc();
+        Self {
+            gw,
+            metrics,
+            start: now(),
+            outcome: Outcome::ServerError,
+        }
+    }
+
+    fn finish(&mut self, status: StatusCode) {
+        self.outcome = if status.is_success() {
+            Outcome::Ok
+        } else if status.is_client_error() {
+            Outcome::ClientError
+        } else {
+            Outcome::ServerError
+        };
+    }
+}
+
+impl Drop for Measure<'_> {
+    fn drop(&mut self) {
+        let elapsed = self.start.elapsed();
+        self.metrics.in_flight.dec();
+        match self.outcome {
+            Outcome::Ok => self.metrics.ok.inc(),
+            Outcome::ClientError => self.metrics.client_errors.inc(),
+            Outcome::ServerError => self.metrics.server_errors.inc(),
+        };
+        self.metrics.latency.observe(elapsed.as_secs_f64());
+        self.metrics
+            .window
+            .record(self.gw.second(), self.outcome, elapsed.as_micros() as u64);
     }
 }
 
@@ -312,7 +453,7 @@ async fn infer_v2_version(
 }
 
 fn infer(
-    gw: &Gateway,
+    gw: &Arc<Gateway>,
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
@@ -323,15 +464,17 @@ fn infer(
         Err(e) => return body_error(e),
     };
     let table = gw.table();
-    let rev = match route_request(&table, model, headers, version) {
+    let routed = match route_request(&table, model, headers, version) {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
+    let rev = &routed.rev;
+    let mut measure = Measure::start(gw, &routed.metrics);
     let json_len = headers
         .get("inference-header-content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
-    let mut resp = match run_v2(model, &rev, &body, json_len) {
+    let mut resp = match run_v2(model, rev, &body, json_len, &routed, gw) {
         Ok(rendered) if rendered.binary.is_empty() => axum::Json(rendered.json).into_response(),
         Ok(rendered) => {
             // The binary tensor data extension: JSON header, then the raw output bytes.
@@ -348,6 +491,7 @@ fn infer(
         }
         Err(f) => f.into_response(),
     };
+    measure.finish(resp.status());
     tag_revision(&mut resp, &rev.name);
     resp
 }
@@ -357,10 +501,13 @@ fn run_v2(
     rev: &Revision,
     body: &[u8],
     json_len: Option<usize>,
+    routed: &Routed,
+    gw: &Arc<Gateway>,
 ) -> Result<protocol::Rendered, Failure> {
     let request = protocol::parse_v2(body, json_len, rev.inputs())
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
     let outputs = rev.model.infer(&request.inputs).map_err(runtime_error)?;
+    mirror(gw, routed, &request.inputs, &outputs);
     protocol::render_v2(
         model,
         &rev.name,
@@ -406,19 +553,120 @@ async fn v1_predict(
         Err(e) => return body_error(e),
     };
     let table = gw.table();
-    let rev = match route_request(&table, model, &headers, None) {
+    let routed = match route_request(&table, model, &headers, None) {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
+    let rev = &routed.rev;
+    let mut measure = Measure::start(&gw, &routed.metrics);
     let result = protocol::parse_v1(&body, rev.inputs())
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
-        .and_then(|input| rev.model.infer(&[input]).map_err(runtime_error));
+        .and_then(|input| {
+            let outputs = rev
+                .model
+                .infer(std::slice::from_ref(&input))
+                .map_err(runtime_error)?;
+            mirror(&gw, &routed, &[input], &outputs);
+            Ok(outputs)
+        });
     let mut resp = match result {
         Ok(outputs) => axum::Json(protocol::render_v1(&outputs)).into_response(),
         Err(f) => f.into_response(),
     };
+    measure.finish(resp.status());
     tag_revision(&mut resp, &rev.name);
     resp
+}
+
+/// Sends the request to the mirror revision in the background, compares its answer with the
+/// primary's, and counts the comparison. The client never waits for it.
+fn mirror(
+    gw: &Arc<Gateway>,
+    routed: &Routed,
+    inputs: &[runtime::Tensor],
+    primary: &[runtime::Tensor],
+) {
+    let Some((mirror, metrics)) = routed.mirror.clone() else {
+        return;
+    };
+    gw.mirrors.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    let gw = Arc::clone(gw);
+    let inputs = inputs.to_vec();
+    let primary = primary.to_vec();
+    let service = routed.service.clone();
+    let primary_name = routed.rev.name.clone();
+    let second = gw.second();
+    let counters = (
+        gw.metrics
+            .mirror_counter(&service, &primary_name, &mirror.name, true),
+        gw.metrics
+            .mirror_counter(&service, &primary_name, &mirror.name, false),
+    );
+    tokio::task::spawn_blocking(move || {
+        let (agreed, distance) = match mirror.model.infer(&inputs) {
+            Ok(outputs) => compare(&primary, &outputs),
+            Err(_) => (false, f64::INFINITY),
+        };
+        if agreed { &counters.0 } else { &counters.1 }.inc();
+        metrics.window.record_mirror(second, agreed, distance);
+        if gw.mirrors.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            gw.mirrors_done.notify_waiters();
+        }
+    });
+}
+
+/// Whether two answers agree on the predicted class, and the largest absolute difference
+/// between their outputs of the same name.
+///
+/// The predicted class is the integer output (a `label`), or else the arg-max of each row of
+/// the first floating-point output of rank 2.
+pub fn compare(a: &[runtime::Tensor], b: &[runtime::Tensor]) -> (bool, f64) {
+    use runtime::TensorData;
+    let find = |set: &[runtime::Tensor], name: &str| set.iter().find(|t| t.name == name).cloned();
+    let mut distance = 0f64;
+    for x in a {
+        let Some(y) = find(b, &x.name) else {
+            return (false, f64::INFINITY);
+        };
+        if x.shape != y.shape {
+            return (false, f64::INFINITY);
+        }
+        for (p, q) in x.data.to_f64().iter().zip(y.data.to_f64()) {
+            if p.is_finite() && q.is_finite() {
+                distance = distance.max((p - q).abs());
+            }
+        }
+    }
+    let integer = |t: &runtime::Tensor| matches!(t.data, TensorData::I64(_) | TensorData::I32(_));
+    let classes = |set: &[runtime::Tensor]| -> Option<Vec<f64>> {
+        if let Some(label) = set.iter().find(|t| integer(t)) {
+            return Some(label.data.to_f64());
+        }
+        let scores = set.iter().find(|t| {
+            t.shape.len() == 2 && matches!(t.data, TensorData::F32(_) | TensorData::F64(_))
+        })?;
+        let width = scores.shape[1].max(1);
+        Some(
+            scores
+                .data
+                .to_f64()
+                .chunks(width)
+                .map(|row| {
+                    row.iter()
+                        .enumerate()
+                        .fold((0usize, f64::NEG_INFINITY), |best, (i, v)| {
+                            if *v > best.1 { (i, *v) } else { best }
+                        })
+                        .0 as f64
+                })
+                .collect(),
+        )
+    };
+    let agreed = match (classes(a), classes(b)) {
+        (Some(x), Some(y)) => x == y,
+        _ => distance == 0.0,
+    };
+    (agreed, distance)
 }
 
 fn tag_revision(resp: &mut Response, revision: &str) {

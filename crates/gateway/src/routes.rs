@@ -23,9 +23,11 @@ impl Revision {
     }
 }
 
-/// How one model's traffic is routed.
+/// How one model's traffic is routed. Build with [`Route::new`].
 #[derive(Clone)]
 pub struct Route {
+    /// The service, as `namespace/name` (the label of its metrics).
+    pub service: String,
     /// Every loaded revision of the service, by name: reachable with `/versions/<name>`.
     pub revisions: Vec<Arc<Revision>>,
     /// The weighted split: revision index and percent; the percents sum to 100.
@@ -36,6 +38,18 @@ pub struct Route {
     pub prev: Option<usize>,
     /// Requests whose headers all match go to the given revision (Argo's `setHeaderRoute`).
     pub header_routes: Vec<HeaderRoute>,
+    /// A share of the requests the split routes is also sent to another revision, whose answer
+    /// is compared with the primary's and dropped.
+    pub mirror: Option<Mirror>,
+    /// Per-revision metric handles, parallel to `revisions`; filled by `Gateway::publish`.
+    pub(crate) metrics: Vec<crate::metrics::RevisionMetrics>,
+}
+
+/// Mirroring: `percent` of the split's requests also go to `revision`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub revision: usize,
+    pub percent: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -83,6 +97,26 @@ pub struct RequestFacts<'a> {
 // === impl Route ===
 
 impl Route {
+    /// A route of `service` over `revisions`, with the split given as (revision index,
+    /// percent); no tags, header routes or mirror.
+    pub fn new(
+        service: impl Into<String>,
+        revisions: Vec<Arc<Revision>>,
+        split: Vec<(usize, u8)>,
+    ) -> Self {
+        Self {
+            service: service.into(),
+            revisions,
+            split,
+            tag_routing: false,
+            latest: None,
+            prev: None,
+            header_routes: Vec::new(),
+            mirror: None,
+            metrics: Vec::new(),
+        }
+    }
+
     /// Picks the revision for a request, or `None` when the service has nothing to serve (or
     /// the pinned version or tag does not exist).
     pub fn choose(
@@ -90,13 +124,13 @@ impl Route {
         model: &str,
         facts: RequestFacts<'_>,
         header: impl Fn(&str) -> Option<String>,
-    ) -> Option<(&Arc<Revision>, Chosen)> {
+    ) -> Option<(usize, Chosen)> {
         if let Some(v) = facts.version {
             return self
                 .revisions
                 .iter()
-                .find(|r| r.name == v)
-                .map(|r| (r, Chosen::Pinned));
+                .position(|r| r.name == v)
+                .map(|i| (i, Chosen::Pinned));
         }
         if self.tag_routing {
             let tag = facts.tag.map(str::to_owned).or_else(|| {
@@ -119,7 +153,7 @@ impl Route {
                     "prev" => self.prev,
                     _ => None,
                 };
-                return idx.map(|i| (&self.revisions[i], Chosen::Tag));
+                return idx.map(|i| (i, Chosen::Tag));
             }
         }
         for route in &self.header_routes {
@@ -128,7 +162,7 @@ impl Route {
                 .iter()
                 .all(|(name, m)| header(name).is_some_and(|v| m.matches(&v)))
             {
-                return Some((&self.revisions[route.revision], Chosen::Header));
+                return Some((route.revision, Chosen::Header));
             }
         }
         let (point, how) = match facts.key {
@@ -139,7 +173,7 @@ impl Route {
         for (idx, pct) in &self.split {
             acc = acc.saturating_add(*pct);
             if point < acc {
-                return Some((&self.revisions[*idx], how));
+                return Some((*idx, how));
             }
         }
         None

@@ -25,20 +25,21 @@ fn revision(name: &str, file: &str) -> Arc<Revision> {
 /// iris served by two revisions, 90/10, with tag routing and one header route.
 fn gateway(limit: usize) -> Arc<Gateway> {
     let gw = Gateway::new(Config { body_limit: limit });
-    let route = Route {
-        revisions: vec![
+    let mut route = Route::new(
+        "default/iris",
+        vec![
             revision("iris-predictor-00001", "iris-logreg-v1"),
             revision("iris-predictor-00002", "iris-mlp-v1"),
         ],
-        split: vec![(0, 90), (1, 10)],
-        tag_routing: true,
-        latest: Some(1),
-        prev: Some(0),
-        header_routes: vec![HeaderRoute {
-            matches: vec![("x-team".into(), Match::Exact("ml".into()))],
-            revision: 1,
-        }],
-    };
+        vec![(0, 90), (1, 10)],
+    );
+    route.tag_routing = true;
+    route.latest = Some(1);
+    route.prev = Some(0);
+    route.header_routes = vec![HeaderRoute {
+        matches: vec![("x-team".into(), Match::Exact("ml".into()))],
+        revision: 1,
+    }];
     let mut table = RouteTable::default();
     table.models.insert("iris".into(), route);
     gw.publish(table);
@@ -237,14 +238,11 @@ async fn a_model_failing_on_an_input_is_a_500_not_a_crash() {
     let mut table = RouteTable::default();
     table.models.insert(
         "fails".into(),
-        Route {
-            revisions: vec![revision("fails-predictor-00001", "iris-fails")],
-            split: vec![(0, 100)],
-            tag_routing: false,
-            latest: None,
-            prev: None,
-            header_routes: vec![],
-        },
+        Route::new(
+            "default/fails",
+            vec![revision("fails-predictor-00001", "iris-fails")],
+            vec![(0, 100)],
+        ),
     );
     gw.publish(table);
     let body = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.0, 3.0, 1.0, 0.2]}]});
@@ -341,12 +339,12 @@ fn split_counts() {
             key: Some(&key),
             ..Default::default()
         };
-        let (rev, how) = route.choose("iris", facts, no_headers).unwrap();
+        let (idx, how) = route.choose("iris", facts, no_headers).unwrap();
         assert_eq!(how, Chosen::Sticky);
-        if rev.name == "iris-predictor-00001" {
+        if idx == 0 {
             stable += 1;
         }
-        assert_eq!(rev.name == "iris-predictor-00001", bucket(&key) < 90);
+        assert_eq!(idx == 0, bucket(&key) < 90);
     }
     assert!((8_800..=9_200).contains(&stable), "{stable}");
     // Random choice: 10,000 draws, 10% ± 1.5% (5 standard deviations).
@@ -356,8 +354,7 @@ fn split_counts() {
                 .choose("iris", RequestFacts::default(), no_headers)
                 .unwrap()
                 .0
-                .name
-                == "iris-predictor-00002"
+                == 1
         })
         .count();
     assert!((850..=1_150).contains(&canary), "{canary}");
@@ -412,5 +409,146 @@ async fn binary_tensor_data_extension() {
             .unwrap()
             .starts_with("input X: binary_data_size is 32"),
         "{v}"
+    );
+}
+
+#[tokio::test]
+async fn metrics_statistics_and_mirroring() {
+    let gw = Gateway::new(Config::default());
+    let mut route = Route::new(
+        "models/iris",
+        vec![
+            revision("iris-predictor-00001", "iris-logreg-v1"),
+            revision("iris-predictor-00002", "iris-mlp-v1"),
+            revision("iris-predictor-00003", "iris-forest-v2"),
+        ],
+        vec![(0, 100)],
+    );
+    // Every split request is mirrored to revision 2.
+    route.mirror = Some(Mirror {
+        revision: 1,
+        percent: 100,
+    });
+    let mut table = RouteTable::default();
+    table.models.insert("iris".into(), route);
+    gw.publish(table);
+
+    for _ in 0..20 {
+        let (s, rev, _) = send(&gw, infer("/v2/models/iris/infer", &iris_body(), &[])).await;
+        assert_eq!(
+            (s, rev.as_deref()),
+            (StatusCode::OK, Some("iris-predictor-00001"))
+        );
+    }
+    let bad =
+        json!({"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let (s, _, _) = send(&gw, infer("/v2/models/iris/infer", &bad, &[])).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A pinned request is never mirrored.
+    send(
+        &gw,
+        infer(
+            "/v2/models/iris/versions/iris-predictor-00003/infer",
+            &iris_body(),
+            &[],
+        ),
+    )
+    .await;
+    gw.mirrors_idle().await;
+
+    let primary = gw
+        .summary("models/iris", "iris-predictor-00001", 60)
+        .unwrap();
+    assert_eq!(
+        (primary.ok, primary.client_errors, primary.server_errors),
+        (20, 1, 0)
+    );
+    assert_eq!(primary.success_rate(), Some(1.0));
+    assert!(primary.p99.unwrap() > 0.0);
+    let canary = gw
+        .summary("models/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    // Mirrored answers are not requests of the canary; they are comparisons.
+    assert_eq!(canary.requests, 0);
+    assert_eq!(canary.mirrored, 20);
+    // The MLP and the logistic regression agree on these three flowers.
+    assert_eq!(canary.mirror_agreement(), Some(1.0));
+    assert!(canary.mean_distance.unwrap() > 0.0);
+
+    let text = gw.metrics_text();
+    for line in [
+        r#"crossfade_requests_total{service="models/iris",revision="iris-predictor-00001",outcome="ok"} 20"#,
+        r#"crossfade_requests_total{service="models/iris",revision="iris-predictor-00001",outcome="client_error"} 1"#,
+        r#"crossfade_traffic_weight_percent{service="models/iris",revision="iris-predictor-00001"} 100"#,
+        r#"crossfade_traffic_weight_percent{service="models/iris",revision="iris-predictor-00002"} 0"#,
+        r#"crossfade_mirrored_requests_total{service="models/iris",primary="iris-predictor-00001",mirror="iris-predictor-00002",outcome="agree"} 20"#,
+        r#"crossfade_in_flight_requests{service="models/iris",revision="iris-predictor-00001"} 0"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(
+        text.contains("crossfade_request_duration_seconds_bucket"),
+        "{text}"
+    );
+}
+
+#[test]
+fn comparing_answers() {
+    let t = |name: &str, shape: Vec<usize>, data: runtime::TensorData| runtime::Tensor {
+        name: name.into(),
+        shape,
+        data,
+    };
+    let a = [
+        t("label", vec![2], runtime::TensorData::I64(vec![0, 2])),
+        t(
+            "probabilities",
+            vec![2, 2],
+            runtime::TensorData::F32(vec![0.9, 0.1, 0.2, 0.8]),
+        ),
+    ];
+    let same_class = [
+        t("label", vec![2], runtime::TensorData::I64(vec![0, 2])),
+        t(
+            "probabilities",
+            vec![2, 2],
+            runtime::TensorData::F32(vec![0.6, 0.4, 0.3, 0.7]),
+        ),
+    ];
+    let (agreed, distance) = compare(&a, &same_class);
+    assert!(agreed);
+    assert!((distance - 0.3).abs() < 1e-6, "{distance}");
+    let other_class = [
+        t("label", vec![2], runtime::TensorData::I64(vec![1, 2])),
+        t(
+            "probabilities",
+            vec![2, 2],
+            runtime::TensorData::F32(vec![0.4, 0.6, 0.2, 0.8]),
+        ),
+    ];
+    assert!(!compare(&a, &other_class).0);
+    // Without a label, the arg-max of the scores decides.
+    let scores = |v: Vec<f32>| [t("probabilities", vec![2, 2], runtime::TensorData::F32(v))];
+    assert!(
+        compare(
+            &scores(vec![0.9, 0.1, 0.2, 0.8]),
+            &scores(vec![0.7, 0.3, 0.4, 0.6])
+        )
+        .0
+    );
+    assert!(
+        !compare(
+            &scores(vec![0.9, 0.1, 0.2, 0.8]),
+            &scores(vec![0.3, 0.7, 0.4, 0.6])
+        )
+        .0
+    );
+    // Different shapes never agree.
+    assert_eq!(
+        compare(
+            &a[..1],
+            &[t("label", vec![1], runtime::TensorData::I64(vec![0]))]
+        ),
+        (false, f64::INFINITY)
     );
 }

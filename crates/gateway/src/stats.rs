@@ -1,0 +1,277 @@
+//! Per-revision statistics over a rolling window, for the built-in analysis provider: request
+//! counts and outcomes, latency quantiles, and mirror agreement.
+//!
+//! Lock-free: one slot per second in a ring of [`WINDOW_SECONDS`] slots, each a set of atomic
+//! counters stamped with the second it holds; a writer that finds a slot from an older second
+//! resets it first. A reader merges the slots inside the window it asks for.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The longest window that can be asked for, in seconds.
+pub const WINDOW_SECONDS: u64 = 600;
+/// Latency histogram: bucket `i` holds latencies below `MIN_LATENCY_US * 2^(i/4)` microseconds
+/// (four buckets per doubling: quantiles within ~19%).
+const BUCKETS: usize = 96;
+const MIN_LATENCY_US: f64 = 10.0;
+
+/// What happened to one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// 4xx: the request was wrong; the revision is not to blame.
+    ClientError,
+    /// 5xx: the revision failed.
+    ServerError,
+}
+
+/// A revision's rolling window.
+pub struct Window {
+    slots: Box<[Slot]>,
+}
+
+struct Slot {
+    /// The second (since an arbitrary epoch, +1 so that 0 means empty) this slot holds.
+    second: AtomicU64,
+    ok: AtomicU64,
+    client_errors: AtomicU64,
+    server_errors: AtomicU64,
+    latency: [AtomicU64; BUCKETS],
+    mirrored: AtomicU64,
+    agreed: AtomicU64,
+    /// Sum of max-absolute-differences, in millionths.
+    distance_micro: AtomicU64,
+}
+
+/// A merged view of a window.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Summary {
+    pub requests: u64,
+    pub ok: u64,
+    pub client_errors: u64,
+    pub server_errors: u64,
+    /// Latency quantiles in seconds (`None` without requests).
+    pub p50: Option<f64>,
+    pub p90: Option<f64>,
+    pub p99: Option<f64>,
+    pub mirrored: u64,
+    pub agreed: u64,
+    /// Mean of the max absolute difference between mirrored and primary outputs.
+    pub mean_distance: Option<f64>,
+    latency: Vec<u64>,
+}
+
+// === impl Window ===
+
+impl Default for Window {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Window {
+    pub fn new() -> Self {
+        Self {
+            slots: (0..WINDOW_SECONDS).map(|_| Slot::default()).collect(),
+        }
+    }
+
+    fn slot(&self, second: u64) -> &Slot {
+        let slot = &self.slots[(second % WINDOW_SECONDS) as usize];
+        let stamp = second + 1;
+        let seen = slot.second.load(Ordering::Acquire);
+        if seen != stamp
+            && slot
+                .second
+                .compare_exchange(seen, stamp, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            slot.reset();
+        }
+        slot
+    }
+
+    /// Records a request that finished at `second` after `latency_us` microseconds.
+    pub fn record(&self, second: u64, outcome: Outcome, latency_us: u64) {
+        let slot = self.slot(second);
+        match outcome {
+            Outcome::Ok => &slot.ok,
+            Outcome::ClientError => &slot.client_errors,
+            Outcome::ServerError => &slot.server_errors,
+        }
+        .fetch_add(1, Ordering::Relaxed);
+        slot.latency[bucket(latency_us)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one mirrored request: whether the answers agreed and how far apart they were.
+    pub fn record_mirror(&self, second: u64, agreed: bool, distance: f64) {
+        let slot = self.slot(second);
+        slot.mirrored.fetch_add(1, Ordering::Relaxed);
+        if agreed {
+            slot.agreed.fetch_add(1, Ordering::Relaxed);
+        }
+        let micro = if distance.is_finite() {
+            (distance.abs() * 1e6).min(u64::MAX as f64 / 2.0) as u64
+        } else {
+            u64::MAX / 1024
+        };
+        slot.distance_micro.fetch_add(micro, Ordering::Relaxed);
+    }
+
+    /// Everything from the `seconds` seconds up to and including `now`.
+    pub fn summary(&self, now: u64, seconds: u64) -> Summary {
+        let seconds = seconds.clamp(1, WINDOW_SECONDS);
+        let mut s = Summary {
+            latency: vec![0; BUCKETS],
+            ..Summary::default()
+        };
+        let mut distance = 0u64;
+        for second in now.saturating_sub(seconds - 1)..=now {
+            let slot = &self.slots[(second % WINDOW_SECONDS) as usize];
+            if slot.second.load(Ordering::Acquire) != second + 1 {
+                continue;
+            }
+            s.ok += slot.ok.load(Ordering::Relaxed);
+            s.client_errors += slot.client_errors.load(Ordering::Relaxed);
+            s.server_errors += slot.server_errors.load(Ordering::Relaxed);
+            for (acc, b) in s.latency.iter_mut().zip(&slot.latency) {
+                *acc += b.load(Ordering::Relaxed);
+            }
+            s.mirrored += slot.mirrored.load(Ordering::Relaxed);
+            s.agreed += slot.agreed.load(Ordering::Relaxed);
+            distance = distance.saturating_add(slot.distance_micro.load(Ordering::Relaxed));
+        }
+        s.requests = s.ok + s.client_errors + s.server_errors;
+        s.p50 = s.quantile(0.5);
+        s.p90 = s.quantile(0.9);
+        s.p99 = s.quantile(0.99);
+        if s.mirrored > 0 {
+            s.mean_distance = Some(distance as f64 / 1e6 / s.mirrored as f64);
+        }
+        s
+    }
+}
+
+impl Summary {
+    /// The `q` quantile of latency, in seconds: the upper bound of the bucket it falls in.
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(upper_bound_us(i) / 1e6);
+            }
+        }
+        Some(upper_bound_us(BUCKETS - 1) / 1e6)
+    }
+
+    /// Share of requests the revision answered (client errors excluded: not its fault).
+    pub fn success_rate(&self) -> Option<f64> {
+        let judged = self.ok + self.server_errors;
+        (judged > 0).then(|| self.ok as f64 / judged as f64)
+    }
+
+    pub fn mirror_agreement(&self) -> Option<f64> {
+        (self.mirrored > 0).then(|| self.agreed as f64 / self.mirrored as f64)
+    }
+}
+
+fn upper_bound_us(i: usize) -> f64 {
+    MIN_LATENCY_US * 2f64.powf((i + 1) as f64 / 4.0)
+}
+
+fn bucket(latency_us: u64) -> usize {
+    if (latency_us as f64) < MIN_LATENCY_US {
+        return 0;
+    }
+    let i = (4.0 * (latency_us as f64 / MIN_LATENCY_US).log2()).floor() as usize;
+    i.min(BUCKETS - 1)
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            second: AtomicU64::new(0),
+            ok: AtomicU64::new(0),
+            client_errors: AtomicU64::new(0),
+            server_errors: AtomicU64::new(0),
+            latency: std::array::from_fn(|_| AtomicU64::new(0)),
+            mirrored: AtomicU64::new(0),
+            agreed: AtomicU64::new(0),
+            distance_micro: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Slot {
+    fn reset(&self) {
+        for c in [
+            &self.ok,
+            &self.client_errors,
+            &self.server_errors,
+            &self.mirrored,
+            &self.agreed,
+            &self.distance_micro,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+        for b in &self.latency {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_counts_and_quantiles() {
+        let w = Window::new();
+        for i in 0..100u64 {
+            // 1 ms ... 100 ms, one per request, over seconds 1000..1009.
+            w.record(1000 + i / 10, Outcome::Ok, (i + 1) * 1000);
+        }
+        w.record(1005, Outcome::ServerError, 500);
+        w.record(1005, Outcome::ClientError, 500);
+        let s = w.summary(1009, 10);
+        assert_eq!(
+            (s.requests, s.ok, s.server_errors, s.client_errors),
+            (102, 100, 1, 1)
+        );
+        assert_eq!(s.success_rate(), Some(100.0 / 101.0));
+        // Quantiles are bucket upper bounds: within 19% above the true value.
+        let p50 = s.p50.unwrap();
+        assert!((0.050..=0.050 * 1.19).contains(&p50), "{p50}");
+        let p99 = s.p99.unwrap();
+        assert!((0.099..=0.099 * 1.19).contains(&p99), "{p99}");
+        // A narrower window sees only its own seconds.
+        assert_eq!(w.summary(1009, 1).ok, 10);
+        // Old seconds are forgotten when their slot comes round again.
+        w.record(1000 + WINDOW_SECONDS, Outcome::Ok, 10);
+        let later = w.summary(1000 + WINDOW_SECONDS, WINDOW_SECONDS);
+        assert_eq!(later.ok, 90 + 1);
+        assert_eq!(
+            Window::new().summary(5, 60),
+            Summary {
+                latency: vec![0; BUCKETS],
+                ..Summary::default()
+            }
+        );
+    }
+
+    #[test]
+    fn mirror_agreement() {
+        let w = Window::new();
+        for i in 0..20 {
+            w.record_mirror(7, i % 4 != 0, 0.5);
+        }
+        let s = w.summary(7, 60);
+        assert_eq!(s.mirror_agreement(), Some(0.75));
+        assert_eq!(s.mean_distance, Some(0.5));
+    }
+}
