@@ -930,3 +930,68 @@ fn sigterm_shuts_down_cleanly() {
     let again = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
     assert_eq!(again.sync()[0]["outcome"], "Unchanged");
 }
+
+#[test]
+fn weight_changes_under_load_drop_no_request() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-mlp-v1");
+    let v3 = publish_model(store.path(), "iris-forest-v1");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.commit("iris v1");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+
+    // Four clients send requests without pause while the split changes four times and two
+    // revisions are retired.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let base = up.data.clone();
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut answers: std::collections::BTreeMap<String, usize> = Default::default();
+                let mut sent = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) || sent == 0 {
+                    let (code, head, body) =
+                        http_post(&base, "/v2/models/iris/infer", &[], IRIS_V2);
+                    assert_eq!(code, 200, "request {sent}: {body}");
+                    *answers.entry(revision_of(&head)).or_default() += 1;
+                    sent += 1;
+                }
+                (sent, answers)
+            })
+        })
+        .collect();
+    for (uri, extra) in [
+        (&v2, "    canaryTrafficPercent: 10\n"),
+        (&v2, "    canaryTrafficPercent: 60\n"),
+        (&v2, ""),
+        (&v3, "    canaryTrafficPercent: 50\n"),
+        (&v3, ""),
+    ] {
+        repo.write("iris.yaml", &isvc_with("iris", uri, extra));
+        repo.commit("change the split");
+        assert_eq!(up.sync()[0]["outcome"], "Applied");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut seen = std::collections::BTreeSet::new();
+    for c in clients {
+        let (sent, answers) = c.join().unwrap();
+        assert_eq!(answers.values().sum::<usize>(), sent);
+        total += sent;
+        seen.extend(answers.into_keys());
+    }
+    assert!(total >= 20, "{total}");
+    // Every answer came from a revision that was serving at the time.
+    assert!(
+        seen.iter().all(|r| r.starts_with("iris-predictor-0000")),
+        "{seen:?}"
+    );
+    // And the end state serves only the last revision.
+    let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(revision_of(&head), "iris-predictor-00003");
+}
