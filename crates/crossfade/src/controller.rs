@@ -671,10 +671,7 @@ impl Controller {
                     }
                     state.loaded.insert(
                         (job.service.clone(), job.revision.clone()),
-                        Arc::new(gateway::Revision {
-                            name: job.revision.clone(),
-                            model,
-                        }),
+                        Arc::new(gateway::Revision::onnx(job.revision.clone(), model)),
                     );
                 }
                 Err(reason) => {

@@ -24,6 +24,7 @@ mod metrics;
 mod protocol;
 mod routes;
 mod stats;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -32,16 +33,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 
 pub use protocol::BadRequest;
 pub use routes::{
-    Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
+    Backend, Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
 };
 pub use stats::{Outcome, Summary, WINDOW_SECONDS};
+pub use upstream::Upstream;
 
 /// The response header naming the revision that answered.
 pub const REVISION_HEADER: &str = "x-crossfade-revision";
@@ -237,7 +239,7 @@ async fn server_ready(State(gw): Shared) -> Response {
     }
 }
 
-fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response {
+async fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response {
     let table = gw.table();
     let Some(route) = table.models.get(model) else {
         return unknown_model(model);
@@ -265,26 +267,37 @@ fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response {
         };
     };
     let versions: Vec<String> = route.revisions.iter().map(|r| r.name.clone()).collect();
-    let mut resp = axum::Json(protocol::metadata_v2(
-        model,
-        &versions,
-        rev.inputs(),
-        rev.outputs(),
-    ))
-    .into_response();
+    let mut resp = match &rev.backend {
+        Backend::Onnx(m) => axum::Json(protocol::metadata_v2(
+            model,
+            &versions,
+            m.inputs(),
+            m.outputs(),
+        ))
+        .into_response(),
+        Backend::Proxy(up) => up
+            .forward(
+                Method::GET,
+                &format!("/v2/models/{model}"),
+                &HeaderMap::new(),
+                Bytes::new(),
+            )
+            .await
+            .unwrap_or_else(|(s, m)| error(s, m)),
+    };
     tag_revision(&mut resp, &rev.name);
     resp
 }
 
 async fn model_metadata(State(gw): Shared, Path(model): Path<String>) -> Response {
-    metadata(&gw, &model, None)
+    metadata(&gw, &model, None).await
 }
 
 async fn version_metadata(
     State(gw): Shared,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    metadata(&gw, &model, Some(&version))
+    metadata(&gw, &model, Some(&version)).await
 }
 
 fn ready(gw: &Gateway, model: &str, version: Option<&str>) -> Response {
@@ -440,7 +453,7 @@ async fn infer_v2(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer(&gw, &model, None, &headers, body)
+    infer(&gw, &model, None, &headers, body).await
 }
 
 async fn infer_v2_version(
@@ -449,10 +462,10 @@ async fn infer_v2_version(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer(&gw, &model, Some(&version), &headers, body)
+    infer(&gw, &model, Some(&version), &headers, body).await
 }
 
-fn infer(
+async fn infer(
     gw: &Arc<Gateway>,
     model: &str,
     version: Option<&str>,
@@ -474,6 +487,20 @@ fn infer(
         .get("inference-header-content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
+    if let Backend::Proxy(up) = &rev.backend {
+        let mut resp = up
+            .forward(
+                Method::POST,
+                &format!("/v2/models/{model}/infer"),
+                headers,
+                body,
+            )
+            .await
+            .unwrap_or_else(|(s, m)| error(s, m));
+        measure.finish(resp.status());
+        tag_revision(&mut resp, &rev.name);
+        return resp;
+    }
     let mut resp = match run_v2(model, rev, &body, json_len, &routed, gw) {
         Ok(rendered) if rendered.binary.is_empty() => axum::Json(rendered.json).into_response(),
         Ok(rendered) => {
@@ -506,7 +533,13 @@ fn run_v2(
 ) -> Result<protocol::Rendered, Failure> {
     let request = protocol::parse_v2(body, json_len, rev.inputs())
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
-    let outputs = rev.model.infer(&request.inputs).map_err(runtime_error)?;
+    let Some(onnx) = rev.model() else {
+        return Err(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no in-process model".into(),
+        ));
+    };
+    let outputs = onnx.infer(&request.inputs).map_err(runtime_error)?;
     mirror(gw, routed, &request.inputs, &outputs);
     protocol::render_v2(
         model,
@@ -559,11 +592,30 @@ async fn v1_predict(
     };
     let rev = &routed.rev;
     let mut measure = Measure::start(&gw, &routed.metrics);
-    let result = protocol::parse_v1(&body, rev.inputs())
+    if let Backend::Proxy(up) = &rev.backend {
+        let mut resp = up
+            .forward(
+                Method::POST,
+                &format!("/v1/models/{model}:predict"),
+                &headers,
+                body,
+            )
+            .await
+            .unwrap_or_else(|(s, m)| error(s, m));
+        measure.finish(resp.status());
+        tag_revision(&mut resp, &rev.name);
+        return resp;
+    }
+    let Some(onnx) = rev.model() else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no in-process model".into(),
+        );
+    };
+    let result = protocol::parse_v1(&body, onnx.inputs())
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
         .and_then(|input| {
-            let outputs = rev
-                .model
+            let outputs = onnx
                 .infer(std::slice::from_ref(&input))
                 .map_err(runtime_error)?;
             mirror(&gw, &routed, &[input], &outputs);
@@ -603,9 +655,10 @@ fn mirror(
             .mirror_counter(&service, &primary_name, &mirror.name, false),
     );
     tokio::task::spawn_blocking(move || {
-        let (agreed, distance) = match mirror.model.infer(&inputs) {
-            Ok(outputs) => compare(&primary, &outputs),
-            Err(_) => (false, f64::INFINITY),
+        // A proxied revision cannot be compared tensor by tensor: it counts as disagreeing.
+        let (agreed, distance) = match mirror.model().map(|m| m.infer(&inputs)) {
+            Some(Ok(outputs)) => compare(&primary, &outputs),
+            _ => (false, f64::INFINITY),
         };
         if agreed { &counters.0 } else { &counters.1 }.inc();
         metrics.window.record_mirror(second, agreed, distance);

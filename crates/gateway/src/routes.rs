@@ -10,16 +10,46 @@ use runtime::{OnnxModel, TensorSpec};
 /// A loaded revision, ready to serve.
 pub struct Revision {
     pub name: String,
-    pub model: OnnxModel,
+    pub backend: Backend,
+}
+
+/// What answers a revision's requests.
+pub enum Backend {
+    /// An ONNX model run in-process.
+    Onnx(OnnxModel),
+    /// A model server process, proxied to.
+    Proxy(crate::upstream::Upstream),
 }
 
 impl Revision {
+    pub fn onnx(name: impl Into<String>, model: OnnxModel) -> Self {
+        Self {
+            name: name.into(),
+            backend: Backend::Onnx(model),
+        }
+    }
+
+    pub fn proxy(name: impl Into<String>, upstream: crate::upstream::Upstream) -> Self {
+        Self {
+            name: name.into(),
+            backend: Backend::Proxy(upstream),
+        }
+    }
+
+    /// The in-process model, if this revision runs one.
+    pub fn model(&self) -> Option<&OnnxModel> {
+        match &self.backend {
+            Backend::Onnx(m) => Some(m),
+            Backend::Proxy(_) => None,
+        }
+    }
+
     pub fn inputs(&self) -> &[TensorSpec] {
-        self.model.inputs()
+        self.model().map_or(&[], |m| m.inputs())
     }
 
     pub fn outputs(&self) -> &[TensorSpec] {
-        self.model.outputs()
+        self.model().map_or(&[], |m| m.outputs())
     }
 }
 

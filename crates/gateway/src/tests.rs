@@ -16,10 +16,7 @@ fn model(name: &str) -> runtime::OnnxModel {
 }
 
 fn revision(name: &str, file: &str) -> Arc<Revision> {
-    Arc::new(Revision {
-        name: name.into(),
-        model: model(file),
-    })
+    Arc::new(Revision::onnx(name, model(file)))
 }
 
 /// iris served by two revisions, 90/10, with tag routing and one header route.
@@ -551,4 +548,101 @@ fn comparing_answers() {
         ),
         (false, f64::INFINITY)
     );
+}
+
+/// A model server stand-in on port 0 that answers every request with `name`.
+async fn upstream_server(name: &'static str) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/v1/models/{model}",
+            axum::routing::post(
+                move |axum::extract::Path(m): axum::extract::Path<String>| async move {
+                    axum::Json(json!({"predictions": [name], "path": m}))
+                },
+            ),
+        )
+        .route(
+            "/v2/models/{model}/infer",
+            axum::routing::post(move || async move { (StatusCode::INTERNAL_SERVER_ERROR, name) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_to_model_server_processes() {
+    let stable = upstream_server("stable").await;
+    let canary = upstream_server("canary").await;
+    let gw = Gateway::new(Config::default());
+    let route = Route::new(
+        "models/iris",
+        vec![
+            Arc::new(Revision::proxy(
+                "iris-predictor-00001",
+                Upstream::new(stable),
+            )),
+            Arc::new(Revision::proxy(
+                "iris-predictor-00002",
+                Upstream::new(canary),
+            )),
+        ],
+        vec![(0, 90), (1, 10)],
+    );
+    let mut table = RouteTable::default();
+    table.models.insert("iris".into(), route);
+    gw.publish(table);
+
+    let body = json!({"instances": [[5.1, 3.5, 1.4, 0.2]]});
+    let mut canary_answers = 0;
+    for _ in 0..2000 {
+        let (s, rev, v) = send(&gw, infer("/v1/models/iris:predict", &body, &[])).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        let answer = v["predictions"][0].as_str().unwrap();
+        assert_eq!(v["path"], "iris:predict");
+        // The header names the revision whose server answered.
+        match (rev.as_deref(), answer) {
+            (Some("iris-predictor-00001"), "stable") => {}
+            (Some("iris-predictor-00002"), "canary") => canary_answers += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    // 10% of 2000, within five standard deviations (sd = 13.4).
+    assert!((133..=267).contains(&canary_answers), "{canary_answers}");
+    // The upstream's status comes through, and counts as the revision's error.
+    let (s, _, _) = send(
+        &gw,
+        infer(
+            "/v2/models/iris/versions/iris-predictor-00002/infer",
+            &iris_body(),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(
+        gw.summary("models/iris", "iris-predictor-00002", 60)
+            .unwrap()
+            .server_errors,
+        1
+    );
+    // A server that is gone is a 502 naming it.
+    let gone = Gateway::new(Config::default());
+    let mut table = RouteTable::default();
+    table.models.insert(
+        "iris".into(),
+        Route::new(
+            "models/iris",
+            vec![Arc::new(Revision::proxy(
+                "r1",
+                Upstream::new("127.0.0.1:1"),
+            ))],
+            vec![(0, 100)],
+        ),
+    );
+    gone.publish(table);
+    let (s, _, v) = send(&gone, infer("/v1/models/iris:predict", &body, &[])).await;
+    assert_eq!(s, StatusCode::BAD_GATEWAY);
+    assert!(v["error"].as_str().unwrap().contains("127.0.0.1:1"), "{v}");
 }
