@@ -18,7 +18,7 @@ pub enum Backend {
     /// An ONNX model run in-process.
     Onnx(OnnxModel),
     /// A model server process, proxied to.
-    Proxy(crate::upstream::Upstream),
+    Proxy(Box<crate::upstream::Upstream>),
 }
 
 impl Revision {
@@ -32,7 +32,7 @@ impl Revision {
     pub fn proxy(name: impl Into<String>, upstream: crate::upstream::Upstream) -> Self {
         Self {
             name: name.into(),
-            backend: Backend::Proxy(upstream),
+            backend: Backend::Proxy(Box::new(upstream)),
         }
     }
 
