@@ -1,4 +1,7 @@
-//! Project automation: `cargo xtask test` runs everything CI runs.
+//! Project automation: `cargo xtask test` runs everything CI runs; `cargo xtask bench` measures
+//! the gateway against its peers.
+
+mod bench;
 
 use std::process::Command;
 
@@ -24,10 +27,14 @@ fn main() -> anyhow::Result<()> {
     match task.as_str() {
         "test" => test(),
         "invariants" => invariants(),
+        "bench" => bench::run(&std::env::args().skip(2).collect::<Vec<_>>()),
         _ => {
-            eprintln!("usage: cargo xtask <test|invariants>");
+            eprintln!("usage: cargo xtask <test|invariants|bench>");
             eprintln!("  test        fmt check, clippy, every test, dependency invariants");
             eprintln!("  invariants  only the dependency invariants");
+            eprintln!(
+                "  bench       the gateway against nginx and a Python server (BENCHMARKS.md)"
+            );
             std::process::exit(2);
         }
     }
@@ -136,7 +143,7 @@ fn tree(args: &[&str]) -> anyhow::Result<Vec<String>> {
         .collect())
 }
 
-fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
     eprintln!("xtask: {cmd} {}", args.join(" "));
     let status = Command::new(cmd)
         .args(args)

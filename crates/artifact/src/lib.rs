@@ -241,6 +241,63 @@ impl Cache {
     }
 }
 
+/// Uploads a file or directory under `prefix` at `<prefix>/sha256-<hex>/<name>` (a directory:
+/// `<prefix>/sha256-<hex>/`, its tree below) and returns the pinned `storageUri` to write in
+/// the manifest. Uploading what is there already changes nothing.
+pub fn push(path: &Path, prefix: &str) -> Result<String, Error> {
+    let uri = StorageUri::parse(prefix.trim_end_matches('/')).map_err(|e| Error::Fetch {
+        uri: prefix.to_owned(),
+        message: e.to_string(),
+    })?;
+    let digest = digest_path(path)?;
+    let base = format!("{}/sha256-{digest}", uri.raw);
+    let is_dir = path.is_dir();
+    let target_uri = if is_dir {
+        base.clone()
+    } else {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "artifact".into());
+        format!("{base}/{name}")
+    };
+    match uri.scheme {
+        Scheme::File => {
+            let dest_dir = PathBuf::from(base.trim_start_matches("file://"));
+            if dest_dir.exists() {
+                // Content-addressed: the same digest is the same content.
+                return Ok(target_uri);
+            }
+            let parent = dest_dir.parent().ok_or_else(|| Error::Fetch {
+                uri: prefix.to_owned(),
+                message: "no parent directory".into(),
+            })?;
+            std::fs::create_dir_all(parent).map_err(io(parent))?;
+            let staging = tempdir_in(parent)?;
+            if is_dir {
+                copy_dir(path, &staging)?;
+            } else {
+                let dest = staging.join(target_uri.rsplit('/').next().unwrap_or("artifact"));
+                std::fs::copy(path, &dest).map_err(io(&dest))?;
+            }
+            std::fs::rename(&staging, &dest_dir).map_err(io(&dest_dir))?;
+            Ok(target_uri)
+        }
+        Scheme::Http | Scheme::Https => Err(Error::Unsupported {
+            uri: prefix.to_owned(),
+            scheme: "http(s) upload",
+        }),
+        Scheme::S3 => Err(Error::Unsupported {
+            uri: prefix.to_owned(),
+            scheme: "s3",
+        }),
+        Scheme::Gs => Err(Error::Unsupported {
+            uri: prefix.to_owned(),
+            scheme: "gs",
+        }),
+    }
+}
+
 /// The digest of a file (its bytes) or a directory (its listing; see the crate docs).
 pub fn digest_path(path: &Path) -> Result<Digest, Error> {
     if path.is_dir() {

@@ -204,3 +204,37 @@ fn http_download() {
     let missing = uri(&format!("{base}/missing"), Scheme::Http, None);
     assert!(matches!(c.fetch(&missing), Err(Error::NotFound { .. })));
 }
+
+#[test]
+fn push_then_fetch_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("model.onnx"), "hello model\n").unwrap();
+    let prefix = format!("file://{}/store/iris", dir.path().display());
+    let uri = push(&dir.path().join("model.onnx"), &prefix).unwrap();
+    assert_eq!(
+        uri,
+        format!("{prefix}/sha256-{}/model.onnx", hello_digest())
+    );
+    // Pushing again is a no-op with the same answer.
+    assert_eq!(push(&dir.path().join("model.onnx"), &prefix).unwrap(), uri);
+    let parsed = StorageUri::parse(&uri).unwrap();
+    assert_eq!(parsed.digest, Some(hello_digest()));
+    let fetched = cache(dir.path(), 1 << 20).fetch(&parsed).unwrap();
+    assert_eq!(std::fs::read(fetched.path).unwrap(), b"hello model\n");
+
+    // A directory: the URI ends at the digest.
+    let model = dir.path().join("model-dir");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::write(model.join("model.onnx"), "hello model\n").unwrap();
+    let uri = push(&model, &prefix).unwrap();
+    let want = digest_path(&model).unwrap();
+    assert_eq!(uri, format!("{prefix}/sha256-{want}"));
+    let fetched = cache(dir.path(), 1 << 20)
+        .fetch(&StorageUri::parse(&uri).unwrap())
+        .unwrap();
+    assert!(fetched.path.join("model.onnx").exists());
+    assert!(matches!(
+        push(&model, "s3://bucket/iris"),
+        Err(Error::Unsupported { .. })
+    ));
+}

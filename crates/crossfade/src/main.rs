@@ -1,5 +1,6 @@
 //! The `crossfade` binary: command-line parsing and the wiring of the library crates.
 
+mod artifact_cmd;
 mod client;
 mod clock;
 mod controller;
@@ -67,6 +68,9 @@ enum Command {
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(client::AuditCommand),
+    /// Publish model artifacts under their digest, and check pinned URIs.
+    #[command(subcommand)]
+    Artifact(artifact_cmd::Command),
 }
 
 fn main() -> ExitCode {
@@ -95,6 +99,7 @@ fn main() -> ExitCode {
             connection,
         } => client::traffic(&connection, &service, &splits),
         Command::Audit(command) => client::audit(&command),
+        Command::Artifact(command) => artifact_cmd::run(&command),
     };
     match result {
         Ok(code) => code,
