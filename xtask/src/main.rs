@@ -49,6 +49,10 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
 
 fn test() -> anyhow::Result<()> {
     install_tools()?;
+    // The S3 tests run moto, an S3-compatible server from PyPI, in a venv of their own.
+    let python = python_venv(&["moto[server]"], "import moto.server")?;
+    // Safe: set before any thread starts; the cargo processes below inherit it.
+    unsafe { std::env::set_var("CROSSFADE_PYTHON", &python) };
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -68,6 +72,27 @@ fn test() -> anyhow::Result<()> {
     run("cargo", &["run", "--quiet", "--", "lint", "examples/iris"])?;
     eprintln!("xtask: all checks passed");
     Ok(())
+}
+
+/// A venv under `target/` with `packages`, made (or completed) when `check` fails to import;
+/// returns its python.
+fn python_venv(packages: &[&str], check: &str) -> anyhow::Result<String> {
+    let dir = std::path::Path::new("target/test-venv");
+    let python = dir.join("bin/python");
+    if !python.exists() {
+        run("python3", &["-m", "venv", dir.to_str().unwrap_or_default()])?;
+    }
+    let python = python.canonicalize()?.display().to_string();
+    let ok = Command::new(&python)
+        .args(["-c", check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        let mut args = vec!["-m", "pip", "install", "-q"];
+        args.extend(packages);
+        run(&python, &args)?;
+    }
+    Ok(python)
 }
 
 /// Installs the tools the tests need when the machine lacks them.

@@ -22,6 +22,10 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod s3;
+
+pub use s3::{S3Config, create_bucket};
+
 use manifest::{Digest, Scheme, StorageUri};
 use sha2::{Digest as _, Sha256};
 
@@ -67,6 +71,7 @@ pub struct Cache {
     root: PathBuf,
     max_bytes: u64,
     timeout: Duration,
+    s3: S3Config,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -86,7 +91,14 @@ impl Cache {
             root: root.to_owned(),
             max_bytes,
             timeout,
+            s3: S3Config::from_env(),
         })
+    }
+
+    /// Uses this S3 configuration instead of the one from the environment.
+    pub fn with_s3(mut self, config: S3Config) -> Self {
+        self.s3 = config;
+        self
     }
 
     /// Fetches and verifies `uri`, from the cache when its pinned digest is there already.
@@ -102,12 +114,7 @@ impl Cache {
         let bytes = match uri.scheme {
             Scheme::File => self.copy_local(uri, &target)?,
             Scheme::Http | Scheme::Https => self.download(uri, &target)?,
-            Scheme::S3 => {
-                return Err(Error::Unsupported {
-                    uri: uri.raw.clone(),
-                    scheme: "s3",
-                });
-            }
+            Scheme::S3 => self.download_s3(uri, &target)?,
             Scheme::Gs => {
                 return Err(Error::Unsupported {
                     uri: uri.raw.clone(),
@@ -188,6 +195,38 @@ impl Cache {
         }
     }
 
+    /// An object, or every object under the key as a directory.
+    fn download_s3(&self, uri: &StorageUri, target: &Path) -> Result<u64, Error> {
+        let (bucket, key) = s3::split_uri(&uri.raw).ok_or_else(|| Error::Fetch {
+            uri: uri.raw.clone(),
+            message: "expected s3://<bucket>/<key>".into(),
+        })?;
+        let client = s3::S3::new(self.s3.clone(), self.timeout)?;
+        if !key.is_empty()
+            && let Some(n) = client.get(bucket, key, target, self.max_bytes)?
+        {
+            return Ok(n);
+        }
+        let keys = client.list(bucket, key)?;
+        if keys.is_empty() {
+            return Err(Error::NotFound {
+                uri: uri.raw.clone(),
+            });
+        }
+        let mut total = 0;
+        for k in keys {
+            let rel = k.strip_prefix(&format!("{key}/")).unwrap_or(&k);
+            if rel.is_empty() || rel.split('/').any(|s| s == ".." || s.is_empty()) {
+                continue;
+            }
+            let left = self.max_bytes.saturating_sub(total);
+            total += client
+                .get(bucket, &k, &target.join(rel), left)?
+                .unwrap_or(0);
+        }
+        Ok(total)
+    }
+
     fn download(&self, uri: &StorageUri, target: &Path) -> Result<u64, Error> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let fail = |message: String| Error::Fetch {
@@ -245,6 +284,11 @@ impl Cache {
 /// `<prefix>/sha256-<hex>/`, its tree below) and returns the pinned `storageUri` to write in
 /// the manifest. Uploading what is there already changes nothing.
 pub fn push(path: &Path, prefix: &str) -> Result<String, Error> {
+    push_with(path, prefix, &S3Config::from_env())
+}
+
+/// [`push`] with an explicit S3 configuration.
+pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<String, Error> {
     let uri = StorageUri::parse(prefix.trim_end_matches('/')).map_err(|e| Error::Fetch {
         uri: prefix.to_owned(),
         message: e.to_string(),
@@ -287,10 +331,26 @@ pub fn push(path: &Path, prefix: &str) -> Result<String, Error> {
             uri: prefix.to_owned(),
             scheme: "http(s) upload",
         }),
-        Scheme::S3 => Err(Error::Unsupported {
-            uri: prefix.to_owned(),
-            scheme: "s3",
-        }),
+        Scheme::S3 => {
+            let (bucket, key) = s3::split_uri(&target_uri).ok_or_else(|| Error::Fetch {
+                uri: prefix.to_owned(),
+                message: "expected s3://<bucket>/<prefix>".into(),
+            })?;
+            let client = s3::S3::new(s3_config.clone(), Duration::from_secs(300))?;
+            if is_dir {
+                let mut files = Vec::new();
+                walk(path, "", &mut files)?;
+                for rel in files {
+                    let file = path.join(&rel);
+                    let body = std::fs::read(&file).map_err(io(&file))?;
+                    client.put(bucket, &format!("{key}/{rel}"), body)?;
+                }
+            } else {
+                let body = std::fs::read(path).map_err(io(path))?;
+                client.put(bucket, key, body)?;
+            }
+            Ok(target_uri)
+        }
         Scheme::Gs => Err(Error::Unsupported {
             uri: prefix.to_owned(),
             scheme: "gs",

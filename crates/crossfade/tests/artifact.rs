@@ -61,8 +61,8 @@ fn push_prints_a_pinned_uri_that_verifies_and_lints() {
         "push",
         model.to_str().unwrap(),
         "--to",
-        "s3://bucket/iris",
+        "gs://bucket/iris",
     ]);
     assert_eq!(code, 1);
-    assert!(out.contains("s3"), "{out}");
+    assert!(out.contains("gs scheme is not supported"), "{out}");
 }
