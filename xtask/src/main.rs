@@ -51,8 +51,7 @@ fn test() -> anyhow::Result<()> {
     install_tools()?;
     // The S3 tests run moto, an S3-compatible server from PyPI, in a venv of their own.
     let python = python_venv(&["moto[server]"], "import moto.server")?;
-    // Safe: set before any thread starts; the cargo processes below inherit it.
-    unsafe { std::env::set_var("CROSSFADE_PYTHON", &python) };
+    let test_env = [("CROSSFADE_PYTHON", python.as_str())];
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -65,7 +64,7 @@ fn test() -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    run("cargo", &["test", "--workspace", "--all-targets"])?;
+    run_with_env("cargo", &["test", "--workspace", "--all-targets"], &test_env)?;
     run("cargo", &["test", "--workspace", "--doc"])?;
     invariants()?;
     // The README's first command, exactly as a new user types it.
@@ -169,9 +168,14 @@ fn tree(args: &[&str]) -> anyhow::Result<Vec<String>> {
 }
 
 pub(crate) fn run(cmd: &str, args: &[&str]) -> anyhow::Result<()> {
+    run_with_env(cmd, args, &[])
+}
+
+fn run_with_env(cmd: &str, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<()> {
     eprintln!("xtask: {cmd} {}", args.join(" "));
     let status = Command::new(cmd)
         .args(args)
+        .envs(env.iter().copied())
         .status()
         .with_context(|| format!("starting {cmd}"))?;
     if !status.success() {
