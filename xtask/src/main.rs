@@ -64,7 +64,11 @@ fn test() -> anyhow::Result<()> {
             "warnings",
         ],
     )?;
-    run_with_env("cargo", &["test", "--workspace", "--all-targets"], &test_env)?;
+    run_with_env(
+        "cargo",
+        &["test", "--workspace", "--all-targets"],
+        &test_env,
+    )?;
     run("cargo", &["test", "--workspace", "--doc"])?;
     invariants()?;
     // The README's first command, exactly as a new user types it.
