@@ -85,7 +85,9 @@ fn python_venv(packages: &[&str], check: &str) -> anyhow::Result<String> {
     if !python.exists() {
         run("python3", &["-m", "venv", dir.to_str().unwrap_or_default()])?;
     }
-    let python = python.canonicalize()?.display().to_string();
+    // Not canonicalized: the venv's python is a symlink to the base interpreter, and only the
+    // link's path selects the venv.
+    let python = std::env::current_dir()?.join(python).display().to_string();
     let ok = Command::new(&python)
         .args(["-c", check])
         .output()
