@@ -49,8 +49,12 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
 
 fn test() -> anyhow::Result<()> {
     install_tools()?;
-    // The S3 tests run moto, an S3-compatible server from PyPI, in a venv of their own.
-    let python = python_venv(&["moto[server]"], "import moto.server")?;
+    // From PyPI, in a venv of their own: moto (an S3-compatible server) for the S3 tests, and
+    // MLServer with its scikit-learn runtime, a real V2 server started from a ServingRuntime.
+    let python = python_venv(
+        &["moto[server]", "mlserver", "mlserver-sklearn"],
+        "import moto.server, mlserver, mlserver_sklearn",
+    )?;
     let test_env = [("CROSSFADE_PYTHON", python.as_str())];
     run("cargo", &["fmt", "--all", "--check"])?;
     run(

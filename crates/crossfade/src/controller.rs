@@ -72,6 +72,8 @@ struct LoadJob {
     revision: String,
     format: String,
     uri: manifest::StorageUri,
+    /// The ServingRuntime to start (`Ok(None)`: ONNX in-process), or why there is none.
+    runtime: Result<Option<manifest::ServingRuntime>, String>,
 }
 
 struct Slot {
@@ -101,6 +103,8 @@ struct AppState {
     out_of_sync: BTreeMap<ServiceId, String>,
     /// Loaded revisions, by service and revision name.
     loaded: BTreeMap<(ServiceId, String), Arc<gateway::Revision>>,
+    /// The ServingRuntimes of the applied commit.
+    runtimes: Vec<manifest::ServingRuntime>,
 }
 
 // === impl Controller ===
@@ -162,12 +166,18 @@ impl Controller {
                     let Ok(uri) = manifest::StorageUri::parse(&rev.storage_uri) else {
                         continue;
                     };
+                    // A revision served by a ServingRuntime waits for the first sync, which
+                    // names the runtime again.
+                    if rev.model_format != "onnx" {
+                        continue;
+                    }
                     let _ = loads.send(LoadJob {
                         app,
                         service: id.clone(),
                         revision: rev.name.clone(),
                         format: rev.model_format.clone(),
                         uri,
+                        runtime: Ok(None),
                     });
                     live.revisions.push(LiveRevision {
                         name: rev.name,
@@ -498,6 +508,12 @@ impl Controller {
         state.examined = Some(fetched.info.id.clone());
         state.error = None;
         state.desired = desired;
+        state.runtimes = parsed
+            .manifests
+            .serving_runtimes
+            .iter()
+            .map(|r| r.value.clone())
+            .collect();
         self.reconcile(i, &mut state, now);
         result.outcome = if unchanged { "Unchanged" } else { "Applied" }.into();
         result
@@ -534,6 +550,11 @@ impl Controller {
                                 revision: record.name.clone(),
                                 format: model.format.name.clone(),
                                 uri: model.storage_uri.clone(),
+                                runtime: choose_runtime(
+                                    &state.runtimes,
+                                    &service.namespace,
+                                    &model,
+                                ),
                             });
                             let live = state.live.services.entry(service).or_default();
                             live.revisions.push(LiveRevision {
@@ -641,10 +662,13 @@ impl Controller {
     /// Fetches, verifies, loads and warms up a revision, then reconciles with the outcome.
     async fn load(self: Arc<Self>, job: LoadJob) {
         let cache = self.settings.artifacts.clone();
-        let (format, uri) = (job.format.clone(), job.uri.clone());
-        let loaded = tokio::task::spawn_blocking(move || load_model(&cache, &format, &uri))
-            .await
-            .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
+        let (format, uri, runtime) = (job.format.clone(), job.uri.clone(), job.runtime.clone());
+        let model_name = job.service.name.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            load_model(&cache, &format, &uri, runtime, &model_name)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
         let now = clock::now_ms();
         {
             let mut state = self.apps[job.app].state.lock().expect("state");
@@ -669,9 +693,20 @@ impl Controller {
                         r.digest = Some(digest.to_string());
                         r.reason = None;
                     }
+                    let revision = match model {
+                        Loaded::Onnx(m) => gateway::Revision::onnx(job.revision.clone(), m),
+                        Loaded::Process(p) => {
+                            let upstream =
+                                gateway::Upstream::new(format!("127.0.0.1:{}", p.port()));
+                            let mut r = gateway::Revision::proxy(job.revision.clone(), upstream);
+                            // The process lives until the last request routed to it is done.
+                            r.guard = Some(Box::new(p));
+                            r
+                        }
+                    };
                     state.loaded.insert(
                         (job.service.clone(), job.revision.clone()),
-                        Arc::new(gateway::Revision::onnx(job.revision.clone(), model)),
+                        Arc::new(revision),
                     );
                 }
                 Err(reason) => {
@@ -1020,23 +1055,93 @@ fn read_commit(mirror: &Mirror, app: &Application, timeout: Duration) -> Result<
 }
 
 /// Fetches and verifies the artifact, then loads and warms up the model (blocking).
+/// A loaded model: in-process, or a model server process.
+enum Loaded {
+    Onnx(runtime::OnnxModel),
+    Process(Arc<runtime::ProcessRuntime>),
+}
+
+/// The runtime for a predictor: the one `runtime:` names, else, for ONNX, none (in-process),
+/// else the auto-selectable runtime of the highest priority that supports the format.
+fn choose_runtime(
+    runtimes: &[manifest::ServingRuntime],
+    namespace: &str,
+    model: &manifest::ModelSpec,
+) -> Result<Option<manifest::ServingRuntime>, String> {
+    let visible = |r: &&manifest::ServingRuntime| {
+        r.cluster_scoped || r.meta.namespace_or_default() == namespace
+    };
+    if let Some(name) = &model.runtime {
+        return match runtimes
+            .iter()
+            .filter(visible)
+            .find(|r| &r.meta.name == name)
+        {
+            Some(r) => Ok(Some(r.clone())),
+            None if model.format.name == "onnx" => Ok(None),
+            None => Err(format!("runtime {name} is not defined in the manifests")),
+        };
+    }
+    if model.format.name == "onnx" {
+        return Ok(None);
+    }
+    runtimes
+        .iter()
+        .filter(visible)
+        .filter(|r| !r.disabled)
+        .filter_map(|r| {
+            let f = r.supported_model_formats.iter().find(|f| {
+                f.auto_select
+                    && f.name == model.format.name
+                    && (model.format.version.is_none() || f.version == model.format.version)
+            })?;
+            Some((f.priority.unwrap_or(0), r))
+        })
+        .max_by_key(|(p, _)| *p)
+        .map(|(_, r)| Some(r.clone()))
+        .ok_or_else(|| {
+            format!(
+                "no ServingRuntime supports model format {}; crossfade runs ONNX in-process and other formats through a ServingRuntime",
+                model.format.name
+            )
+        })
+}
+
 fn load_model(
     cache: &artifact::Cache,
     format: &str,
     uri: &manifest::StorageUri,
-) -> Result<(runtime::OnnxModel, manifest::Digest), String> {
-    if format != "onnx" {
-        return Err(format!(
-            "model format {format} needs a ServingRuntime process, which this build cannot start yet; crossfade serves ONNX in-process"
-        ));
-    }
+    runtime: Result<Option<manifest::ServingRuntime>, String>,
+    model_name: &str,
+) -> Result<(Loaded, manifest::Digest), String> {
+    let runtime = runtime?;
     let fetched = cache.fetch(uri).map_err(|e| e.to_string())?;
+    if let Some(rt) = runtime {
+        let model_dir = if fetched.path.is_dir() {
+            fetched.path.clone()
+        } else {
+            fetched.path.parent().unwrap_or(&fetched.path).to_owned()
+        };
+        let spec = runtime::ProcessSpec {
+            model_name: model_name.to_owned(),
+            command: rt.container.command.clone(),
+            args: rt.container.args.clone(),
+            env: rt.container.env.clone(),
+            model_dir,
+        };
+        let process = runtime::ProcessRuntime::start(spec, Duration::from_secs(120))
+            .map_err(|e| format!("runtime {}: {e}", rt.meta.name))?;
+        return Ok((Loaded::Process(process), fetched.digest));
+    }
+    if format != "onnx" {
+        return Err(format!("model format {format} needs a ServingRuntime"));
+    }
     let file = onnx_file(&fetched.path)?;
     let loaded = runtime::OnnxModel::load(&file).map_err(|e| e.to_string())?;
     loaded
         .warm_up()
         .map_err(|e| format!("the warm-up inference failed: {e}"))?;
-    Ok((loaded, fetched.digest))
+    Ok((Loaded::Onnx(loaded), fetched.digest))
 }
 
 /// The model file of an artifact: the file itself, or the one `.onnx` file of a directory

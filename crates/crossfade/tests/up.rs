@@ -3,6 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -26,6 +27,9 @@ impl Up {
     /// names the port it bound (the tests ask for port 0).
     fn start(data_dir: &Path, args: &[&str]) -> Self {
         let mut child = Command::new(BIN)
+            // Its own process group, so that dropping it also stops the model servers it
+            // started, even after `kill -9`.
+            .process_group(0)
             .arg("up")
             .args(args)
             .args(["--data-dir", data_dir.to_str().unwrap()])
@@ -100,10 +104,10 @@ impl Up {
         http_post(&self.data, path, headers, body)
     }
 
-    /// `kill -9`.
+    /// `kill -9` (of the whole group: model servers go too).
     fn kill(mut self) {
         let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
+        kill_group(child.id());
         child.wait().unwrap();
     }
 
@@ -182,10 +186,17 @@ fn http_post(
 impl Drop for Up {
     fn drop(&mut self) {
         if let Some(child) = &mut self.child {
-            let _ = child.kill();
+            kill_group(child.id());
             let _ = child.wait();
         }
     }
+}
+
+/// SIGKILL to a whole process group.
+fn kill_group(pgid: u32) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{pgid}")])
+        .status();
 }
 
 fn isvc(name: &str, uri: &str) -> String {
@@ -994,4 +1005,60 @@ fn weight_changes_under_load_drop_no_request() {
     // And the end state serves only the last revision.
     let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
     assert_eq!(revision_of(&head), "iris-predictor-00003");
+}
+
+/// A ServingRuntime that starts MLServer (from the test venv) for scikit-learn models.
+fn mlserver_runtime() -> String {
+    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let bin = Path::new(&python).parent().unwrap().join("mlserver");
+    assert!(
+        bin.exists(),
+        "MLServer is not installed next to {python}: run `cargo xtask test`"
+    );
+    format!(
+        "apiVersion: serving.kserve.io/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: mlserver-sklearn}}\nspec:\n  supportedModelFormats:\n    - {{name: sklearn, version: \"1\", autoSelect: true, priority: 1}}\n  protocolVersions: [v2]\n  containers:\n    - name: kserve-container\n      command: [\"{}\", start, /mnt/models]\n      env:\n        - {{name: MLSERVER_PARALLEL_WORKERS, value: \"0\"}}\n",
+        bin.display()
+    )
+}
+
+#[test]
+fn a_serving_runtime_process_serves_a_scikit_learn_model() {
+    let store = tempfile::tempdir().unwrap();
+    let model_dir =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/iris-sklearn");
+    let uri = artifact::push(
+        &model_dir,
+        &format!("file://{}/iris-sklearn", store.path().display()),
+    )
+    .unwrap();
+    let repo = GitRepo::new();
+    repo.write("runtime.yaml", &mlserver_runtime());
+    repo.write(
+        "iris.yaml",
+        &format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model:\n      modelFormat: {{name: sklearn, version: \"1\"}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+        ),
+    );
+    repo.commit("iris on MLServer");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
+    );
+    up.sync();
+    let status = up.status();
+    let iris = service(&status, "iris");
+    assert_eq!(iris["health"], "Healthy", "{status:#}");
+    assert_eq!(iris["revisions"][0]["state"], "Ready");
+
+    let (code, head, body) = up.infer(
+        "/v2/models/iris/infer",
+        &[("Content-Type", "application/json")],
+        IRIS_V2,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(revision_of(&head), "iris-predictor-00001");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["model_name"], "iris");
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([0, 2]), "{v}");
 }

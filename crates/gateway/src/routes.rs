@@ -11,6 +11,9 @@ use runtime::{OnnxModel, TensorSpec};
 pub struct Revision {
     pub name: String,
     pub backend: Backend,
+    /// Kept alive as long as the revision: a model server process is stopped only when the last
+    /// request routed to it has finished.
+    pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 /// What answers a revision's requests.
@@ -26,6 +29,7 @@ impl Revision {
         Self {
             name: name.into(),
             backend: Backend::Onnx(model),
+            guard: None,
         }
     }
 
@@ -33,6 +37,7 @@ impl Revision {
         Self {
             name: name.into(),
             backend: Backend::Proxy(Box::new(upstream)),
+            guard: None,
         }
     }
 

@@ -1,12 +1,14 @@
-//! Model loading and inference. In-process ONNX with tract today; process runtimes started from
-//! a ServingRuntime come next.
+//! Model loading and inference: ONNX in-process with tract, and model servers started as local
+//! processes from a ServingRuntime.
 
 mod onnx;
+mod process;
 mod tensor;
 
 use std::path::PathBuf;
 
 pub use onnx::OnnxModel;
+pub use process::{ProcessRuntime, ProcessSpec};
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
 
 /// Errors of the runtime crate.
@@ -22,4 +24,7 @@ pub enum Error {
     /// The model failed while running (a server error).
     #[error("inference failed: {0}")]
     Inference(String),
+    /// A model server process could not be started or did not become ready.
+    #[error("{0}")]
+    Process(String),
 }

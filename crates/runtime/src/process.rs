@@ -1,0 +1,217 @@
+//! Model servers run as local child processes, from a ServingRuntime's container: started with
+//! a free port, probed for readiness before they get traffic, restarted with backoff when they
+//! crash, and stopped when the last reference goes.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::Error;
+
+/// What to run: `containers[0]` of a ServingRuntime, for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// `{{.Name}}`: the model name the server must serve (the InferenceService's name).
+    pub model_name: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Stands in for `/mnt/models`.
+    pub model_dir: PathBuf,
+}
+
+/// A running model server.
+pub struct ProcessRuntime {
+    spec: ProcessSpec,
+    port: u16,
+    extra_ports: [u16; 2],
+    child: Mutex<Option<Child>>,
+    restarts: AtomicU32,
+    stopping: AtomicBool,
+}
+
+// === impl ProcessRuntime ===
+
+impl ProcessRuntime {
+    /// Starts the server and waits until `GET /v2/models/<name>/ready` answers 200, at most
+    /// `ready_timeout`. Blocking.
+    ///
+    /// The command line and environment get `{{.Name}}` and `{{.Port}}` substituted and
+    /// `/mnt/models` replaced by the model directory; the port is also in `PORT`, `HTTP_PORT`
+    /// and `MLSERVER_HTTP_PORT` (with free ports for MLServer's gRPC and metrics listeners).
+    pub fn start(spec: ProcessSpec, ready_timeout: Duration) -> Result<Arc<Self>, Error> {
+        if spec.command.is_empty() {
+            return Err(Error::Process(
+                "the ServingRuntime's container has no command: crossfade starts a local process, not an image".into(),
+            ));
+        }
+        let runtime = Arc::new(Self {
+            port: free_port()?,
+            extra_ports: [free_port()?, free_port()?],
+            spec,
+            child: Mutex::new(None),
+            restarts: AtomicU32::new(0),
+            stopping: AtomicBool::new(false),
+        });
+        runtime.spawn()?;
+        if let Err(e) = runtime.wait_ready(ready_timeout) {
+            runtime.stop();
+            return Err(e);
+        }
+        let watcher = Arc::downgrade(&runtime);
+        std::thread::Builder::new()
+            .name(format!("runtime-{}", runtime.spec.model_name))
+            .spawn(move || supervise(watcher))
+            .map_err(|e| Error::Process(e.to_string()))?;
+        Ok(runtime)
+    }
+
+    /// The port the server listens on (127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// How many times the server was restarted after exiting on its own.
+    pub fn restarts(&self) -> u32 {
+        self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Kills the server (and keeps it down).
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(mut child) = self.child.lock().expect("child").take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn substitute(&self, s: &str) -> String {
+        s.replace("{{.Name}}", &self.spec.model_name)
+            .replace("{{.Port}}", &self.port.to_string())
+            .replace("/mnt/models", &self.spec.model_dir.display().to_string())
+    }
+
+    fn spawn(&self) -> Result<(), Error> {
+        let argv: Vec<String> = self
+            .spec
+            .command
+            .iter()
+            .chain(&self.spec.args)
+            .map(|a| self.substitute(a))
+            .collect();
+        let port = self.port.to_string();
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .current_dir(&self.spec.model_dir)
+            .env("PORT", &port)
+            .env("HTTP_PORT", &port)
+            .env("MLSERVER_HTTP_PORT", &port)
+            .env("MLSERVER_GRPC_PORT", self.extra_ports[0].to_string())
+            .env("MLSERVER_METRICS_PORT", self.extra_ports[1].to_string())
+            .env("MLSERVER_MODEL_NAME", &self.spec.model_name)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &self.spec.env {
+            cmd.env(k, self.substitute(v));
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Process(format!("cannot start {}: {e}", argv[0])))?;
+        *self.child.lock().expect("child") = Some(child);
+        Ok(())
+    }
+
+    /// Polls readiness until it answers, the process exits, or the time is up.
+    fn wait_ready(&self, timeout: Duration) -> Result<(), Error> {
+        let step = Duration::from_millis(100);
+        let mut waited = Duration::ZERO;
+        loop {
+            if let Some(child) = self.child.lock().expect("child").as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                return Err(Error::Process(format!(
+                    "the model server exited ({status}) before it was ready"
+                )));
+            }
+            if ready(self.port, &self.spec.model_name) {
+                return Ok(());
+            }
+            if waited >= timeout {
+                return Err(Error::Process(format!(
+                    "the model server was not ready after {timeout:?} (GET /v2/models/{}/ready on port {})",
+                    self.spec.model_name, self.port
+                )));
+            }
+            // Readiness is polled: the server gives no other signal.
+            std::thread::sleep(step);
+            waited += step;
+        }
+    }
+}
+
+impl Drop for ProcessRuntime {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Restarts the server when it exits on its own, with backoff (0.5 s doubling to 30 s).
+fn supervise(runtime: std::sync::Weak<ProcessRuntime>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        let Some(rt) = runtime.upgrade() else { return };
+        if rt.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        let exited = rt
+            .child
+            .lock()
+            .expect("child")
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+        if exited && !rt.stopping.load(Ordering::Acquire) {
+            rt.restarts.fetch_add(1, Ordering::Relaxed);
+            drop(rt);
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            let Some(rt) = runtime.upgrade() else { return };
+            if rt.stopping.load(Ordering::Acquire) {
+                return;
+            }
+            if rt.spawn().is_ok() && rt.wait_ready(Duration::from_secs(120)).is_ok() {
+                backoff = Duration::from_millis(500);
+            }
+            continue;
+        }
+        drop(rt);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::Process(format!("no free port: {e}")))
+}
+
+/// `GET /v2/models/<name>/ready` answers 200.
+fn ready(port: u16, model: &str) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!(
+        "GET /v2/models/{model}/ready HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    );
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+}
