@@ -49,11 +49,17 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
 
 fn test() -> anyhow::Result<()> {
     install_tools()?;
-    // From PyPI, in a venv of their own: moto (an S3-compatible server) for the S3 tests, and
-    // MLServer with its scikit-learn runtime, a real V2 server started from a ServingRuntime.
+    // From PyPI, in a venv of their own: moto (an S3-compatible server) for the S3 tests,
+    // MLServer with its scikit-learn runtime (a real V2 server started from a ServingRuntime),
+    // and tritonclient, a real V2 client.
     let python = python_venv(
-        &["moto[server]", "mlserver", "mlserver-sklearn"],
-        "import moto.server, mlserver, mlserver_sklearn",
+        &[
+            "moto[server]",
+            "mlserver",
+            "mlserver-sklearn",
+            "tritonclient[http]",
+        ],
+        "import moto.server, mlserver, mlserver_sklearn, tritonclient.http",
     )?;
     let test_env = [("CROSSFADE_PYTHON", python.as_str())];
     run("cargo", &["fmt", "--all", "--check"])?;

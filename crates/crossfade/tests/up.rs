@@ -752,6 +752,22 @@ fn serves_the_synced_models_with_kserve_canary_semantics() {
     let (code, _, body) = up.infer("/v2/models/nope/infer", &[], IRIS_V2);
     assert_eq!(code, 404, "{body}");
 
+    // A real V2 client: tritonclient, JSON and binary tensors.
+    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tritonclient_check.py");
+    let out = Command::new(&python)
+        .arg(&check)
+        .arg(up.data.trim_start_matches("http://"))
+        .arg("iris")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tritonclient ({python}; `cargo xtask test` installs it): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // Prometheus metrics on the admin listener.
     let metrics = http_get(&up.server, "/metrics");
     assert!(
