@@ -44,7 +44,7 @@ pub enum Error {
     NotFound { uri: String },
     #[error("{uri}: {message}")]
     Fetch { uri: String, message: String },
-    #[error("{uri}: the {scheme} scheme is not supported by this build yet")]
+    #[error("{uri}: {scheme} is not supported")]
     Unsupported { uri: String, scheme: &'static str },
     #[error("{path}: {source}")]
     Io {
@@ -72,6 +72,7 @@ pub struct Cache {
     max_bytes: u64,
     timeout: Duration,
     s3: S3Config,
+    gcs: S3Config,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
@@ -92,12 +93,19 @@ impl Cache {
             max_bytes,
             timeout,
             s3: S3Config::from_env(),
+            gcs: S3Config::gcs_from_env(),
         })
     }
 
     /// Uses this S3 configuration instead of the one from the environment.
     pub fn with_s3(mut self, config: S3Config) -> Self {
         self.s3 = config;
+        self
+    }
+
+    /// Uses this configuration for `gs://` instead of the one from the environment.
+    pub fn with_gcs(mut self, config: S3Config) -> Self {
+        self.gcs = config;
         self
     }
 
@@ -114,13 +122,8 @@ impl Cache {
         let bytes = match uri.scheme {
             Scheme::File => self.copy_local(uri, &target)?,
             Scheme::Http | Scheme::Https => self.download(uri, &target)?,
-            Scheme::S3 => self.download_s3(uri, &target)?,
-            Scheme::Gs => {
-                return Err(Error::Unsupported {
-                    uri: uri.raw.clone(),
-                    scheme: "gs",
-                });
-            }
+            Scheme::S3 => self.download_s3(uri, &target, &self.s3)?,
+            Scheme::Gs => self.download_s3(uri, &target, &self.gcs)?,
         };
         let actual = digest_path(&target)?;
         if let Some(expected) = uri.digest
@@ -196,12 +199,17 @@ impl Cache {
     }
 
     /// An object, or every object under the key as a directory.
-    fn download_s3(&self, uri: &StorageUri, target: &Path) -> Result<u64, Error> {
+    fn download_s3(
+        &self,
+        uri: &StorageUri,
+        target: &Path,
+        config: &S3Config,
+    ) -> Result<u64, Error> {
         let (bucket, key) = s3::split_uri(&uri.raw).ok_or_else(|| Error::Fetch {
             uri: uri.raw.clone(),
             message: "expected s3://<bucket>/<key>".into(),
         })?;
-        let client = s3::S3::new(self.s3.clone(), self.timeout)?;
+        let client = s3::S3::new(config.clone(), self.timeout)?;
         if !key.is_empty()
             && let Some(n) = client.get(bucket, key, target, self.max_bytes)?
         {
@@ -284,10 +292,15 @@ impl Cache {
 /// `<prefix>/sha256-<hex>/`, its tree below) and returns the pinned `storageUri` to write in
 /// the manifest. Uploading what is there already changes nothing.
 pub fn push(path: &Path, prefix: &str) -> Result<String, Error> {
-    push_with(path, prefix, &S3Config::from_env())
+    let config = if prefix.starts_with("gs://") {
+        S3Config::gcs_from_env()
+    } else {
+        S3Config::from_env()
+    };
+    push_with(path, prefix, &config)
 }
 
-/// [`push`] with an explicit S3 configuration.
+/// [`push`] with an explicit S3 (or, for `gs://`, GCS) configuration.
 pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<String, Error> {
     let uri = StorageUri::parse(prefix.trim_end_matches('/')).map_err(|e| Error::Fetch {
         uri: prefix.to_owned(),
@@ -329,9 +342,9 @@ pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<Stri
         }
         Scheme::Http | Scheme::Https => Err(Error::Unsupported {
             uri: prefix.to_owned(),
-            scheme: "http(s) upload",
+            scheme: "uploading over http(s)",
         }),
-        Scheme::S3 => {
+        Scheme::S3 | Scheme::Gs => {
             let (bucket, key) = s3::split_uri(&target_uri).ok_or_else(|| Error::Fetch {
                 uri: prefix.to_owned(),
                 message: "expected s3://<bucket>/<prefix>".into(),
@@ -351,10 +364,6 @@ pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<Stri
             }
             Ok(target_uri)
         }
-        Scheme::Gs => Err(Error::Unsupported {
-            uri: prefix.to_owned(),
-            scheme: "gs",
-        }),
     }
 }
 

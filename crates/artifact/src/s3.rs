@@ -29,6 +29,23 @@ pub struct S3Config {
 }
 
 impl S3Config {
+    /// Google Cloud Storage through its S3-compatible XML API: HMAC keys from
+    /// `GCS_ACCESS_KEY_ID` and `GCS_SECRET_ACCESS_KEY` (anonymous without them, for public
+    /// buckets), endpoint `https://storage.googleapis.com` (or `CROSSFADE_GCS_ENDPOINT`).
+    pub fn gcs_from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            region: "auto".into(),
+            endpoint: Some(
+                var("CROSSFADE_GCS_ENDPOINT")
+                    .unwrap_or_else(|| "https://storage.googleapis.com".into()),
+            ),
+            access_key: var("GCS_ACCESS_KEY_ID"),
+            secret_key: var("GCS_SECRET_ACCESS_KEY"),
+            session_token: None,
+        }
+    }
+
     /// From the standard AWS environment variables.
     pub fn from_env() -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
@@ -50,9 +67,11 @@ pub struct S3 {
     http: reqwest::blocking::Client,
 }
 
-/// `s3://bucket/key/path` into (bucket, key).
+/// `s3://bucket/key/path` (or `gs://...`) into (bucket, key).
 pub fn split_uri(uri: &str) -> Option<(&str, &str)> {
-    let rest = uri.strip_prefix("s3://")?;
+    let rest = uri
+        .strip_prefix("s3://")
+        .or_else(|| uri.strip_prefix("gs://"))?;
     let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
     (!bucket.is_empty()).then_some((bucket, key.trim_end_matches('/')))
 }

@@ -234,7 +234,7 @@ fn push_then_fetch_round_trip() {
         .unwrap();
     assert!(fetched.path.join("model.onnx").exists());
     assert!(matches!(
-        push(&model, "gs://bucket/iris"),
+        push(&model, "http://example.com/iris"),
         Err(Error::Unsupported { .. })
     ));
 }

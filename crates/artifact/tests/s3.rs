@@ -119,6 +119,23 @@ fn push_fetch_verify_through_s3() {
         "{err:?}"
     );
 
+    // gs:// speaks the same protocol (GCS's XML API): the same server stands in for it.
+    let gs = push_with(&model, "gs://models/iris-gs", &config).unwrap();
+    assert!(gs.starts_with("gs://models/iris-gs/sha256-"), "{gs}");
+    let fetched = Cache::new(
+        &dir.path().join("gs-cache"),
+        1 << 20,
+        Duration::from_secs(30),
+    )
+    .unwrap()
+    .with_gcs(config.clone())
+    .fetch(&StorageUri::parse(&gs).unwrap())
+    .unwrap();
+    assert_eq!(
+        std::fs::read(&fetched.path).unwrap(),
+        std::fs::read(&model).unwrap()
+    );
+
     // Missing objects and wrong credentials are errors that say so.
     let missing = cache.fetch(&StorageUri::parse("s3://models/nothing/here.onnx").unwrap());
     assert!(

@@ -61,8 +61,11 @@ fn push_prints_a_pinned_uri_that_verifies_and_lints() {
         "push",
         model.to_str().unwrap(),
         "--to",
-        "gs://bucket/iris",
+        "https://example.com/iris",
     ]);
     assert_eq!(code, 1);
-    assert!(out.contains("gs scheme is not supported"), "{out}");
+    assert!(
+        out.contains("uploading over http(s) is not supported"),
+        "{out}"
+    );
 }
