@@ -7,7 +7,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crate::Error;
@@ -32,6 +32,8 @@ pub struct ProcessRuntime {
     child: Mutex<Option<Child>>,
     restarts: AtomicU32,
     stopping: AtomicBool,
+    /// Restarts that came back ready, with a condition variable to wait on.
+    recovered: (Mutex<u32>, Condvar),
 }
 
 // === impl ProcessRuntime ===
@@ -56,6 +58,7 @@ impl ProcessRuntime {
             child: Mutex::new(None),
             restarts: AtomicU32::new(0),
             stopping: AtomicBool::new(false),
+            recovered: (Mutex::new(0), Condvar::new()),
         });
         runtime.spawn()?;
         if let Err(e) = runtime.wait_ready(ready_timeout) {
@@ -78,6 +81,17 @@ impl ProcessRuntime {
     /// How many times the server was restarted after exiting on its own.
     pub fn restarts(&self) -> u32 {
         self.restarts.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the server has come back ready after `n` restarts in all; false if that did
+    /// not happen within `timeout`.
+    pub fn wait_recovered(&self, n: u32, timeout: Duration) -> bool {
+        let (lock, cvar) = &self.recovered;
+        let guard = lock.lock().expect("recovered");
+        let (guard, _) = cvar
+            .wait_timeout_while(guard, timeout, |count| *count < n)
+            .expect("recovered");
+        *guard >= n
     }
 
     /// Kills the server (and keeps it down).
@@ -185,6 +199,9 @@ fn supervise(runtime: std::sync::Weak<ProcessRuntime>) {
             }
             if rt.spawn().is_ok() && rt.wait_ready(Duration::from_secs(120)).is_ok() {
                 backoff = Duration::from_millis(500);
+                let (lock, cvar) = &rt.recovered;
+                *lock.lock().expect("recovered") += 1;
+                cvar.notify_all();
             }
             continue;
         }
@@ -212,6 +229,7 @@ fn ready(port: u16, model: &str) -> bool {
     if stream.write_all(request.as_bytes()).is_err() {
         return false;
     }
+    // "HTTP/1.x 200": servers answer in 1.0 or 1.1.
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }

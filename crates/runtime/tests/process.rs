@@ -1,0 +1,106 @@
+//! Model server processes: substitutions, readiness, restart after a crash.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use runtime::{ProcessRuntime, ProcessSpec};
+
+/// A tiny server in Python: answers `/v2/models/<name>/ready`, echoes what it was started with
+/// at `/info`, and exits on `/crash`.
+const SERVER: &str = r#"
+import http.server, json, os, sys
+name, port, model_dir = sys.argv[1], int(os.environ["PORT"]), sys.argv[2]
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == f"/v2/models/{name}/ready":
+            self.send_response(200); self.end_headers(); return
+        if self.path == "/info":
+            body = json.dumps({"name": name, "dir": model_dir, "flag": os.environ.get("FLAG"), "cwd": os.getcwd()}).encode()
+            self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body); return
+        if self.path == "/crash":
+            os._exit(3)
+        self.send_response(404); self.end_headers()
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+fn get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+#[test]
+fn start_substitute_probe_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let spec = ProcessSpec {
+        model_name: "iris".into(),
+        command: vec![python, "-c".into(), SERVER.into()],
+        args: vec!["{{.Name}}".into(), "/mnt/models".into()],
+        env: vec![("FLAG".into(), "port-{{.Port}}".into())],
+        model_dir: dir.path().to_owned(),
+    };
+    let rt = ProcessRuntime::start(spec, Duration::from_secs(30)).unwrap();
+    let info = get(rt.port(), "/info").unwrap();
+    assert!(info.contains(r#""name": "iris""#), "{info}");
+    assert!(
+        info.contains(&format!(r#""dir": "{}""#, dir.path().display())),
+        "{info}"
+    );
+    assert!(
+        info.contains(&format!(r#""flag": "port-{}""#, rt.port())),
+        "{info}"
+    );
+
+    // It crashes: the supervisor starts it again and it becomes ready.
+    let _ = get(rt.port(), "/crash");
+    assert!(
+        rt.wait_recovered(1, Duration::from_secs(30)),
+        "not restarted"
+    );
+    assert_eq!(rt.restarts(), 1);
+    assert!(
+        get(rt.port(), "/info")
+            .is_some_and(|i| i.starts_with("HTTP/1.0 200") || i.starts_with("HTTP/1.1 200"))
+    );
+
+    // Stopped: the port goes quiet and stays so.
+    rt.stop();
+    assert!(get(rt.port(), "/info").is_none());
+}
+
+#[test]
+fn start_failures_say_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = |command: Vec<&str>| ProcessSpec {
+        model_name: "iris".into(),
+        command: command.into_iter().map(str::to_owned).collect(),
+        args: vec![],
+        env: vec![],
+        model_dir: dir.path().to_owned(),
+    };
+    let err = ProcessRuntime::start(spec(vec![]), Duration::from_secs(5))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no command"), "{err}");
+    let err = ProcessRuntime::start(spec(vec!["/no/such/server"]), Duration::from_secs(5))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("cannot start /no/such/server"),
+        "{err}"
+    );
+    let err = ProcessRuntime::start(spec(vec!["sh", "-c", "exit 7"]), Duration::from_secs(5))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("exited"), "{err}");
+}
