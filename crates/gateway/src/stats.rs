@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The longest window that can be asked for, in seconds.
 pub const WINDOW_SECONDS: u64 = 600;
+/// A slot's stamp while a writer zeroes it.
+const RESETTING: u64 = u64::MAX;
 /// Latency histogram: bucket `i` holds latencies below `MIN_LATENCY_US * 2^(i/4)` microseconds
 /// (four buckets per doubling: quantiles within ~19%).
 const BUCKETS: usize = 96;
@@ -75,24 +77,43 @@ impl Window {
         }
     }
 
-    fn slot(&self, second: u64) -> &Slot {
+    /// The slot of `second`, reset first if it still holds an older second; `None` for a
+    /// write so late that a newer second owns the slot.
+    ///
+    /// A resetting writer marks the slot `RESETTING` while it zeroes the counters, so no other
+    /// writer's increment lands in between and is lost.
+    fn slot(&self, second: u64) -> Option<&Slot> {
         let slot = &self.slots[(second % WINDOW_SECONDS) as usize];
         let stamp = second + 1;
-        let seen = slot.second.load(Ordering::Acquire);
-        if seen != stamp
-            && slot
+        loop {
+            let seen = slot.second.load(Ordering::Acquire);
+            if seen == stamp {
+                return Some(slot);
+            }
+            if seen == RESETTING {
+                std::hint::spin_loop();
+                continue;
+            }
+            if seen > stamp {
+                return None;
+            }
+            if slot
                 .second
-                .compare_exchange(seen, stamp, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(seen, RESETTING, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
-        {
-            slot.reset();
+            {
+                slot.reset();
+                slot.second.store(stamp, Ordering::Release);
+                return Some(slot);
+            }
         }
-        slot
     }
 
     /// Records a request that finished at `second` after `latency_us` microseconds.
     pub fn record(&self, second: u64, outcome: Outcome, latency_us: u64) {
-        let slot = self.slot(second);
+        let Some(slot) = self.slot(second) else {
+            return;
+        };
         match outcome {
             Outcome::Ok => &slot.ok,
             Outcome::ClientError => &slot.client_errors,
@@ -104,7 +125,9 @@ impl Window {
 
     /// Records one mirrored request: whether the answers agreed and how far apart they were.
     pub fn record_mirror(&self, second: u64, agreed: bool, distance: f64) {
-        let slot = self.slot(second);
+        let Some(slot) = self.slot(second) else {
+            return;
+        };
         slot.mirrored.fetch_add(1, Ordering::Relaxed);
         if agreed {
             slot.agreed.fetch_add(1, Ordering::Relaxed);
@@ -262,6 +285,30 @@ mod tests {
                 ..Summary::default()
             }
         );
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing() {
+        // Many threads race to open the same new second: every increment must count.
+        for round in 0..50u64 {
+            let w = std::sync::Arc::new(Window::new());
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let w = std::sync::Arc::clone(&w);
+                    std::thread::spawn(move || {
+                        for _ in 0..100 {
+                            w.record(round, Outcome::Ok, 100);
+                            w.record_mirror(round, true, 0.0);
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let s = w.summary(round, 1);
+            assert_eq!((s.ok, s.mirrored), (400, 400), "round {round}");
+        }
     }
 
     #[test]
