@@ -365,14 +365,7 @@ impl Controller {
             Some(trust) => match trust.verify(&fetched.info) {
                 Ok(s) => Some(s),
                 Err(rejection) => {
-                    let message = format!(
-                        "commit {} is not synced: {rejection}; {} keeps serving",
-                        short(&fetched.info.id),
-                        state
-                            .commit
-                            .as_deref()
-                            .map_or("nothing".into(), |c| format!("commit {}", short(c)))
-                    );
+                    let message = refused(&fetched.info.id, &rejection, state.commit.as_deref());
                     if !unchanged {
                         self.record(SyncRecord {
                             outcome: SyncOutcome::Untrusted,
@@ -434,14 +427,7 @@ impl Controller {
         let parsed = match parsed {
             Ok(p) => p,
             Err((why, diagnostics, services)) => {
-                let message = format!(
-                    "commit {} is not synced: {why}; {} keeps serving",
-                    short(&fetched.info.id),
-                    state
-                        .commit
-                        .as_deref()
-                        .map_or("nothing".into(), |c| format!("commit {}", short(c)))
-                );
+                let message = refused(&fetched.info.id, &why, state.commit.as_deref());
                 if !unchanged {
                     self.record(SyncRecord {
                         outcome: SyncOutcome::Invalid,
@@ -1190,6 +1176,15 @@ fn render_diagnostics(sources: &manifest::Sources, parsed: &manifest::Parsed) ->
             )
         })
         .collect()
+}
+
+/// Why a commit is not synced, and what serves instead.
+fn refused(commit: &str, why: &dyn std::fmt::Display, serving: Option<&str>) -> String {
+    let serving = serving.map_or("nothing".into(), |c| format!("commit {}", short(c)));
+    format!(
+        "commit {} is not synced: {why}; {serving} keeps serving",
+        short(commit)
+    )
 }
 
 fn short(commit: &str) -> &str {
