@@ -166,9 +166,14 @@ fn http_post(
         let addr = base.trim_start_matches("http://");
         let mut stream = TcpStream::connect(addr).unwrap();
         let mut req = format!(
-            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            "POST {path} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n",
             body.len()
         );
+        // A caller-supplied Host replaces the default; two Host headers would
+        // leave routing to whichever one the server reads first.
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -363,6 +363,17 @@ fn route_request(
             format!("model {model} is not served here"),
         ));
     };
+    // RFC 9112 §3.2: more than one Host is a bad request. The same holds for
+    // the other headers that pick a revision: choosing one silently would
+    // make routing depend on header order.
+    for name in [header::HOST.as_str(), "x-crossfade-tag", "x-crossfade-key"] {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return Err(fail(
+                StatusCode::BAD_REQUEST,
+                format!("the request has more than one {name} header"),
+            ));
+        }
+    }
     let header = |name: &str| {
         headers
             .get(name)

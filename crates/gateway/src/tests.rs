@@ -294,6 +294,21 @@ async fn routing_split_sticky_tags_headers() {
             "{headers:?}"
         );
     }
+    // Two Host (or tag) headers are rejected, not resolved by header order.
+    for dup in [
+        [
+            ("host", "prev-iris.example.com"),
+            ("host", "latest-iris.example.com"),
+        ],
+        [("x-crossfade-tag", "prev"), ("x-crossfade-tag", "latest")],
+    ] {
+        let (s, rev, v) = send(&gw, infer("/v2/models/iris/infer", &iris_body(), &dup)).await;
+        assert_eq!((s, rev), (StatusCode::BAD_REQUEST, None), "{dup:?}");
+        assert!(
+            v["error"].as_str().unwrap().contains("more than one"),
+            "{v}"
+        );
+    }
     // The same key always lands on the same revision.
     for key in ["alice", "bob", "carol"] {
         let (_, first, _) = send(
