@@ -314,18 +314,20 @@ fn parse_time(s: &str) -> Result<i64, String> {
     if !matches!(s.len(), 8 | 12 | 14) {
         return Err(format!("`{s}` is not a time (YYYYMMDD[HHMM[SS]])"));
     }
-    let (y, m, d) = (digits(0..4)?, digits(4..6)?, digits(6..8)?);
-    let hh = if s.len() >= 12 { digits(8..10)? } else { 0 };
-    let mm = if s.len() >= 12 { digits(10..12)? } else { 0 };
-    let ss = if s.len() == 14 { digits(12..14)? } else { 0 };
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let (y2, m2) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * m2 + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    // At most two digits each: the casts cannot truncate.
+    let field = |r| digits(r).map(|v| v as u32);
+    let t = civil::DateTime {
+        year: digits(0..4)?,
+        month: field(4..6)?,
+        day: field(6..8)?,
+        hour: if s.len() >= 12 { field(8..10)? } else { 0 },
+        minute: if s.len() >= 12 { field(10..12)? } else { 0 },
+        second: if s.len() == 14 { field(12..14)? } else { 0 },
+    };
+    if !t.is_valid() {
+        return Err(format!("`{s}` is not a valid date and time"));
+    }
+    Ok(t.to_unix())
 }
 
 #[cfg(test)]

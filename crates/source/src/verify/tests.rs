@@ -14,6 +14,10 @@ fn times() {
     );
     assert!(parse_time("2024-02-29").is_err());
     assert!(parse_time("2024").is_err());
+    // Dates that do not exist are refused, not wrapped into the next month.
+    assert!(parse_time("20230229").is_err());
+    assert!(parse_time("20241301").is_err());
+    assert!(parse_time("202402292460").is_err());
 }
 
 #[test]
