@@ -139,7 +139,9 @@ impl Controller {
         // Resume what served before a restart: the stored splits, and every revision that was
         // not retired, loaded again in the background.
         let services = store.services()?;
+        let syncs = store.syncs(1000)?;
         for (app, slot) in slots.iter().enumerate() {
+            let resumed = resumed_manifests(&syncs, slot, &settings);
             let mut state = slot.state.lock().expect("state");
             for record in services.iter().filter(|s| s.application == slot.app.name) {
                 let id = ServiceId::new(&record.namespace, &record.name);
@@ -166,18 +168,19 @@ impl Controller {
                     let Ok(uri) = manifest::StorageUri::parse(&rev.storage_uri) else {
                         continue;
                     };
-                    // A revision served by a ServingRuntime waits for the first sync, which
-                    // names the runtime again.
-                    if rev.model_format != "onnx" {
+                    // A revision served by a ServingRuntime starts the runtime the last
+                    // applied commit names, read from the local mirror: no remote needed.
+                    // Without that commit, the revision waits for the first sync.
+                    let Some(runtime) = resumed_runtime(resumed.as_ref(), &id, &rev, &uri) else {
                         continue;
-                    }
+                    };
                     let _ = loads.send(LoadJob {
                         app,
                         service: id.clone(),
                         revision: rev.name.clone(),
                         format: rev.model_format.clone(),
                         uri,
-                        runtime: Ok(None),
+                        runtime,
                     });
                     live.revisions.push(LiveRevision {
                         name: rev.name,
@@ -1045,6 +1048,77 @@ fn read_commit(mirror: &Mirror, app: &Application, timeout: Duration) -> Result<
 enum Loaded {
     Onnx(runtime::OnnxModel),
     Process(Arc<runtime::ProcessRuntime>),
+}
+
+/// The manifests of the last commit an Application applied, read from its local mirror (no
+/// fetch): the desired services and the ServingRuntimes they name.
+fn resumed_manifests(
+    syncs: &[SyncRecord],
+    slot: &Slot,
+    settings: &Settings,
+) -> Option<(Vec<engine::DesiredService>, Vec<manifest::ServingRuntime>)> {
+    let commit = syncs
+        .iter()
+        .find(|s| {
+            s.repo == slot.mirror.url()
+                && s.revision == slot.app.revision
+                && s.outcome == SyncOutcome::Applied
+        })?
+        .commit
+        .as_ref()?;
+    let sources = match slot.mirror.read_manifests(commit, &slot.app.path) {
+        Ok(sources) => sources,
+        Err(e) => {
+            tracing::warn!(commit = %commit, error = %e, "cannot read the last applied commit from the mirror");
+            return None;
+        }
+    };
+    let parsed = manifest::parse(
+        &sources,
+        manifest::Options {
+            require_digest: settings.require_digest,
+        },
+    );
+    if parsed.has_errors() {
+        return None;
+    }
+    let runtimes = parsed
+        .manifests
+        .serving_runtimes
+        .iter()
+        .map(|r| r.value.clone())
+        .collect();
+    Some((engine::desired_state(&parsed.manifests), runtimes))
+}
+
+/// The runtime of a stored revision at start-up. ONNX runs in-process. Otherwise the predictor
+/// of the last applied commit decides: as written when it is this revision, else (an older
+/// revision of the service, still serving part of a split) with this revision's format and
+/// model, keeping the `runtime:` the service names. `None` when that commit could not be read.
+fn resumed_runtime(
+    resumed: Option<&(Vec<engine::DesiredService>, Vec<manifest::ServingRuntime>)>,
+    id: &ServiceId,
+    rev: &store::RevisionRecord,
+    uri: &manifest::StorageUri,
+) -> Option<Result<Option<manifest::ServingRuntime>, String>> {
+    if rev.model_format == "onnx" {
+        return Some(Ok(None));
+    }
+    let (desired, runtimes) = resumed?;
+    let model = match desired.iter().find(|d| &d.id == id) {
+        Some(d) if d.spec_hash == rev.spec_hash => d.model.clone(),
+        other => manifest::ModelSpec {
+            format: manifest::ModelFormat {
+                name: rev.model_format.clone(),
+                version: None,
+            },
+            storage_uri: uri.clone(),
+            runtime: other.and_then(|d| d.model.runtime.clone()),
+            protocol_version: None,
+            form: manifest::PredictorForm::Model,
+        },
+    };
+    Some(choose_runtime(runtimes, &id.namespace, &model))
 }
 
 /// The runtime for a predictor: the one `runtime:` names, else, for ONNX, none (in-process),

@@ -1082,4 +1082,28 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["model_name"], "iris");
     assert_eq!(v["outputs"][0]["data"], serde_json::json!([0, 2]), "{v}");
+
+    // kill -9, and the repository is gone when it comes back: the ServingRuntime the last
+    // applied commit names (read from the local mirror) serves the revision again.
+    up.kill();
+    let moved = repo.path().with_extension("away");
+    std::fs::rename(repo.path(), &moved).unwrap();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
+    );
+    let result = up.sync();
+    std::fs::rename(&moved, repo.path()).unwrap();
+    assert_eq!(result[0]["outcome"], "FetchFailed", "{result:#}");
+    let status = up.status();
+    assert_eq!(
+        service(&status, "iris")["revisions"][0]["state"],
+        "Ready",
+        "{status:#}"
+    );
+    let (code, head, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(revision_of(&head), "iris-predictor-00001");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([0, 2]), "{v}");
 }

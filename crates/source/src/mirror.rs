@@ -53,10 +53,13 @@ pub struct SignedCommit {
 
 impl Mirror {
     /// Opens the mirror at `dir`, creating an empty bare repository there first if needed.
-    /// `url` is a local path, `file://`, `http://` or `https://` URL.
+    /// `url` is a local path, `file://`, `http://` or `https://` URL. A local path must exist
+    /// unless the mirror already does: then what it holds keeps serving, and fetches report
+    /// the path as they fail.
     pub fn open(url: &str, dir: &Path) -> Result<Self, Error> {
-        let url = normalize_url(url)?;
-        let repo = if dir.join("HEAD").exists() {
+        let existing = dir.join("HEAD").exists();
+        let url = normalize_url(url, existing)?;
+        let repo = if existing {
             gix::open(dir).map_err(|e| Error::Open {
                 path: dir.to_owned(),
                 message: e.to_string(),
@@ -291,14 +294,24 @@ fn fetch_blocking(repo: &gix::Repository, url: &str, interrupt: &AtomicBool) -> 
     Ok(())
 }
 
-/// Local paths become absolute `file://` URLs; URLs pass through.
-fn normalize_url(url: &str) -> Result<String, Error> {
+/// Local paths become absolute `file://` URLs; URLs pass through. A path that does not exist
+/// is an error unless `allow_missing`.
+fn normalize_url(url: &str, allow_missing: bool) -> Result<String, Error> {
     if url.contains("://") {
         return Ok(url.to_owned());
     }
-    let path = std::fs::canonicalize(url).map_err(|e| Error::Fetch {
-        url: url.to_owned(),
-        message: format!("not a URL, and not a local path that exists: {e}"),
-    })?;
+    let path = match std::fs::canonicalize(url) {
+        Ok(path) => path,
+        Err(_) if allow_missing => std::path::absolute(url).map_err(|e| Error::Fetch {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })?,
+        Err(e) => {
+            return Err(Error::Fetch {
+                url: url.to_owned(),
+                message: format!("not a URL, and not a local path that exists: {e}"),
+            });
+        }
+    };
     Ok(format!("file://{}", path.display()))
 }
