@@ -143,6 +143,17 @@ impl Controller {
         for (app, slot) in slots.iter().enumerate() {
             let resumed = resumed_manifests(&syncs, slot, &settings);
             let mut state = slot.state.lock().expect("state");
+            // The commit that was serving is serving again: status names it, a commit that
+            // was refused is refused against it, and a manual-sync Application is not asked to
+            // sync what it already applied.
+            if let Some(r) = &resumed {
+                state.commit = r.record.commit.clone();
+                state.verified = r.record.signer.is_some();
+                state.signer = r.record.signer.clone();
+                state.last_sync_at = Some(r.record.time);
+                state.desired = r.desired.clone();
+                state.runtimes = r.runtimes.clone();
+            }
             for record in services.iter().filter(|s| s.application == slot.app.name) {
                 let id = ServiceId::new(&record.namespace, &record.name);
                 let mut live = LiveService {
@@ -1050,22 +1061,21 @@ enum Loaded {
     Process(Arc<runtime::ProcessRuntime>),
 }
 
-/// The manifests of the last commit an Application applied, read from its local mirror (no
-/// fetch): the desired services and the ServingRuntimes they name.
-fn resumed_manifests(
-    syncs: &[SyncRecord],
-    slot: &Slot,
-    settings: &Settings,
-) -> Option<(Vec<engine::DesiredService>, Vec<manifest::ServingRuntime>)> {
-    let commit = syncs
-        .iter()
-        .find(|s| {
-            s.repo == slot.mirror.url()
-                && s.revision == slot.app.revision
-                && s.outcome == SyncOutcome::Applied
-        })?
-        .commit
-        .as_ref()?;
+/// The last commit an Application applied, with its manifests read from the local mirror (no
+/// fetch).
+struct Resumed {
+    record: SyncRecord,
+    desired: Vec<engine::DesiredService>,
+    runtimes: Vec<manifest::ServingRuntime>,
+}
+
+fn resumed_manifests(syncs: &[SyncRecord], slot: &Slot, settings: &Settings) -> Option<Resumed> {
+    let record = syncs.iter().find(|s| {
+        s.repo == slot.mirror.url()
+            && s.revision == slot.app.revision
+            && s.outcome == SyncOutcome::Applied
+    })?;
+    let commit = record.commit.as_ref()?;
     let sources = match slot.mirror.read_manifests(commit, &slot.app.path) {
         Ok(sources) => sources,
         Err(e) => {
@@ -1088,7 +1098,11 @@ fn resumed_manifests(
         .iter()
         .map(|r| r.value.clone())
         .collect();
-    Some((engine::desired_state(&parsed.manifests), runtimes))
+    Some(Resumed {
+        record: record.clone(),
+        desired: engine::desired_state(&parsed.manifests),
+        runtimes,
+    })
 }
 
 /// The runtime of a stored revision at start-up. ONNX runs in-process. Otherwise the predictor
@@ -1096,7 +1110,7 @@ fn resumed_manifests(
 /// revision of the service, still serving part of a split) with this revision's format and
 /// model, keeping the `runtime:` the service names. `None` when that commit could not be read.
 fn resumed_runtime(
-    resumed: Option<&(Vec<engine::DesiredService>, Vec<manifest::ServingRuntime>)>,
+    resumed: Option<&Resumed>,
     id: &ServiceId,
     rev: &store::RevisionRecord,
     uri: &manifest::StorageUri,
@@ -1104,7 +1118,9 @@ fn resumed_runtime(
     if rev.model_format == "onnx" {
         return Some(Ok(None));
     }
-    let (desired, runtimes) = resumed?;
+    let Resumed {
+        desired, runtimes, ..
+    } = resumed?;
     let model = match desired.iter().find(|d| &d.id == id) {
         Some(d) if d.spec_hash == rev.spec_hash => d.model.clone(),
         other => manifest::ModelSpec {

@@ -323,6 +323,30 @@ fn local_repository_sync_history_restart() {
     assert_eq!(code, 0);
     assert!(out.starts_with("audit log intact"), "{out}");
 
+    // Restarting while the newest commit is a refused one: the last good commit is still the
+    // one serving and the status says so, with the refusal.
+    repo.write("deploy/iris.yaml", &isvc("iris", "pvc://still-nope"));
+    let broken = repo.commit("broken again");
+    assert_eq!(up.sync()[0]["outcome"], "Invalid");
+    up.kill();
+    let up = Up::start(
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
+    );
+    assert_eq!(up.sync()[0]["outcome"], "Unchanged");
+    let status = up.status();
+    assert_eq!(status["source"]["commit"], second.as_str(), "{status:#}");
+    let error = status["source"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&broken[..12]), "{status:#}");
+    assert_eq!(
+        service(&status, "iris")["syncStatus"],
+        "Synced",
+        "{status:#}"
+    );
+    let (code, head, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(revision_of(&head), "iris-predictor-00002");
+
     // A second instance on the same data directory is refused.
     let other = Command::new(BIN)
         .args(["up", "--repo", repo.path().to_str().unwrap()])
