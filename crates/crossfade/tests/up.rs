@@ -237,10 +237,13 @@ fn local_repository_sync_history_restart() {
     repo.write("deploy/iris.yaml", &isvc("iris", &v1));
     let first = repo.commit("iris v1");
     let data = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        data.path(),
-        &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
-    );
+    let start = || {
+        Up::start(
+            data.path(),
+            &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
+        )
+    };
+    let up = start();
 
     let result = up.sync();
     assert_eq!(result[0]["commit"], first.as_str(), "{result:#}");
@@ -297,10 +300,7 @@ fn local_repository_sync_history_restart() {
 
     // kill -9, restart: history, audit chain and revision names survive.
     up.kill();
-    let up = Up::start(
-        data.path(),
-        &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
-    );
+    let up = start();
     assert_eq!(up.sync()[0]["outcome"], "Unchanged");
     let status = up.status();
     assert_eq!(status["source"]["commit"], second.as_str());
@@ -329,10 +329,7 @@ fn local_repository_sync_history_restart() {
     let broken = repo.commit("broken again");
     assert_eq!(up.sync()[0]["outcome"], "Invalid");
     up.kill();
-    let up = Up::start(
-        data.path(),
-        &["--repo", repo.path().to_str().unwrap(), "--path", "deploy"],
-    );
+    let up = start();
     assert_eq!(up.sync()[0]["outcome"], "Unchanged");
     let status = up.status();
     assert_eq!(status["source"]["commit"], second.as_str(), "{status:#}");
