@@ -1083,10 +1083,13 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     );
     repo.commit("iris on MLServer");
     let data = tempfile::tempdir().unwrap();
-    let up = Up::start(
-        data.path(),
-        &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
-    );
+    let start = || {
+        Up::start(
+            data.path(),
+            &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
+        )
+    };
+    let up = start();
     up.sync();
     let status = up.status();
     let iris = service(&status, "iris");
@@ -1109,10 +1112,7 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     up.kill();
     let moved = repo.path().with_extension("away");
     std::fs::rename(repo.path(), &moved).unwrap();
-    let up = Up::start(
-        data.path(),
-        &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
-    );
+    let up = start();
     let result = up.sync();
     std::fs::rename(&moved, repo.path()).unwrap();
     assert_eq!(result[0]["outcome"], "FetchFailed", "{result:#}");

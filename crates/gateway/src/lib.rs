@@ -499,18 +499,8 @@ async fn infer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if let Backend::Proxy(up) = &rev.backend {
-        let mut resp = up
-            .forward(
-                Method::POST,
-                &format!("/v2/models/{model}/infer"),
-                headers,
-                body,
-            )
-            .await
-            .unwrap_or_else(|(s, m)| error(s, m));
-        measure.finish(resp.status());
-        tag_revision(&mut resp, &rev.name);
-        return resp;
+        let path = format!("/v2/models/{model}/infer");
+        return proxy_infer(up, &path, headers, body, measure, &rev.name).await;
     }
     let mut resp = match run_v2(model, rev, &body, json_len, &routed, gw) {
         Ok(rendered) if rendered.binary.is_empty() => axum::Json(rendered.json).into_response(),
@@ -604,18 +594,8 @@ async fn v1_predict(
     let rev = &routed.rev;
     let mut measure = Measure::start(&gw, &routed.metrics);
     if let Backend::Proxy(up) = &rev.backend {
-        let mut resp = up
-            .forward(
-                Method::POST,
-                &format!("/v1/models/{model}:predict"),
-                &headers,
-                body,
-            )
-            .await
-            .unwrap_or_else(|(s, m)| error(s, m));
-        measure.finish(resp.status());
-        tag_revision(&mut resp, &rev.name);
-        return resp;
+        let path = format!("/v1/models/{model}:predict");
+        return proxy_infer(up, &path, &headers, body, measure, &rev.name).await;
     }
     let Some(onnx) = rev.model() else {
         return error(
@@ -731,6 +711,25 @@ pub fn compare(a: &[runtime::Tensor], b: &[runtime::Tensor]) -> (bool, f64) {
         _ => distance == 0.0,
     };
     (agreed, distance)
+}
+
+/// An inference request sent on to a model server process, measured and tagged like one
+/// served in-process.
+async fn proxy_infer(
+    up: &upstream::Upstream,
+    path: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    mut measure: Measure<'_>,
+    revision: &str,
+) -> Response {
+    let mut resp = up
+        .forward(Method::POST, path, headers, body)
+        .await
+        .unwrap_or_else(|(s, m)| error(s, m));
+    measure.finish(resp.status());
+    tag_revision(&mut resp, revision);
+    resp
 }
 
 fn tag_revision(resp: &mut Response, revision: &str) {
