@@ -117,15 +117,7 @@ impl<'n> Map<'n> {
     pub fn req(&self, cx: &mut Cx<'_>, key: &str) -> Option<At<'n>> {
         let got = self.get(key);
         if got.is_none() {
-            cx.push(
-                Diagnostic::error(
-                    Code::MissingField,
-                    cx.file,
-                    self.at.key_or_node_span(),
-                    format!("missing required field `{key}`"),
-                )
-                .with_field(self.at.child(key)),
-            );
+            cx.missing(&self.at, key, format!("missing required field `{key}`"));
         }
         got
     }
@@ -139,6 +131,25 @@ impl Cx<'_> {
     }
 
     /// Reports a problem with the value at `at`.
+    /// Reports the field `key` of the mapping at `at` as missing: pointed at the mapping's
+    /// key, named by the field's path.
+    pub fn missing(
+        &mut self,
+        at: &At<'_>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> &mut Diagnostic {
+        let d = Diagnostic::error(
+            Code::MissingField,
+            self.file,
+            at.key_or_node_span(),
+            message,
+        )
+        .with_field(at.child(key));
+        self.diags.push(d);
+        self.diags.last_mut().expect("just pushed")
+    }
+
     pub fn error(
         &mut self,
         code: Code,

@@ -74,3 +74,19 @@ fn later_documents_count_lines_from_the_start_of_the_file() {
     ];
     assert_eq!(diagnostics(&text), expected);
 }
+
+#[test]
+fn a_predictor_without_a_model_points_at_the_predictor() {
+    let text = "apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris
+spec:
+  predictor:
+    canaryTrafficPercent: 10
+";
+    assert_eq!(
+        diagnostics(text),
+        vec![(Code::MissingField, 6, 3, "spec.predictor.model".to_owned())]
+    );
+}

@@ -157,13 +157,11 @@ fn predictor(doc: &mut Doc<'_, '_>, name: &str, at: &At<'_>) -> Option<Predictor
                     "use `spec.predictor.model` with a `modelFormat`; a ServingRuntime can start any server as a local process".into(),
                 );
             } else {
-                let d = cx.error(
-                    Code::MissingField,
+                cx.missing(
                     at,
+                    "model",
                     "the predictor names no model: add `model` (or a framework such as `onnx`)",
                 );
-                d.field = format!("{}.model", at.path);
-                d.span = at.key_or_node_span();
             }
             return None;
         }
@@ -270,13 +268,11 @@ fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option
     let storage_uri = match m.get("storageUri") {
         Some(a) => storage_uri(cx, &a, doc_require_digest),
         None => {
-            let d = cx.error(
-                Code::MissingField,
+            let d = cx.missing(
                 at,
+                "storageUri",
                 "missing required field `storageUri`: crossfade serves artifacts named by URI",
             );
-            d.field = format!("{}.storageUri", at.path);
-            d.span = at.key_or_node_span();
             if m.has("storage") {
                 d.hint = Some("`storage` (a storage-config secret key) is not supported; write the artifact's URI in `storageUri`".into());
             }
