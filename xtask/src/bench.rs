@@ -2,7 +2,7 @@
 //! peers a user would otherwise pick, in the same run, on this machine.
 //!
 //! Servers are pinned to core 0 and the load generator (wrk) to core 1. Each configuration
-//! runs `passes` times; the median is reported, with the CPU time the server spent per request
+//! runs `passes` times (nginx and the gateway's proxy in turns); the median is reported, with the CPU time the server spent per request
 //! (utime + stime from /proc over the run, divided by the requests served), which is steadier
 //! than requests per second on a noisy machine.
 
@@ -30,8 +30,8 @@ struct Run {
 pub fn run(args: &[String]) -> anyhow::Result<()> {
     let mut opts = Options {
         peers: PathBuf::from("../shared/peers"),
-        duration: 10,
-        passes: 3,
+        duration: 5,
+        passes: 5,
     };
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -42,6 +42,9 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--passes" => opts.passes = value()?.parse()?,
             other => bail!("unknown option {other}"),
         }
+    }
+    if opts.passes == 0 || opts.duration == 0 {
+        bail!("--passes and --duration must be at least 1");
     }
     for tool in ["nginx", "wrk", "taskset"] {
         if Command::new("sh")
@@ -66,6 +69,8 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--release",
             "-p",
             "gateway",
+            "--features",
+            "bench",
             "--bin",
             "gateway-bench",
         ],
@@ -84,18 +89,11 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
     // The two trivial upstreams, then each proxy in front of them.
     let _upstream = Server::nginx(&peers.join("upstream-nginx.conf"), &rundir, "upstream")?;
     let mut rows = Vec::new();
-    {
+    // nginx and the gateway in front of the same upstreams, measured in turns so that a noisy
+    // neighbour hits both alike; the ratio is the median of the ratios of each turn.
+    let proxy_ratio = {
         let nginx = Server::nginx(&peers.join("proxy-nginx.conf"), &rundir, "proxy")?;
         wait_for_port(8081)?;
-        let r = measure(
-            &opts,
-            nginx.pid,
-            "http://127.0.0.1:8081/v1/models/iris:predict",
-            &v1_script,
-        )?;
-        rows.push(("nginx, 90/10 proxy", r));
-    }
-    {
         let gw = Server::spawn(
             Command::new("taskset")
                 .args(["-c", "0"])
@@ -108,14 +106,30 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                 ]),
         )?;
         wait_for_port(18082)?;
-        let r = measure(
-            &opts,
-            gw.pid,
-            "http://127.0.0.1:18082/v1/models/iris:predict",
-            &v1_script,
-        )?;
-        rows.push(("crossfade gateway, 90/10 proxy", r));
-    }
+        let nginx_url = "http://127.0.0.1:8081/v1/models/iris:predict";
+        let gw_url = "http://127.0.0.1:18082/v1/models/iris:predict";
+        wrk(nginx_url, &v1_script, 2)?;
+        wrk(gw_url, &v1_script, 2)?;
+        let mut nginx_runs = Vec::new();
+        let mut gw_runs = Vec::new();
+        for _ in 0..opts.passes {
+            nginx_runs.push(pass(&opts, nginx.pid, nginx_url, &v1_script)?);
+            gw_runs.push(pass(&opts, gw.pid, gw_url, &v1_script)?);
+        }
+        let ratios = |f: fn(&Run) -> f64| {
+            median_f64(
+                nginx_runs
+                    .iter()
+                    .zip(&gw_runs)
+                    .map(|(n, c)| f(c) / f(n))
+                    .collect(),
+            )
+        };
+        let ratio = (ratios(|r| r.rps), ratios(|r| r.cpu_us));
+        rows.push(("nginx, 90/10 proxy", median(nginx_runs, nginx_url)));
+        rows.push(("crossfade gateway, 90/10 proxy", median(gw_runs, gw_url)));
+        ratio
+    };
     {
         let gw = Server::spawn(
             Command::new("taskset")
@@ -199,13 +213,10 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
         );
     }
     println!();
-    if let (Some(n), Some(c)) = (find("nginx"), find("crossfade gateway")) {
-        println!(
-            "proxy, crossfade / nginx: {:.2}x the requests per second, {:.2}x the CPU per request",
-            c.rps / n.rps,
-            c.cpu_us / n.cpu_us
-        );
-    }
+    println!(
+        "proxy, crossfade / nginx (median of {} turns): {:.2}x the requests per second, {:.2}x the CPU per request",
+        opts.passes, proxy_ratio.0, proxy_ratio.1
+    );
     if let (Some(p), Some(c)) = (find("FastAPI"), find("crossfade, iris in-process, V1")) {
         println!(
             "in-process iris, crossfade / FastAPI+onnxruntime: {:.1}x the requests per second, {:.2}x the CPU per request",
@@ -223,21 +234,36 @@ fn measure(opts: &Options, pid: u32, url: &str, script: &Path) -> anyhow::Result
     wrk(url, script, 2)?;
     let mut runs = Vec::new();
     for _ in 0..opts.passes {
-        let before = cpu_ticks(pid)?;
-        let (rps, requests, p50_ms, p99_ms) = wrk(url, script, opts.duration)?;
-        let ticks = cpu_ticks(pid)? - before;
-        let cpu_us = ticks as f64 * 1e6 / clock_ticks() / requests.max(1) as f64;
-        runs.push(Run {
-            rps,
-            p50_ms,
-            p99_ms,
-            cpu_us,
-        });
+        runs.push(pass(opts, pid, url, script)?);
     }
+    Ok(median(runs, url))
+}
+
+/// One measured wrk run against the server `pid`.
+fn pass(opts: &Options, pid: u32, url: &str, script: &Path) -> anyhow::Result<Run> {
+    let before = cpu_ticks(pid)?;
+    let (rps, requests, p50_ms, p99_ms) = wrk(url, script, opts.duration)?;
+    let ticks = cpu_ticks(pid)? - before;
+    let cpu_us = ticks as f64 * 1e6 / clock_ticks() / requests.max(1) as f64;
+    Ok(Run {
+        rps,
+        p50_ms,
+        p99_ms,
+        cpu_us,
+    })
+}
+
+/// The run with the median requests per second.
+fn median(mut runs: Vec<Run>, url: &str) -> Run {
     runs.sort_by(|a, b| a.rps.total_cmp(&b.rps));
     let median = runs[runs.len() / 2];
     eprintln!("xtask: {url}: {median:?}");
-    Ok(median)
+    median
+}
+
+fn median_f64(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// One wrk run: (requests per second, requests, p50 ms, p99 ms).

@@ -133,7 +133,7 @@ async fn serve(
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let data_dir = settings.data_dir.clone();
-    let data_plane = settings.gateway.router();
+    let data_plane = Arc::clone(&settings.gateway);
     let controller = Arc::new(Controller::new(store, settings, apps)?);
     tracing::info!(
         admin = %listener.local_addr()?,
@@ -169,8 +169,8 @@ async fn serve(
     });
     let mut data_stop = stop_rx.clone();
     let data_server = tokio::spawn(async move {
-        axum::serve(data_listener, data_plane)
-            .with_graceful_shutdown(async move {
+        data_plane
+            .serve(data_listener, async move {
                 let _ = data_stop.changed().await;
             })
             .await

@@ -20,9 +20,11 @@
 //! - Client errors (JSON, shapes, datatypes) are 400 with `{"error": ...}` naming the input;
 //!   unknown models 404; bodies over the limit 413; a model failing on an input 500.
 
+mod h1;
 mod metrics;
 mod protocol;
 mod routes;
+mod server;
 mod stats;
 mod upstream;
 
@@ -33,7 +35,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -44,6 +46,11 @@ pub use routes::{
 };
 pub use stats::{Outcome, Summary, WINDOW_SECONDS};
 pub use upstream::Upstream;
+
+/// `x-crossfade-tag: latest|prev` picks a revision by tag.
+static TAG_HEADER: HeaderName = HeaderName::from_static("x-crossfade-tag");
+/// `x-crossfade-key: <anything>` keeps a client on one revision for a given split.
+static KEY_HEADER: HeaderName = HeaderName::from_static("x-crossfade-key");
 
 /// The response header naming the revision that answered.
 pub const REVISION_HEADER: &str = "x-crossfade-revision";
@@ -285,7 +292,7 @@ async fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response 
             .await
             .unwrap_or_else(|(s, m)| error(s, m)),
     };
-    tag_revision(&mut resp, &rev.name);
+    tag_revision(&mut resp, rev);
     resp
 }
 
@@ -327,36 +334,22 @@ async fn version_ready(
     ready(&gw, &model, Some(&version))
 }
 
-fn facts<'a>(headers: &'a HeaderMap, version: Option<&'a str>) -> RequestFacts<'a> {
-    let h = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    RequestFacts {
-        version,
-        host: h(header::HOST.as_str()),
-        tag: h("x-crossfade-tag"),
-        key: h("x-crossfade-key"),
-    }
-}
-
-/// Where a request goes, with what it updates.
-struct Routed {
-    service: String,
-    rev: Arc<Revision>,
-    metrics: metrics::RevisionMetrics,
+/// Where a request goes, borrowed from the route table it was routed by.
+struct Routed<'t> {
+    service: &'t str,
+    rev: &'t Arc<Revision>,
+    metrics: &'t metrics::RevisionMetrics,
     /// The revision to mirror to, when this request is one of the mirrored share.
-    mirror: Option<(Arc<Revision>, metrics::RevisionMetrics)>,
+    mirror: Option<(&'t Arc<Revision>, &'t metrics::RevisionMetrics)>,
 }
 
 /// Routes a request: the revision, or why there is none.
-fn route_request(
-    table: &RouteTable,
+fn route_request<'t>(
+    table: &'t RouteTable,
     model: &str,
     headers: &HeaderMap,
     version: Option<&str>,
-) -> Result<Routed, Failure> {
+) -> Result<Routed<'t>, Failure> {
     let Some(route) = table.models.get(model) else {
         return Err(fail(
             StatusCode::NOT_FOUND,
@@ -365,22 +358,40 @@ fn route_request(
     };
     // RFC 9112 §3.2: more than one Host is a bad request. The same holds for
     // the other headers that pick a revision: choosing one silently would
-    // make routing depend on header order.
-    for name in [header::HOST.as_str(), "x-crossfade-tag", "x-crossfade-key"] {
-        if headers.get_all(name).iter().nth(1).is_some() {
+    // make routing depend on header order. One pass over the headers finds them.
+    let mut facts = RequestFacts {
+        version,
+        host: None,
+        tag: None,
+        key: None,
+    };
+    let mut seen = [false; 3];
+    for (name, value) in headers {
+        let which = if name == header::HOST {
+            0
+        } else if name == TAG_HEADER {
+            1
+        } else if name == KEY_HEADER {
+            2
+        } else {
+            continue;
+        };
+        if std::mem::replace(&mut seen[which], true) {
             return Err(fail(
                 StatusCode::BAD_REQUEST,
                 format!("the request has more than one {name} header"),
             ));
         }
+        // A value that is not visible ASCII counts as absent.
+        let value = value.to_str().ok();
+        match which {
+            0 => facts.host = value,
+            1 => facts.tag = value,
+            _ => facts.key = value,
+        }
     }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let Some((idx, how)) = route.choose(model, facts(headers, version), header) else {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let Some((idx, how)) = route.choose(model, facts, header) else {
         return Err(match version {
             Some(v) => fail(
                 StatusCode::NOT_FOUND,
@@ -399,14 +410,14 @@ fn route_request(
         .filter(|m| fastrand::u8(0..100) < m.percent)
         .and_then(|m| {
             Some((
-                Arc::clone(route.revisions.get(m.revision)?),
-                route.metrics.get(m.revision)?.clone(),
+                route.revisions.get(m.revision)?,
+                route.metrics.get(m.revision)?,
             ))
         });
     Ok(Routed {
-        service: route.service.clone(),
-        rev: Arc::clone(&route.revisions[idx]),
-        metrics: route.metrics[idx].clone(),
+        service: &route.service,
+        rev: &route.revisions[idx],
+        metrics: &route.metrics[idx],
         mirror,
     })
 }
@@ -464,7 +475,10 @@ async fn infer_v2(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer(&gw, &model, None, &headers, body).await
+    match body {
+        Ok(body) => infer(&gw, &model, None, &headers, body).await,
+        Err(e) => body_error(e),
+    }
 }
 
 async fn infer_v2_version(
@@ -473,34 +487,34 @@ async fn infer_v2_version(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    infer(&gw, &model, Some(&version), &headers, body).await
+    match body {
+        Ok(body) => infer(&gw, &model, Some(&version), &headers, body).await,
+        Err(e) => body_error(e),
+    }
 }
 
+/// `POST /v2/models/<model>[/versions/<version>]/infer`.
 async fn infer(
     gw: &Arc<Gateway>,
     model: &str,
     version: Option<&str>,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Bytes,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return body_error(e),
-    };
     let table = gw.table();
     let routed = match route_request(&table, model, headers, version) {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
-    let rev = &routed.rev;
-    let mut measure = Measure::start(gw, &routed.metrics);
+    let rev = routed.rev;
+    let mut measure = Measure::start(gw, routed.metrics);
     let json_len = headers
         .get("inference-header-content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v2/models/{model}/infer");
-        return proxy_infer(up, &path, headers, body, measure, &rev.name).await;
+        return proxy_infer(up, &path, headers, body, measure, rev).await;
     }
     let mut resp = match run_v2(model, rev, &body, json_len, &routed, gw) {
         Ok(rendered) if rendered.binary.is_empty() => axum::Json(rendered.json).into_response(),
@@ -520,7 +534,7 @@ async fn infer(
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
-    tag_revision(&mut resp, &rev.name);
+    tag_revision(&mut resp, rev);
     resp
 }
 
@@ -576,26 +590,32 @@ async fn v1_predict(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(model) = model.strip_suffix(":predict") else {
+    match body {
+        Ok(body) => predict(&gw, &model, &headers, body).await,
+        Err(e) => body_error(e),
+    }
+}
+
+/// `POST /v1/models/<segment>`, where the segment is `<model>:predict`.
+async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: Bytes) -> Response {
+    let Some(model) = segment.strip_suffix(":predict") else {
         return error(
             StatusCode::NOT_FOUND,
-            format!("no such endpoint: POST /v1/models/{model} (did you mean {model}:predict?)"),
+            format!(
+                "no such endpoint: POST /v1/models/{segment} (did you mean {segment}:predict?)"
+            ),
         );
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return body_error(e),
-    };
     let table = gw.table();
-    let routed = match route_request(&table, model, &headers, None) {
+    let routed = match route_request(&table, model, headers, None) {
         Ok(r) => r,
         Err(f) => return f.into_response(),
     };
-    let rev = &routed.rev;
-    let mut measure = Measure::start(&gw, &routed.metrics);
+    let rev = routed.rev;
+    let mut measure = Measure::start(gw, routed.metrics);
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v1/models/{model}:predict");
-        return proxy_infer(up, &path, &headers, body, measure, &rev.name).await;
+        return proxy_infer(up, &path, headers, body, measure, rev).await;
     }
     let Some(onnx) = rev.model() else {
         return error(
@@ -609,7 +629,7 @@ async fn v1_predict(
             let outputs = onnx
                 .infer(std::slice::from_ref(&input))
                 .map_err(runtime_error)?;
-            mirror(&gw, &routed, &[input], &outputs);
+            mirror(gw, &routed, &[input], &outputs);
             Ok(outputs)
         });
     let mut resp = match result {
@@ -617,7 +637,7 @@ async fn v1_predict(
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
-    tag_revision(&mut resp, &rev.name);
+    tag_revision(&mut resp, rev);
     resp
 }
 
@@ -629,14 +649,15 @@ fn mirror(
     inputs: &[runtime::Tensor],
     primary: &[runtime::Tensor],
 ) {
-    let Some((mirror, metrics)) = routed.mirror.clone() else {
+    let Some((mirror, metrics)) = routed.mirror else {
         return;
     };
     gw.mirrors.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let gw = Arc::clone(gw);
     let inputs = inputs.to_vec();
     let primary = primary.to_vec();
-    let service = routed.service.clone();
+    let (mirror, metrics) = (Arc::clone(mirror), metrics.clone());
+    let service = routed.service.to_owned();
     let primary_name = routed.rev.name.clone();
     let second = gw.second();
     let counters = (
@@ -721,7 +742,7 @@ async fn proxy_infer(
     headers: &HeaderMap,
     body: Bytes,
     mut measure: Measure<'_>,
-    revision: &str,
+    revision: &Revision,
 ) -> Response {
     let mut resp = up
         .forward(Method::POST, path, headers, body)
@@ -732,10 +753,9 @@ async fn proxy_infer(
     resp
 }
 
-fn tag_revision(resp: &mut Response, revision: &str) {
-    if let Ok(v) = HeaderValue::from_str(revision) {
-        resp.headers_mut().insert(REVISION_HEADER, v);
-    }
+fn tag_revision(resp: &mut Response, revision: &Revision) {
+    resp.headers_mut()
+        .insert(REVISION_HEADER, revision.header.clone());
 }
 
 #[cfg(test)]

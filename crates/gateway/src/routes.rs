@@ -14,6 +14,14 @@ pub struct Revision {
     /// Kept alive as long as the revision: a model server process is stopped only when the last
     /// request routed to it has finished.
     pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
+    /// `name` as the value of the `x-crossfade-revision` header, made once.
+    pub(crate) header: axum::http::HeaderValue,
+}
+
+/// Revision names are DNS-1123 labels, always valid header values; anything else is dropped.
+fn header_value(name: &str) -> axum::http::HeaderValue {
+    axum::http::HeaderValue::from_str(name)
+        .unwrap_or_else(|_| axum::http::HeaderValue::from_static(""))
 }
 
 /// What answers a revision's requests.
@@ -26,16 +34,20 @@ pub enum Backend {
 
 impl Revision {
     pub fn onnx(name: impl Into<String>, model: OnnxModel) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            header: header_value(&name),
+            name,
             backend: Backend::Onnx(model),
             guard: None,
         }
     }
 
     pub fn proxy(name: impl Into<String>, upstream: crate::upstream::Upstream) -> Self {
+        let name = name.into();
         Self {
-            name: name.into(),
+            header: header_value(&name),
+            name,
             backend: Backend::Proxy(Box::new(upstream)),
             guard: None,
         }
@@ -154,11 +166,11 @@ impl Route {
 
     /// Picks the revision for a request, or `None` when the service has nothing to serve (or
     /// the pinned version or tag does not exist).
-    pub fn choose(
+    pub fn choose<'h>(
         &self,
         model: &str,
         facts: RequestFacts<'_>,
-        header: impl Fn(&str) -> Option<String>,
+        header: impl Fn(&str) -> Option<&'h str>,
     ) -> Option<(usize, Chosen)> {
         if let Some(v) = facts.version {
             return self
@@ -168,22 +180,26 @@ impl Route {
                 .map(|i| (i, Chosen::Pinned));
         }
         if self.tag_routing {
-            let tag = facts.tag.map(str::to_owned).or_else(|| {
-                let host = facts.host?.split(':').next()?;
-                if host.starts_with(&format!("latest-{model}."))
-                    || host == format!("latest-{model}")
-                {
-                    Some("latest".into())
-                } else if host.starts_with(&format!("prev-{model}."))
-                    || host == format!("prev-{model}")
-                {
-                    Some("prev".into())
+            // `latest-<model>` or `latest-<model>.<anything>`, any port.
+            let host_tag = |prefix: &str| {
+                facts
+                    .host
+                    .and_then(|h| h.split(':').next())
+                    .and_then(|h| h.strip_prefix(prefix))
+                    .and_then(|h| h.strip_prefix(model))
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('.'))
+            };
+            let tag = facts.tag.or_else(|| {
+                if host_tag("latest-") {
+                    Some("latest")
+                } else if host_tag("prev-") {
+                    Some("prev")
                 } else {
                     None
                 }
             });
             if let Some(tag) = tag {
-                let idx = match tag.as_str() {
+                let idx = match tag {
                     "latest" => self.latest,
                     "prev" => self.prev,
                     _ => None,
@@ -195,7 +211,7 @@ impl Route {
             if route
                 .matches
                 .iter()
-                .all(|(name, m)| header(name).is_some_and(|v| m.matches(&v)))
+                .all(|(name, m)| header(name).is_some_and(|v| m.matches(v)))
             {
                 return Some((route.revision, Chosen::Header));
             }

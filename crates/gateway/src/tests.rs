@@ -43,8 +43,21 @@ fn gateway(limit: usize) -> Arc<Gateway> {
     gw
 }
 
+/// Sends `req` the way the data plane's server does: inference straight to its handler, the
+/// rest through the router.
 async fn send(gw: &Arc<Gateway>, req: Request<Body>) -> (StatusCode, Option<String>, Value) {
-    let resp = gw.router().oneshot(req).await.unwrap();
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let target = parts.uri.path_and_query().unwrap().as_str();
+    let resp = server::dispatch(
+        gw,
+        &gw.router(),
+        parts.method.clone(),
+        target,
+        parts.headers,
+        body,
+    )
+    .await;
     let status = resp.status();
     let rev = resp
         .headers()
@@ -223,10 +236,6 @@ async fn client_errors_name_the_input() {
     )
     .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let big = json!({"inputs": [{"name": "X", "shape": [200, 4], "datatype": "FP32", "data": vec![1.0; 800]}]});
-    let (s, _, v) = send(&gw, infer("/v2/models/iris/infer", &big, &[])).await;
-    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(v["error"].is_string());
 }
 
 #[tokio::test]
@@ -660,4 +669,320 @@ async fn proxy_to_model_server_processes() {
     let (s, _, v) = send(&gone, infer("/v1/models/iris:predict", &body, &[])).await;
     assert_eq!(s, StatusCode::BAD_GATEWAY);
     assert!(v["error"].as_str().unwrap().contains("127.0.0.1:1"), "{v}");
+}
+
+// === The server, over TCP ===
+
+/// A running data plane on port 0 and the handle that stops it.
+struct Served {
+    addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+async fn serve(gw: Arc<Gateway>) -> Served {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let done = tokio::spawn(async move {
+        gw.serve(listener, async move {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    Served { addr, stop, done }
+}
+
+/// One answer read off the wire.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Reads `n` answers (each with a content-length, or none for HEAD when `head`), then
+/// whether the server closed the connection after them.
+async fn answers(sock: &mut tokio::net::TcpStream, n: usize, head: bool) -> (Vec<Answer>, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut eof = false;
+    while out.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = resp.parse(&buf) {
+            let headers: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_owned(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let status = resp.code.unwrap();
+            let cl: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .map_or(0, |(_, v)| v.parse().unwrap());
+            let cl = if head || status == 100 { 0 } else { cl };
+            if buf.len() >= len + cl {
+                let body = buf[len..len + cl].to_vec();
+                buf.drain(..len + cl);
+                if status != 100 {
+                    out.push(Answer {
+                        status,
+                        headers,
+                        body,
+                    });
+                }
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let got = sock.read(&mut chunk).await.unwrap_or(0);
+        assert!(got > 0, "closed after {} answers: {out:?}", out.len());
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    assert!(
+        buf.is_empty(),
+        "unexpected bytes: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    let mut chunk = [0u8; 1];
+    // Closed connections read 0 at once; open ones would wait, so ask only when expected.
+    if out.last().and_then(|a| a.header("connection")) == Some("close") {
+        eof = sock.read(&mut chunk).await.unwrap_or(0) == 0;
+    }
+    (out, eof)
+}
+
+async fn connect(served: &Served) -> tokio::net::TcpStream {
+    tokio::net::TcpStream::connect(served.addr).await.unwrap()
+}
+
+async fn write(sock: &mut tokio::net::TcpStream, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    sock.write_all(bytes).await.unwrap();
+}
+
+fn post(path: &str, extra: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n{extra}content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+#[tokio::test]
+async fn keep_alive_and_pipelined_requests_are_answered_in_order() {
+    let served = serve(gateway(1 << 20)).await;
+    let mut sock = connect(&served).await;
+    let body = iris_body().to_string();
+    let pinned = "/v2/models/iris/versions/iris-predictor-00002/infer";
+    // Three requests in one write: inference (straight to its handler), health and metadata
+    // (through the router), then a V1 predict.
+    let mut bytes = post(pinned, "", &body);
+    bytes.push_str("GET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n");
+    bytes.push_str("GET /v2/models/iris HTTP/1.1\r\nhost: x\r\n\r\n");
+    bytes.push_str(&post(
+        "/v1/models/iris:predict",
+        "x-crossfade-tag: prev\r\n",
+        r#"{"instances": [[6.3, 3.3, 6.0, 2.5]]}"#,
+    ));
+    write(&mut sock, bytes.as_bytes()).await;
+    let (got, _) = answers(&mut sock, 4, false).await;
+    assert_eq!(
+        got.iter().map(|a| a.status).collect::<Vec<_>>(),
+        [200, 200, 200, 200]
+    );
+    assert_eq!(got[0].header(REVISION_HEADER), Some("iris-predictor-00002"));
+    assert_eq!(got[0].json()["id"], "req-42");
+    assert_eq!(got[2].json()["name"], "iris");
+    assert_eq!(got[3].header(REVISION_HEADER), Some("iris-predictor-00001"));
+    assert_eq!(got[3].json()["predictions"], json!([2]));
+    assert!(
+        got.iter()
+            .all(|a| a.header("date").is_some_and(|d| d.ends_with(" GMT")))
+    );
+    // The same connection serves on.
+    write(&mut sock, post(pinned, "", &body).as_bytes()).await;
+    let (got, _) = answers(&mut sock, 1, false).await;
+    assert_eq!(got[0].status, 200);
+}
+
+#[tokio::test]
+async fn chunked_bodies_and_expect_continue() {
+    let served = serve(gateway(1 << 20)).await;
+    let mut sock = connect(&served).await;
+    let body = iris_body().to_string();
+    let (a, b) = body.split_at(17);
+    let chunked = format!(
+        "POST /v2/models/iris/versions/iris-predictor-00001/infer HTTP/1.1\r\nhost: x\r\n\
+         transfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n\
+         {:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\ntrailer: t\r\n\r\n",
+        a.len(),
+        b.len()
+    );
+    write(&mut sock, chunked.as_bytes()).await;
+    let (got, _) = answers(&mut sock, 1, false).await;
+    assert_eq!(
+        got[0].status,
+        200,
+        "{:?}",
+        String::from_utf8_lossy(&got[0].body)
+    );
+    let by_length = send(
+        &gateway(1 << 20),
+        infer(
+            "/v2/models/iris/versions/iris-predictor-00001/infer",
+            &iris_body(),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(got[0].json(), by_length.2);
+}
+
+#[tokio::test]
+async fn bad_framing_and_oversized_bodies_are_refused_and_the_connection_closed() {
+    let served = serve(gateway(1000)).await;
+    let cases: [(&str, u16, &str); 6] = [
+        // Over the limit, by length: refused before the body is read.
+        (
+            "POST /v2/models/iris/infer HTTP/1.1\r\ncontent-length: 5000\r\n\r\n",
+            413,
+            "larger than the limit",
+        ),
+        // Over the limit, chunked.
+        (
+            "POST /v2/models/iris/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n7d0\r\n",
+            413,
+            "larger than the limit",
+        ),
+        (
+            "POST /v2/models/iris/infer HTTP/1.1\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
+            400,
+            "both content-length and transfer-encoding",
+        ),
+        (
+            "POST /v2/models/iris/infer HTTP/1.1\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\n",
+            400,
+            "two different content-length",
+        ),
+        (
+            "POST /v2/models/iris/infer HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            400,
+            "hexadecimal",
+        ),
+        ("NOT HTTP\r\n\r\n", 400, "not an HTTP/1.1 request"),
+    ];
+    for (request, status, message) in cases {
+        let mut sock = connect(&served).await;
+        let filler = "a".repeat(2000);
+        write(&mut sock, request.as_bytes()).await;
+        if status == 413 {
+            // The body that follows is never read.
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut sock, filler.as_bytes()).await;
+        }
+        let (got, closed) = answers(&mut sock, 1, false).await;
+        assert_eq!(got[0].status, status, "{request}");
+        let error = got[0].json()["error"].as_str().unwrap().to_owned();
+        assert!(error.contains(message), "{request}: {error}");
+        assert!(closed, "{request}");
+    }
+    // Too many headers.
+    let mut sock = connect(&served).await;
+    let mut many = String::from("GET /v2 HTTP/1.1\r\n");
+    for i in 0..150 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    write(&mut sock, many.as_bytes()).await;
+    let (got, closed) = answers(&mut sock, 1, false).await;
+    assert_eq!((got[0].status, closed), (431, true));
+}
+
+#[tokio::test]
+async fn http_1_0_head_requests_and_connection_close() {
+    let served = serve(gateway(1 << 20)).await;
+    // HTTP/1.0 without keep-alive: one answer, then closed.
+    let mut sock = connect(&served).await;
+    write(&mut sock, b"GET /v2/health/live HTTP/1.0\r\n\r\n").await;
+    let (got, closed) = answers(&mut sock, 1, false).await;
+    assert_eq!((got[0].status, closed), (200, true));
+    // HTTP/1.0 with keep-alive: kept, and said so.
+    let mut sock = connect(&served).await;
+    write(
+        &mut sock,
+        b"GET /v2 HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let (got, _) = answers(&mut sock, 1, false).await;
+    assert_eq!(got[0].header("connection"), Some("keep-alive"));
+    // HEAD: the length of the body, not the body.
+    write(
+        &mut sock,
+        b"HEAD /v2 HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+    )
+    .await;
+    let (got, _) = answers(&mut sock, 1, true).await;
+    assert!(got[0].body.is_empty());
+    assert!(
+        got[0]
+            .header("content-length")
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+            > 0
+    );
+    // `connection: close` from the client.
+    let mut sock = connect(&served).await;
+    write(&mut sock, b"GET /v2 HTTP/1.1\r\nconnection: close\r\n\r\n").await;
+    let (got, closed) = answers(&mut sock, 1, false).await;
+    assert_eq!((got[0].status, closed), (200, true));
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_finishes_started_requests() {
+    use tokio::io::AsyncReadExt;
+    let served = serve(gateway(1 << 20)).await;
+    let mut idle = connect(&served).await;
+    let mut busy = connect(&served).await;
+    // A request whose body has not arrived when the shutdown starts: the server has read
+    // its head once it says `100 Continue`.
+    let body = iris_body().to_string();
+    let request = post("/v2/models/iris/infer", "expect: 100-continue\r\n", &body);
+    let (head, rest) = request.split_at(request.len() - body.len());
+    write(&mut busy, head.as_bytes()).await;
+    let mut interim = [0u8; 25];
+    busy.read_exact(&mut interim).await.unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    // The idle connection is known to the server once it has answered on it.
+    write(&mut idle, b"GET /v2/health/live HTTP/1.1\r\n\r\n").await;
+    answers(&mut idle, 1, false).await;
+    served.stop.send(()).unwrap();
+    // The idle connection is closed by the server.
+    let mut byte = [0u8; 1];
+    assert_eq!(idle.read(&mut byte).await.unwrap(), 0);
+    // The started request completes, answered with `connection: close`.
+    write(&mut busy, rest.as_bytes()).await;
+    let (got, closed) = answers(&mut busy, 1, false).await;
+    assert_eq!((got[0].status, closed), (200, true));
+    served.done.await.unwrap().unwrap();
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(served.addr).await.is_err());
 }

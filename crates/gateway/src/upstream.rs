@@ -1,18 +1,32 @@
 //! Proxying to a model server running as a separate process (a ServingRuntime), over HTTP/1.1
 //! with pooled keep-alive connections.
+//!
+//! Each upstream connection is used by one request at a time, from that request's task: the
+//! request is written, the answer read and the connection put back on the idle list with no
+//! hand-off to another task. An idle connection is not watched; if the model server closed it
+//! meanwhile, the request is sent again, once, on a new connection (inference requests have no
+//! side effects), so a restarted model server costs no error.
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::h1::{self, BodyError, Framing, Wire};
+
+/// Idle connections kept per upstream; more are closed when their request ends.
+const MAX_IDLE: usize = 256;
+/// Largest answer accepted from a model server.
+const MAX_ANSWER: usize = 256 * 1024 * 1024;
 
 /// A model server reachable at `http://<authority>`.
 #[derive(Clone)]
 pub struct Upstream {
-    authority: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    authority: Arc<str>,
+    idle: Arc<Mutex<Vec<Wire>>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -21,34 +35,142 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Headers that belong to one connection and are not forwarded.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "host",
-];
+/// Headers that belong to one connection, or that this client writes itself.
+fn forwarded(name: &str) -> bool {
+    !matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "host"
+            | "content-length"
+            | "expect"
+    )
+}
+
+type Failure = (StatusCode, String);
+
+/// An answer: status, content type, body.
+struct Answer {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+}
+
+/// How an exchange failed: before any byte of the answer arrived (safe to send again) or
+/// after.
+enum Broken {
+    BeforeAnswer(String),
+    DuringAnswer(String),
+}
+
+/// Sends one request on `wire` and reads the whole answer; `Ok((answer, reusable))`.
+async fn exchange(wire: &mut Wire, request: &[u8]) -> Result<(Answer, bool), Broken> {
+    wire.stream
+        .write_all(request)
+        .await
+        .map_err(|e| Broken::BeforeAnswer(e.to_string()))?;
+    wire.buf.clear();
+    loop {
+        let (status, head_len, framing, content_type, close) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&wire.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let code = resp.code.unwrap_or(502);
+                    let status = StatusCode::from_u16(code)
+                        .map_err(|_| Broken::DuringAnswer(format!("bad status {code}")))?;
+                    let scan = h1::scan(resp.headers);
+                    let framing = scan
+                        .framing()
+                        .map_err(|e| Broken::DuringAnswer(e.to_owned()))?;
+                    let content_type = resp
+                        .headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case("content-type"))
+                        .and_then(|h| HeaderValue::from_bytes(h.value).ok());
+                    let close = if resp.version == Some(0) {
+                        !scan.keep_alive
+                    } else {
+                        scan.close
+                    };
+                    break (status, len, framing, content_type, close);
+                }
+                Ok(httparse::Status::Partial) if wire.buf.len() > h1::MAX_HEAD => {
+                    return Err(Broken::DuringAnswer(
+                        "the answer's head is too large".into(),
+                    ));
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => return Err(Broken::DuringAnswer(format!("not HTTP/1.1: {e}"))),
+            }
+            let started = !wire.buf.is_empty();
+            match wire.fill().await {
+                Ok(true) => {}
+                Ok(false) if !started => {
+                    return Err(Broken::BeforeAnswer("the connection was closed".into()));
+                }
+                Ok(false) => return Err(Broken::DuringAnswer("the connection was closed".into())),
+                Err(e) if !started => return Err(Broken::BeforeAnswer(e.to_string())),
+                Err(e) => return Err(Broken::DuringAnswer(e.to_string())),
+            }
+        };
+        bytes::Buf::advance(&mut wire.buf, head_len);
+        // Interim answers (100 Continue) come before the real one.
+        if status.is_informational() {
+            continue;
+        }
+        let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            Framing::Length(0)
+        } else {
+            framing.unwrap_or(Framing::UntilClose)
+        };
+        let body = wire.body(framing, MAX_ANSWER).await.map_err(|e| match e {
+            BodyError::TooLarge => Broken::DuringAnswer(format!(
+                "the answer is larger than {} MiB",
+                MAX_ANSWER >> 20
+            )),
+            e => Broken::DuringAnswer(e.to_string()),
+        })?;
+        let reusable = !close && framing != Framing::UntilClose && wire.buf.is_empty();
+        return Ok((
+            Answer {
+                status,
+                content_type,
+                body,
+            },
+            reusable,
+        ));
+    }
+}
 
 impl Upstream {
     /// An upstream at `authority` (`127.0.0.1:9001`).
     pub fn new(authority: impl Into<String>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(256)
-            .build(connector);
+        let authority: String = authority.into();
         Self {
             authority: authority.into(),
-            client,
+            idle: Arc::default(),
         }
     }
 
     pub fn authority(&self) -> &str {
         &self.authority
+    }
+
+    fn checkout(&self) -> Option<Wire> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn checkin(&self, wire: Wire) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(wire);
+        }
     }
 
     /// Sends the request on and returns the answer as it came (status, content type, body).
@@ -58,46 +180,197 @@ impl Upstream {
         path: &str,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Body>, (StatusCode, String)> {
-        let uri: Uri = format!("http://{}{path}", self.authority)
-            .parse()
-            .map_err(|e| {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    format!("bad upstream URI: {e}"),
-                )
-            })?;
-        let mut req = Request::builder().method(method).uri(uri);
+    ) -> Result<Response<Body>, Failure> {
+        let mut request = Vec::with_capacity(256 + body.len());
+        request.extend_from_slice(method.as_str().as_bytes());
+        request.push(b' ');
+        request.extend_from_slice(path.as_bytes());
+        request.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        request.extend_from_slice(self.authority.as_bytes());
+        request.extend_from_slice(b"\r\n");
         for (name, value) in headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) {
-                req = req.header(name, value);
+            if forwarded(name.as_str()) {
+                request.extend_from_slice(name.as_str().as_bytes());
+                request.extend_from_slice(b": ");
+                request.extend_from_slice(value.as_bytes());
+                request.extend_from_slice(b"\r\n");
             }
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        let resp = self.client.request(req).await.map_err(|e| {
+        if !body.is_empty() || method == Method::POST || method == Method::PUT {
+            // Writing to a Vec cannot fail.
+            let _ = write!(request, "content-length: {}\r\n", body.len());
+        }
+        request.extend_from_slice(b"\r\n");
+        request.extend_from_slice(&body);
+
+        let answer = match self.checkout() {
+            Some(mut wire) => match exchange(&mut wire, &request).await {
+                Ok((answer, reusable)) => {
+                    if reusable {
+                        self.checkin(wire);
+                    }
+                    answer
+                }
+                // A kept-alive connection the model server had closed: once more, afresh.
+                Err(Broken::BeforeAnswer(_)) => self.exchange_fresh(&request).await?,
+                Err(Broken::DuringAnswer(e)) => return Err(broke_off(e)),
+            },
+            None => self.exchange_fresh(&request).await?,
+        };
+        let mut out = Response::builder().status(answer.status);
+        if let Some(ct) = answer.content_type {
+            out = out.header(header::CONTENT_TYPE, ct);
+        }
+        out.body(Body::from(answer.body))
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+
+    async fn exchange_fresh(&self, request: &[u8]) -> Result<Answer, Failure> {
+        let not_answering = |e: String| {
             (
                 StatusCode::BAD_GATEWAY,
                 format!("the model server at {} did not answer: {e}", self.authority),
             )
-        })?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body
-            .collect()
+        };
+        let stream = TcpStream::connect(&*self.authority)
             .await
-            .map_err(|e| {
-                (
-                    StatusCode::BAD_GATEWAY,
-                    format!("the model server's answer broke off: {e}"),
-                )
-            })?
-            .to_bytes();
-        let mut out = Response::builder().status(parts.status);
-        if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
-            out = out.header(header::CONTENT_TYPE, ct);
+            .map_err(|e| not_answering(e.to_string()))?;
+        stream
+            .set_nodelay(true)
+            .map_err(|e| not_answering(e.to_string()))?;
+        let mut wire = Wire::new(stream);
+        match exchange(&mut wire, request).await {
+            Ok((answer, reusable)) => {
+                if reusable {
+                    self.checkin(wire);
+                }
+                Ok(answer)
+            }
+            Err(Broken::BeforeAnswer(e)) => Err(not_answering(e)),
+            Err(Broken::DuringAnswer(e)) => Err(broke_off(e)),
         }
-        out.body(Body::from(bytes))
-            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+    }
+}
+
+fn broke_off(e: String) -> Failure {
+    (
+        StatusCode::BAD_GATEWAY,
+        format!("the model server's answer broke off: {e}"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A raw HTTP/1.1 server on port 0 answering `ok` with keep-alive; with `one_per_connection`
+    /// it takes a second request on a connection and closes it without an answer or a word, as
+    /// a model server restarting or timing out idle connections would. Returns its address and
+    /// the number of connections it accepted.
+    async fn raw_server(one_per_connection: bool) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    let mut answered = 0;
+                    loop {
+                        // Requests here have no body: the head ends the request.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            if one_per_connection && answered == 1 {
+                                return;
+                            }
+                            answered += 1;
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+                            if sock.write_all(answer).await.is_err() {
+                                return;
+                            }
+                        }
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    async fn get(up: &Upstream) -> Result<(StatusCode, Bytes), Failure> {
+        let resp = up
+            .forward(Method::GET, "/x", &HeaderMap::new(), Bytes::new())
+            .await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Ok((status, body))
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_alive_and_reused() {
+        let (addr, accepted) = raw_server(false).await;
+        let up = Upstream::new(addr);
+        for _ in 0..50 {
+            assert_eq!(get(&up).await.unwrap(), (StatusCode::OK, Bytes::from("ok")));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_is_replaced_without_an_error() {
+        let (addr, accepted) = raw_server(true).await;
+        let up = Upstream::new(addr);
+        for _ in 0..20 {
+            assert_eq!(get(&up).await.unwrap(), (StatusCode::OK, Bytes::from("ok")));
+        }
+        // The first on a new connection, then a reused one that breaks and a new one: 1 + 19.
+        assert_eq!(accepted.load(Ordering::SeqCst), 20);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_each_get_their_own_connection() {
+        let (addr, accepted) = raw_server(false).await;
+        let up = Upstream::new(addr);
+        let answers = futures_join_all((0..8).map(|_| {
+            let up = up.clone();
+            async move { get(&up).await }
+        }))
+        .await;
+        assert!(
+            answers
+                .iter()
+                .all(|a| a.as_ref().unwrap().0 == StatusCode::OK)
+        );
+        let opened = accepted.load(Ordering::SeqCst);
+        assert!((1..=8).contains(&opened), "{opened}");
+        // All of them went back to the idle list and serve the next round.
+        for _ in 0..8 {
+            get(&up).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), opened);
+    }
+
+    async fn futures_join_all<F: Future + Send + 'static>(
+        futs: impl Iterator<Item = F>,
+    ) -> Vec<F::Output>
+    where
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = futs.map(tokio::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
     }
 }

@@ -67,6 +67,8 @@ fn main() {
             "gateway-bench listening on {}",
             listener.local_addr().unwrap()
         );
-        axum::serve(listener, gw.router()).await.expect("serve");
+        gw.serve(listener, std::future::pending())
+            .await
+            .expect("serve");
     });
 }
