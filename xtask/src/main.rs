@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// Crates that must stay free of IO stacks: no async runtime, no HTTP, no git.
-const PURE_CRATES: &[&str] = &["manifest", "engine"];
+const PURE_CRATES: &[&str] = &["manifest", "engine", "analysis"];
 const FORBIDDEN_IN_PURE: &[&str] = &[
     "tokio",
     "hyper",

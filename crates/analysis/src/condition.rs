@@ -161,14 +161,29 @@ mod tests {
         // From Argo Rollouts' analysis documentation.
         assert_eq!(holds("result[0] >= 0.95", json!([0.97])), Ok(true));
         assert_eq!(holds("result[0] >= 0.95", json!([0.9])), Ok(false));
-        assert_eq!(holds("len(result) == 0 || result[0] < 0.5", json!([])), Ok(true));
-        assert_eq!(holds("len(result) == 0 || result[0] < 0.5", json!([0.7])), Ok(false));
         assert_eq!(
-            holds("len(result) > 0 && all(result, {# > 0.9})", json!([0.95, 0.99])),
+            holds("len(result) == 0 || result[0] < 0.5", json!([])),
+            Ok(true)
+        );
+        assert_eq!(
+            holds("len(result) == 0 || result[0] < 0.5", json!([0.7])),
+            Ok(false)
+        );
+        assert_eq!(
+            holds(
+                "len(result) > 0 && all(result, {# > 0.9})",
+                json!([0.95, 0.99])
+            ),
             Ok(true)
         );
         assert_eq!(holds("result == true", json!(true)), Ok(true));
-        assert_eq!(holds("result.ok && result.score > 3", json!({"ok": true, "score": 4})), Ok(true));
+        assert_eq!(
+            holds(
+                "result.ok && result.score > 3",
+                json!({"ok": true, "score": 4})
+            ),
+            Ok(true)
+        );
         // A whole number compares with a fraction.
         assert_eq!(holds("result >= 0.99", json!(1)), Ok(true));
     }

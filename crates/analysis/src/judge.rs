@@ -37,7 +37,10 @@ pub fn evaluate(
         (Some(s), Some(f)) => (s, f),
     };
     if failed {
-        let cond = failure.or(success).map(Condition::source).unwrap_or_default();
+        let cond = failure
+            .or(success)
+            .map(Condition::source)
+            .unwrap_or_default();
         let why = if failure.is_some() {
             format!("`{cond}` holds for {value}")
         } else {
@@ -169,16 +172,25 @@ mod tests {
         assert_eq!(evaluate(None, Some(&bad), &v(0.9)).0, Phase::Successful);
         assert_eq!(evaluate(None, Some(&bad), &v(0.1)).0, Phase::Failed);
         // Both: between them is inconclusive.
-        assert_eq!(evaluate(Some(&ok), Some(&bad), &v(0.7)).0, Phase::Inconclusive);
+        assert_eq!(
+            evaluate(Some(&ok), Some(&bad), &v(0.7)).0,
+            Phase::Inconclusive
+        );
         assert_eq!(evaluate(Some(&ok), Some(&bad), &v(0.1)).0, Phase::Failed);
         // The failure condition wins when both hold.
         let always = c("true");
-        assert_eq!(evaluate(Some(&always), Some(&always), &v(1.0)).0, Phase::Failed);
+        assert_eq!(
+            evaluate(Some(&always), Some(&always), &v(1.0)).0,
+            Phase::Failed
+        );
         // No data is never a pass; an unevaluable condition is an error.
         let (phase, why) = evaluate(Some(&ok), None, &Reading::NoData("no requests".into()));
         assert_eq!(phase, Phase::Inconclusive);
         assert!(why.unwrap().contains("no requests"));
-        assert_eq!(evaluate(Some(&ok), None, &Reading::Value(json!([]))).0, Phase::Error);
+        assert_eq!(
+            evaluate(Some(&ok), None, &Reading::Value(json!([]))).0,
+            Phase::Error
+        );
         assert_eq!(
             evaluate(Some(&ok), None, &Reading::Error("timeout".into())).0,
             Phase::Error
@@ -227,9 +239,15 @@ mod tests {
     #[test]
     fn run_phase_takes_the_worst_that_counts() {
         use Phase::*;
-        assert_eq!(run_phase([(Successful, false), (Successful, false)]), Successful);
+        assert_eq!(
+            run_phase([(Successful, false), (Successful, false)]),
+            Successful
+        );
         assert_eq!(run_phase([(Successful, false), (Running, false)]), Running);
-        assert_eq!(run_phase([(Inconclusive, false), (Running, false)]), Inconclusive);
+        assert_eq!(
+            run_phase([(Inconclusive, false), (Running, false)]),
+            Inconclusive
+        );
         assert_eq!(run_phase([(Error, false), (Inconclusive, false)]), Error);
         assert_eq!(run_phase([(Error, false), (Failed, false)]), Failed);
         // Dry-run metrics never decide.

@@ -163,11 +163,7 @@ fn resolve_metric(
         Provider::Web(w) => ProviderSpec::Web {
             url: sub(&w.url),
             method: w.method,
-            headers: w
-                .headers
-                .iter()
-                .map(|(k, v)| (sub(k), sub(v)))
-                .collect(),
+            headers: w.headers.iter().map(|(k, v)| (sub(k), sub(v))).collect(),
             body: w.body.as_deref().map(sub),
             json_path: w.json_path.as_deref().map(sub),
             timeout: w.timeout,

@@ -100,9 +100,7 @@ impl Run {
                 self.record(
                     specs,
                     &name,
-                    &Reading::Error(format!(
-                        "no answer within {MEASUREMENT_TIMEOUT_SECS} s"
-                    )),
+                    &Reading::Error(format!("no answer within {MEASUREMENT_TIMEOUT_SECS} s")),
                     since,
                     now,
                 );
@@ -246,7 +244,12 @@ mod tests {
     use crate::{Condition, ProviderSpec};
     use std::time::Duration;
 
-    fn spec(name: &str, interval: Option<u64>, count: Option<u32>, failure_limit: u32) -> MetricSpec {
+    fn spec(
+        name: &str,
+        interval: Option<u64>,
+        count: Option<u32>,
+        failure_limit: u32,
+    ) -> MetricSpec {
         MetricSpec {
             name: name.into(),
             template: "t".into(),
@@ -296,7 +299,10 @@ mod tests {
 
     #[test]
     fn a_failing_metric_ends_the_run_with_a_reason() {
-        let specs = [spec("rate", Some(30), None, 1), spec("other", Some(30), None, 0)];
+        let specs = [
+            spec("rate", Some(30), None, 1),
+            spec("other", Some(30), None, 0),
+        ];
         let mut run = Run::start("r", &specs, 0);
         assert_eq!(run.take_due(&specs, 10), vec![0, 1]);
         run.record(&specs, "rate", &v(0.5), 10, 10);
@@ -327,7 +333,13 @@ mod tests {
 
         let mut run = Run::start("r", &specs, 0);
         run.take_due(&specs, 10);
-        run.record(&specs, "rate", &Reading::NoData("no requests in 1m".into()), 10, 10);
+        run.record(
+            &specs,
+            "rate",
+            &Reading::NoData("no requests in 1m".into()),
+            10,
+            10,
+        );
         assert_eq!(run.phase, Phase::Inconclusive);
         assert!(run.message.unwrap().contains("no requests in 1m"));
     }

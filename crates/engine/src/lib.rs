@@ -6,6 +6,7 @@
 
 mod desired;
 mod reconcile;
+pub mod rollout;
 
 pub use desired::{DesiredService, ServiceId, desired_state, spec_hash};
 pub use reconcile::{
