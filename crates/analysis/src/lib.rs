@@ -22,8 +22,11 @@
 //! - A run takes the worst phase of its metrics that are not dry-run (Failed, Error,
 //!   Inconclusive, in that order); as soon as one is reached, the run is over.
 
+pub mod builtin;
 mod condition;
 pub mod judge;
+#[cfg(feature = "providers")]
+pub mod providers;
 mod resolve;
 mod run;
 

@@ -40,6 +40,9 @@ pub struct DesiredService {
     pub tag_routing: bool,
     /// The Rollout that drives the service, if any.
     pub rollout: Option<String>,
+    /// The canary's share the Rollout sets now (see [`crate::rollout`]); with a Rollout and
+    /// none set, the canary waits at 0%.
+    pub rollout_weight: Option<Percent>,
 }
 
 /// The desired services of a set of manifests, sorted by id. Call it only on manifests
@@ -65,6 +68,7 @@ pub fn desired_state(manifests: &Manifests) -> Vec<DesiredService> {
                 canary_traffic_percent: isvc.predictor.canary_traffic_percent,
                 tag_routing: isvc.tag_routing,
                 rollout,
+                rollout_weight: None,
                 id,
             }
         })

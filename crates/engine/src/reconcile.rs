@@ -189,9 +189,9 @@ fn reconcile_service(
 
     // KServe: the new revision gets canaryTrafficPercent, the rolled-out one the rest. A
     // Rollout drives its service's canary share instead; until its steps run, the new
-    // revision waits at 0%.
+    // revision waits at 0% (the rollout state machine sets `rollout_weight`).
     let canary_percent = if want.rollout.is_some() {
-        Some(Percent::ZERO)
+        Some(want.rollout_weight.unwrap_or(Percent::ZERO))
     } else {
         want.canary_traffic_percent
     };

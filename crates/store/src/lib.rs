@@ -1,5 +1,5 @@
-//! The embedded, crash-safe database under the data directory: sync history, revisions, and an
-//! append-only audit log in which every entry holds the hash of the one before.
+//! The embedded, crash-safe database under the data directory: sync history, revisions, service
+//! routing, rollout status, and an append-only audit log in which every entry holds the hash of the one before.
 //!
 //! # Guarantees
 //!
@@ -25,6 +25,8 @@ const SYNCS: TableDefinition<u64, &[u8]> = TableDefinition::new("syncs");
 const REVISIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("revisions");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+/// Rollout status by `namespace/service`, as the engine encodes it (JSON).
+const ROLLOUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("rollouts");
 
 const FILE_NAME: &str = "crossfade.redb";
 /// `prev` of the first audit entry.
@@ -233,6 +235,7 @@ impl Store {
             txn.open_table(REVISIONS)?;
             txn.open_table(AUDIT)?;
             txn.open_table(SERVICES)?;
+            txn.open_table(ROLLOUTS)?;
         }
         txn.commit()?;
         Ok(())
@@ -382,6 +385,46 @@ impl Store {
         for row in table.iter()? {
             let (_, v) = row?;
             out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    // --- rollouts ---
+
+    /// Replaces the stored status of the rollout driving a service. The status is the
+    /// engine's, encoded by the caller: the store keeps it whole, written in one transaction.
+    pub fn put_rollout(&self, namespace: &str, service: &str, status: &[u8]) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ROLLOUTS)?;
+            table.insert(format!("{namespace}/{service}").as_str(), status)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn remove_rollout(&self, namespace: &str, service: &str) -> Result<(), Error> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(ROLLOUTS)?;
+            table.remove(format!("{namespace}/{service}").as_str())?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every stored rollout status: (namespace, service, status).
+    pub fn rollouts(&self) -> Result<Vec<(String, String, Vec<u8>)>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(ROLLOUTS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let key = k.value();
+            let (namespace, service) = key
+                .split_once('/')
+                .ok_or_else(|| Error::Corrupt(format!("rollout key {key:?}")))?;
+            out.push((namespace.to_owned(), service.to_owned(), v.value().to_vec()));
         }
         Ok(out)
     }

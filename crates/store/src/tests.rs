@@ -191,3 +191,21 @@ fn services_survive_reopen() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.services().unwrap(), [record]);
 }
+
+#[test]
+fn rollout_status_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.rollouts().unwrap().is_empty());
+        store.put_rollout("models", "iris", br#"{"step":1}"#).unwrap();
+        store.put_rollout("models", "iris", br#"{"step":2}"#).unwrap();
+        store.put_rollout("models", "other", b"{}").unwrap();
+        store.remove_rollout("models", "other").unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.rollouts().unwrap(),
+        vec![("models".into(), "iris".into(), br#"{"step":2}"#.to_vec())]
+    );
+}

@@ -31,6 +31,7 @@ fn want(name: &str, uri: &str, canary: Option<u8>) -> DesiredService {
         canary_traffic_percent: canary.map(|p| Percent::new(p).unwrap()),
         tag_routing: false,
         rollout: None,
+        rollout_weight: None,
     }
 }
 

@@ -1,0 +1,227 @@
+//! Providers that take readings over the network: a Prometheus server's HTTP API and any web
+//! endpoint answering JSON. Every failure is a [`Reading::Error`] that says what went wrong;
+//! nothing here panics or blocks the caller past the timeout.
+
+use std::time::Duration;
+
+use manifest::HttpMethod;
+use serde_json::Value;
+
+use crate::Reading;
+
+/// Argo's default for both providers.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An instant query (`GET <address>/api/v1/query`). `result` is what Argo gives conditions:
+/// the sample values of a vector (an empty vector gives `[]`), or the number of a scalar.
+pub async fn prometheus(
+    client: &reqwest::Client,
+    address: &str,
+    query: &str,
+    timeout: Option<Duration>,
+) -> Reading {
+    let url = format!("{}/api/v1/query", address.trim_end_matches('/'));
+    let answer = client
+        .get(&url)
+        .query(&[("query", query)])
+        .timeout(timeout.unwrap_or(DEFAULT_TIMEOUT))
+        .send()
+        .await;
+    let body = match answer {
+        Ok(resp) => {
+            let status = resp.status();
+            match resp.bytes().await {
+                Ok(b) if status.is_success() || status.as_u16() == 400 || status.as_u16() == 422 => b,
+                Ok(_) => return Reading::Error(format!("Prometheus at {address} answered {status}")),
+                Err(e) => return Reading::Error(format!("Prometheus at {address}: {e}")),
+            }
+        }
+        Err(e) => return Reading::Error(format!("Prometheus at {address} did not answer: {e}")),
+    };
+    let Ok(json) = serde_json::from_slice::<Value>(&body) else {
+        return Reading::Error(format!("Prometheus at {address} did not answer JSON"));
+    };
+    prometheus_result(&json)
+}
+
+/// The reading of a Prometheus query API answer.
+pub fn prometheus_result(json: &Value) -> Reading {
+    if json["status"] != "success" {
+        return Reading::Error(format!(
+            "Prometheus: {} ({})",
+            json["error"].as_str().unwrap_or("the query failed"),
+            json["errorType"].as_str().unwrap_or("error")
+        ));
+    }
+    let data = &json["data"];
+    let sample = |v: &Value| -> Option<f64> { v.get(1)?.as_str()?.parse::<f64>().ok() };
+    match data["resultType"].as_str() {
+        Some("vector") => {
+            let values: Vec<f64> = data["result"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|s| sample(&s["value"])).collect())
+                .unwrap_or_default();
+            if !values.is_empty() && values.iter().all(|v| v.is_nan()) {
+                // 0/0: a ratio over no traffic.
+                return Reading::NoData("the query gives NaN (no traffic to divide by)".into());
+            }
+            Reading::Value(Value::Array(
+                values.into_iter().map(number).collect(),
+            ))
+        }
+        Some("scalar") => match sample(&data["result"]) {
+            Some(v) if v.is_nan() => {
+                Reading::NoData("the query gives NaN (no traffic to divide by)".into())
+            }
+            Some(v) => Reading::Value(number(v)),
+            None => Reading::Error("Prometheus: a scalar without a value".into()),
+        },
+        other => Reading::Error(format!(
+            "Prometheus: a {} result cannot be judged; use an instant query giving a vector or a scalar",
+            other.unwrap_or("missing")
+        )),
+    }
+}
+
+/// JSON has no NaN or infinity: those become null.
+fn number(v: f64) -> Value {
+    serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+}
+
+/// A web request; `result` is the JSON answer, or the part `json_path` selects.
+#[allow(clippy::too_many_arguments)]
+pub async fn web(
+    client: &reqwest::Client,
+    insecure_client: &reqwest::Client,
+    url: &str,
+    method: HttpMethod,
+    headers: &[(String, String)],
+    body: Option<&str>,
+    json_path: Option<&str>,
+    timeout: Option<Duration>,
+    insecure: bool,
+) -> Reading {
+    let client = if insecure { insecure_client } else { client };
+    let mut req = match method {
+        HttpMethod::Get => client.get(url),
+        HttpMethod::Post => client.post(url),
+        HttpMethod::Put => client.put(url),
+    };
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    if let Some(b) = body {
+        req = req.body(b.to_owned());
+    }
+    let resp = match req.timeout(timeout.unwrap_or(DEFAULT_TIMEOUT)).send().await {
+        Ok(r) => r,
+        Err(e) => return Reading::Error(format!("{url} did not answer: {e}")),
+    };
+    let status = resp.status();
+    if !status.is_success() {
+        return Reading::Error(format!("{url} answered {status}"));
+    }
+    let json: Value = match resp.bytes().await.map(|b| serde_json::from_slice(&b)) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return Reading::Error(format!("{url} did not answer JSON: {e}")),
+        Err(e) => return Reading::Error(format!("{url}: {e}")),
+    };
+    match json_path {
+        None => Reading::Value(json),
+        Some(path) => match select(&json, path) {
+            Ok(Some(v)) => Reading::Value(v.clone()),
+            Ok(None) => Reading::NoData(format!("{path} selects nothing in the answer of {url}")),
+            Err(e) => Reading::Error(e),
+        },
+    }
+}
+
+/// The subset of JSONPath Argo's templates use: `{$.data.items[0].ok}` (braces and `$`
+/// optional), fields by name (`.name` or `['name']`) and array elements by index.
+pub fn select<'a>(json: &'a Value, path: &str) -> Result<Option<&'a Value>, String> {
+    let p = path.trim();
+    let p = p
+        .strip_prefix('{')
+        .and_then(|p| p.strip_suffix('}'))
+        .unwrap_or(p)
+        .trim();
+    let mut rest = p.strip_prefix('$').unwrap_or(p);
+    let mut at = json;
+    let bad = || format!("the jsonPath {path:?} is not of the form {{$.field[0].field}}");
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let name = &r[..end];
+            if name.is_empty() {
+                return Err(bad());
+            }
+            match at.get(name) {
+                Some(v) => at = v,
+                None => return Ok(None),
+            }
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let end = r.find(']').ok_or_else(bad)?;
+            let inner = r[..end].trim();
+            let next = if let Some(quoted) = inner
+                .strip_prefix('\'')
+                .and_then(|q| q.strip_suffix('\''))
+                .or_else(|| inner.strip_prefix('"').and_then(|q| q.strip_suffix('"')))
+            {
+                at.get(quoted)
+            } else {
+                let i: usize = inner.parse().map_err(|_| bad())?;
+                at.get(i)
+            };
+            match next {
+                Some(v) => at = v,
+                None => return Ok(None),
+            }
+            rest = &r[end + 1..];
+        } else {
+            return Err(bad());
+        }
+    }
+    Ok(Some(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn prometheus_answers_as_argo_sees_them() {
+        let vector = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {"revision": "a"}, "value": [1700000000.0, "0.97"]},
+            {"metric": {"revision": "b"}, "value": [1700000000.0, "1"]}
+        ]}});
+        assert_eq!(prometheus_result(&vector), Reading::Value(json!([0.97, 1.0])));
+        let empty = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
+        assert_eq!(prometheus_result(&empty), Reading::Value(json!([])));
+        let scalar = json!({"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, "2.5"]}});
+        assert_eq!(prometheus_result(&scalar), Reading::Value(json!(2.5)));
+        let nan = json!({"status": "success", "data": {"resultType": "vector", "result": [
+            {"metric": {}, "value": [1700000000.0, "NaN"]}]}});
+        assert!(matches!(prometheus_result(&nan), Reading::NoData(_)));
+        let error = json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 4"});
+        assert_eq!(
+            prometheus_result(&error),
+            Reading::Error("Prometheus: parse error at char 4 (bad_data)".into())
+        );
+        let matrix = json!({"status": "success", "data": {"resultType": "matrix", "result": []}});
+        assert!(matches!(prometheus_result(&matrix), Reading::Error(_)));
+    }
+
+    #[test]
+    fn json_paths() {
+        let v = json!({"data": {"items": [{"ok": true}, {"ok": false}], "a.b": 3}});
+        assert_eq!(select(&v, "{$.data.items[1].ok}"), Ok(Some(&json!(false))));
+        assert_eq!(select(&v, "$.data.items[0]"), Ok(Some(&json!({"ok": true}))));
+        assert_eq!(select(&v, "{$.data['a.b']}"), Ok(Some(&json!(3))));
+        assert_eq!(select(&v, "{$}"), Ok(Some(&v)));
+        assert_eq!(select(&v, "$.data.missing"), Ok(None));
+        assert!(select(&v, "$.data.items[x]").is_err());
+        assert!(select(&v, "data").is_err());
+    }
+}
