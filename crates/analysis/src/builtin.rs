@@ -27,7 +27,11 @@ pub struct Traffic {
 /// traffic is [`Reading::NoData`], never a pass.
 pub fn reading(provider: &BuiltinProvider, revision: &str, traffic: Option<Traffic>) -> Reading {
     let window = provider.window.as_secs();
-    let no_requests = || Reading::NoData(format!("{revision} served no request in the last {window} s"));
+    let no_requests = || {
+        Reading::NoData(format!(
+            "{revision} served no request in the last {window} s"
+        ))
+    };
     let Some(t) = traffic else {
         return no_requests();
     };
@@ -115,8 +119,14 @@ mod tests {
             BuiltinMetric::Latency,
             BuiltinMetric::MirrorAgreement,
         ] {
-            assert!(matches!(reading(&provider(m), "r", Some(quiet)), Reading::NoData(_)), "{m:?}");
-            assert!(matches!(reading(&provider(m), "r", None), Reading::NoData(_)), "{m:?}");
+            assert!(
+                matches!(reading(&provider(m), "r", Some(quiet)), Reading::NoData(_)),
+                "{m:?}"
+            );
+            assert!(
+                matches!(reading(&provider(m), "r", None), Reading::NoData(_)),
+                "{m:?}"
+            );
         }
     }
 }

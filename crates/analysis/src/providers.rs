@@ -31,8 +31,14 @@ pub async fn prometheus(
         Ok(resp) => {
             let status = resp.status();
             match resp.bytes().await {
-                Ok(b) if status.is_success() || status.as_u16() == 400 || status.as_u16() == 422 => b,
-                Ok(_) => return Reading::Error(format!("Prometheus at {address} answered {status}")),
+                Ok(b)
+                    if status.is_success() || status.as_u16() == 400 || status.as_u16() == 422 =>
+                {
+                    b
+                }
+                Ok(_) => {
+                    return Reading::Error(format!("Prometheus at {address} answered {status}"));
+                }
                 Err(e) => return Reading::Error(format!("Prometheus at {address}: {e}")),
             }
         }
@@ -65,9 +71,7 @@ pub fn prometheus_result(json: &Value) -> Reading {
                 // 0/0: a ratio over no traffic.
                 return Reading::NoData("the query gives NaN (no traffic to divide by)".into());
             }
-            Reading::Value(Value::Array(
-                values.into_iter().map(number).collect(),
-            ))
+            Reading::Value(Value::Array(values.into_iter().map(number).collect()))
         }
         Some("scalar") => match sample(&data["result"]) {
             Some(v) if v.is_nan() => {
@@ -196,7 +200,10 @@ mod tests {
             {"metric": {"revision": "a"}, "value": [1700000000.0, "0.97"]},
             {"metric": {"revision": "b"}, "value": [1700000000.0, "1"]}
         ]}});
-        assert_eq!(prometheus_result(&vector), Reading::Value(json!([0.97, 1.0])));
+        assert_eq!(
+            prometheus_result(&vector),
+            Reading::Value(json!([0.97, 1.0]))
+        );
         let empty = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
         assert_eq!(prometheus_result(&empty), Reading::Value(json!([])));
         let scalar = json!({"status": "success", "data": {"resultType": "scalar", "result": [1700000000.0, "2.5"]}});
@@ -204,7 +211,8 @@ mod tests {
         let nan = json!({"status": "success", "data": {"resultType": "vector", "result": [
             {"metric": {}, "value": [1700000000.0, "NaN"]}]}});
         assert!(matches!(prometheus_result(&nan), Reading::NoData(_)));
-        let error = json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 4"});
+        let error =
+            json!({"status": "error", "errorType": "bad_data", "error": "parse error at char 4"});
         assert_eq!(
             prometheus_result(&error),
             Reading::Error("Prometheus: parse error at char 4 (bad_data)".into())
@@ -217,7 +225,10 @@ mod tests {
     fn json_paths() {
         let v = json!({"data": {"items": [{"ok": true}, {"ok": false}], "a.b": 3}});
         assert_eq!(select(&v, "{$.data.items[1].ok}"), Ok(Some(&json!(false))));
-        assert_eq!(select(&v, "$.data.items[0]"), Ok(Some(&json!({"ok": true}))));
+        assert_eq!(
+            select(&v, "$.data.items[0]"),
+            Ok(Some(&json!({"ok": true})))
+        );
         assert_eq!(select(&v, "{$.data['a.b']}"), Ok(Some(&json!(3))));
         assert_eq!(select(&v, "{$}"), Ok(Some(&v)));
         assert_eq!(select(&v, "$.data.missing"), Ok(None));

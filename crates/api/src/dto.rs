@@ -192,3 +192,89 @@ pub fn rfc3339_millis(ms: i64) -> String {
         t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
+
+/// `GET /api/v1/rollouts/<name>`: a Rollout and where it stands. Public contract: `phase`,
+/// `message`, `currentStepIndex`, `stepCount`, `stableRevision`, `canaryRevision`, `weights`
+/// and `analysisRuns[{name, phase, measurements[{value, phase, startedAt, message}]}]` keep
+/// their names and meaning.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollout {
+    pub name: String,
+    pub namespace: String,
+    /// The InferenceService it drives, `namespace/name`.
+    pub service: String,
+    /// `Healthy`, `Progressing`, `Paused` or `Degraded`.
+    pub phase: String,
+    pub message: String,
+    /// The step being run (0-based); equal to `stepCount` once every step is done.
+    pub current_step_index: u32,
+    pub step_count: u32,
+    /// The steps, as written (`setWeight: 10`, `pause: 60s`, ...).
+    pub steps: Vec<String>,
+    pub stable_revision: Option<String>,
+    pub canary_revision: Option<String>,
+    /// Revision name to percent of traffic; sums to 100 once a revision is stable.
+    pub weights: std::collections::BTreeMap<String, u8>,
+    /// Header routes to the canary, by name.
+    pub header_routes: Vec<String>,
+    /// Mirror routes to the canary: name and percent.
+    pub mirrors: std::collections::BTreeMap<String, u8>,
+    /// RFC 3339 time the current pause began.
+    pub paused_since: Option<String>,
+    /// Why the canary was aborted, while it is.
+    pub aborted: Option<String>,
+    /// Finished runs first, then the current ones.
+    pub analysis_runs: Vec<AnalysisRun>,
+}
+
+/// One analysis run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisRun {
+    pub name: String,
+    /// `Running`, `Successful`, `Failed`, `Inconclusive` or `Error`.
+    pub phase: String,
+    pub message: Option<String>,
+    pub started_at: String,
+    /// Every measurement of every metric, oldest first.
+    pub measurements: Vec<Measurement>,
+    pub metrics: Vec<MetricResult>,
+}
+
+/// One metric of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MetricResult {
+    pub name: String,
+    pub phase: String,
+    pub dry_run: bool,
+    /// The conditions, after argument substitution.
+    pub success_condition: Option<String>,
+    pub failure_condition: Option<String>,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Measurement {
+    pub metric: String,
+    /// The value as text (`0.97`, `[0.97]`); absent when there was none.
+    pub value: Option<String>,
+    pub phase: String,
+    pub started_at: String,
+    pub finished_at: String,
+    pub message: Option<String>,
+}
+
+/// `POST /api/v1/rollouts/<name>/{promote|abort|retry}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutAction {
+    /// `promote` only: skip every remaining step and analysis.
+    #[serde(default)]
+    pub full: bool,
+    /// Why, for the audit log.
+    #[serde(default)]
+    pub reason: Option<String>,
+}

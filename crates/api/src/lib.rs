@@ -10,6 +10,9 @@
 //! | POST | `/api/v1/sync?wait=true` | fetch and sync now (token); [`dto::SyncResult`] list |
 //! | POST | `/api/v1/refresh` | fetch and reconcile under the sync policy (token) |
 //! | POST | `/api/v1/services/<ns>/<name>/traffic` | set a split by hand (token) |
+//! | GET | `/api/v1/rollouts` | [`dto::Rollout`] list |
+//! | GET | `/api/v1/rollouts/<name>?namespace=NS` | [`dto::Rollout`] |
+//! | POST | `/api/v1/rollouts/<name>/{promote,abort,retry}?namespace=NS` | [`dto::RolloutAction`] body (token); the [`dto::Rollout`] after it |
 //! | POST | `/api/v1/webhook/git` | fetch and sync now (webhook signature) |
 //! | GET | `/healthz` | `ok` |
 //!
@@ -42,6 +45,22 @@ pub enum Trigger {
     Webhook(String),
 }
 
+/// A command to a Rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutCommand {
+    Promote,
+    Abort,
+    Retry,
+}
+
+/// Why a Rollout command was not carried out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    NotFound(String),
+    /// The command does not apply to where the rollout stands.
+    Rejected(String),
+}
+
 /// A sync in progress.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
@@ -62,6 +81,16 @@ pub trait Backend: Send + Sync + 'static {
         name: &str,
         splits: &std::collections::BTreeMap<String, u8>,
     ) -> Result<(), String>;
+    /// Every Rollout and where it stands.
+    fn rollouts(&self) -> Vec<dto::Rollout>;
+    /// An operator's command to a Rollout: `promote` (with `full`), `abort` or `retry`.
+    fn rollout_command(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        action: RolloutCommand,
+        body: &dto::RolloutAction,
+    ) -> Result<dto::Rollout, CommandError>;
     /// The admin bearer token.
     fn admin_token(&self) -> &str;
     /// The webhook secret, or `None` when webhooks are off.
@@ -82,6 +111,9 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
             "/api/v1/services/{namespace}/{name}/traffic",
             post(set_traffic),
         )
+        .route("/api/v1/rollouts", get(rollouts))
+        .route("/api/v1/rollouts/{name}", get(rollout))
+        .route("/api/v1/rollouts/{name}/{action}", post(rollout_action))
         .route("/api/v1/webhook/git", post(webhook))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(backend)
@@ -180,6 +212,99 @@ async fn set_traffic(
         )
             .into_response(),
         Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
+#[derive(Deserialize)]
+struct NamespaceQuery {
+    namespace: Option<String>,
+}
+
+async fn rollouts(State(b): Shared) -> Response {
+    axum::Json(b.rollouts()).into_response()
+}
+
+fn find_rollout(
+    b: &dyn Backend,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<dto::Rollout, Box<Response>> {
+    let mut found: Vec<dto::Rollout> = b
+        .rollouts()
+        .into_iter()
+        .filter(|r| r.name == name && namespace.is_none_or(|ns| r.namespace == ns))
+        .collect();
+    match found.len() {
+        0 => Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no rollout {name}"),
+        ))),
+        1 => Ok(found.remove(0)),
+        _ => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("rollouts named {name} exist in several namespaces: give ?namespace="),
+        ))),
+    }
+}
+
+async fn rollout(
+    State(b): Shared,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Query(q): Query<NamespaceQuery>,
+) -> Response {
+    match find_rollout(b.as_ref(), q.namespace.as_deref(), &name) {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(resp) => *resp,
+    }
+}
+
+async fn rollout_action(
+    State(b): Shared,
+    axum::extract::Path((name, action)): axum::extract::Path<(String, String)>,
+    Query(q): Query<NamespaceQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(why) = authorize(b.as_ref(), &headers) {
+        return error(StatusCode::UNAUTHORIZED, why.into());
+    }
+    let command = match action.as_str() {
+        "promote" => RolloutCommand::Promote,
+        "abort" => RolloutCommand::Abort,
+        "retry" => RolloutCommand::Retry,
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no rollout action {other:?}: promote, abort or retry"),
+            );
+        }
+    };
+    let body: dto::RolloutAction = if body.is_empty() {
+        dto::RolloutAction::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("expected {{\"full\": bool, \"reason\": \"...\"}}: {e}"),
+                );
+            }
+        }
+    };
+    if body.full && command != RolloutCommand::Promote {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`full` goes with promote only".into(),
+        );
+    }
+    if let Err(resp) = find_rollout(b.as_ref(), q.namespace.as_deref(), &name) {
+        return *resp;
+    }
+    match b.rollout_command(q.namespace.as_deref(), &name, command, &body) {
+        Ok(r) => axum::Json(r).into_response(),
+        Err(CommandError::NotFound(e)) => error(StatusCode::NOT_FOUND, e),
+        Err(CommandError::Rejected(e)) => error(StatusCode::CONFLICT, e),
     }
 }
 

@@ -70,6 +70,31 @@ impl Backend for Recorder {
             Err("the percents must sum to 100".into())
         }
     }
+    fn rollouts(&self) -> Vec<dto::Rollout> {
+        vec![dto::Rollout {
+            name: "iris".into(),
+            namespace: "models".into(),
+            service: "models/iris".into(),
+            phase: "Paused".into(),
+            ..Default::default()
+        }]
+    }
+    fn rollout_command(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        action: RolloutCommand,
+        body: &dto::RolloutAction,
+    ) -> Result<dto::Rollout, CommandError> {
+        self.triggers.lock().unwrap().push(format!(
+            "{action:?} {namespace:?}/{name} full={} reason={:?}",
+            body.full, body.reason
+        ));
+        if action == RolloutCommand::Retry {
+            return Err(CommandError::Rejected("the rollout is not aborted".into()));
+        }
+        Ok(self.rollouts().remove(0))
+    }
     fn admin_token(&self) -> &str {
         "s3cret-token"
     }
@@ -255,4 +280,48 @@ async fn traffic_overrides_need_the_token_and_a_valid_split() {
     let (s, resp) = call(&b, post(path, &auth, r#"{"nope": 1}"#)).await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     assert!(resp.contains("expected"), "{resp}");
+}
+
+#[tokio::test]
+async fn rollouts_read_openly_and_commands_need_the_token() {
+    let b = Arc::new(Recorder::default());
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (s, body) = call(&b, get("/api/v1/rollouts")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("\"currentStepIndex\""), "{body}");
+    let (s, _) = call(&b, get("/api/v1/rollouts/iris?namespace=models")).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(&b, get("/api/v1/rollouts/nope")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&b, post("/api/v1/rollouts/iris/promote", &[], "")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let auth = [("authorization", "Bearer s3cret-token")];
+    let (s, _) = call(
+        &b,
+        post(
+            "/api/v1/rollouts/iris/promote",
+            &auth,
+            r#"{"full": true, "reason": "looks good"}"#,
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, body) = call(&b, post("/api/v1/rollouts/iris/retry", &auth, "")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(body.contains("not aborted"), "{body}");
+    let (s, _) = call(
+        &b,
+        post("/api/v1/rollouts/iris/abort", &auth, r#"{"full": true}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&b, post("/api/v1/rollouts/iris/explode", &auth, "")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(
+        b.triggers.lock().unwrap().clone(),
+        vec![
+            "Promote None/iris full=true reason=Some(\"looks good\")".to_owned(),
+            "Retry None/iris full=false reason=None".to_owned()
+        ]
+    );
 }

@@ -26,6 +26,16 @@ pub struct Connection {
     output: Output,
 }
 
+impl Connection {
+    pub fn json(&self) -> bool {
+        self.output == Output::Json
+    }
+
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Output {
     Text,
@@ -253,7 +263,7 @@ pub fn audit(command: &AuditCommand) -> anyhow::Result<ExitCode> {
 
 // === HTTP ===
 
-fn get<T: DeserializeOwned>(c: &Connection, path: &str) -> anyhow::Result<(String, T)> {
+pub fn get<T: DeserializeOwned>(c: &Connection, path: &str) -> anyhow::Result<(String, T)> {
     let url = format!("{}{path}", c.server.trim_end_matches('/'));
     let raw = request(c, |client| client.get(&url))?;
     let value = serde_json::from_str(&raw).context("reading the server's answer")?;
@@ -261,7 +271,7 @@ fn get<T: DeserializeOwned>(c: &Connection, path: &str) -> anyhow::Result<(Strin
 }
 
 /// Sends a request on a small runtime of its own; errors name the server and the cause.
-fn request(
+pub fn request(
     c: &Connection,
     build: impl FnOnce(&reqwest::Client) -> reqwest::RequestBuilder,
 ) -> anyhow::Result<String> {
@@ -291,7 +301,7 @@ fn request(
     })
 }
 
-fn token(c: &Connection) -> anyhow::Result<String> {
+pub fn token(c: &Connection) -> anyhow::Result<String> {
     c.token
         .clone()
         .or_else(|| datadir::stored_token(&datadir::default_dir()))
@@ -306,7 +316,7 @@ fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     cur.to_string()
 }
 
-fn encode(s: &str) -> String {
+pub fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -26,6 +26,8 @@ use tokio::sync::watch;
 
 use crate::clock;
 
+mod rollouts;
+
 /// An Application as crossfade runs it.
 #[derive(Debug, Clone)]
 pub struct Application {
@@ -63,6 +65,13 @@ pub struct Controller {
     load_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<LoadJob>>>,
     /// Bumped after every load, so that a sync can wait for its revisions to settle.
     settled: watch::Sender<u64>,
+    /// Readings coming back to the rollouts.
+    measured_tx: tokio::sync::mpsc::UnboundedSender<rollouts::Measured>,
+    measured_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<rollouts::Measured>>>,
+    /// Told whenever a rollout's next wake-up may have moved.
+    rollout_wake: tokio::sync::Notify,
+    /// HTTP clients of the analysis providers: verifying certificates, and not (`insecure`).
+    http: (reqwest::Client, reqwest::Client),
 }
 
 /// A revision to fetch, verify, load and warm up.
@@ -105,6 +114,12 @@ struct AppState {
     loaded: BTreeMap<(ServiceId, String), Arc<gateway::Revision>>,
     /// The ServingRuntimes of the applied commit.
     runtimes: Vec<manifest::ServingRuntime>,
+    /// The Rollouts of the applied commit.
+    rollout_specs: Vec<engine::rollout::RolloutSpec>,
+    /// Where each Rollout stands, by the service it drives.
+    rollouts: BTreeMap<ServiceId, engine::rollout::RolloutStatus>,
+    /// When the rollouts want to be stepped next (Unix seconds).
+    rollout_wake: Option<i64>,
 }
 
 // === impl Controller ===
@@ -140,6 +155,7 @@ impl Controller {
         // not retired, loaded again in the background.
         let services = store.services()?;
         let syncs = store.syncs(1000)?;
+        let stored_rollouts = store.rollouts()?;
         for (app, slot) in slots.iter().enumerate() {
             let resumed = resumed_manifests(&syncs, slot, &settings);
             let mut state = slot.state.lock().expect("state");
@@ -153,6 +169,7 @@ impl Controller {
                 state.last_sync_at = Some(r.record.time);
                 state.desired = r.desired.clone();
                 state.runtimes = r.runtimes.clone();
+                state.rollout_specs = r.rollout_specs.clone();
             }
             for record in services.iter().filter(|s| s.application == slot.app.name) {
                 let id = ServiceId::new(&record.namespace, &record.name);
@@ -199,9 +216,28 @@ impl Controller {
                         state: RevisionState::Pending,
                     });
                 }
+                // The rollout resumes at the step it was on, with its runs and pause start.
+                if let Some((_, _, bytes)) = stored_rollouts
+                    .iter()
+                    .find(|(ns, name, _)| *ns == id.namespace && *name == id.name)
+                {
+                    match serde_json::from_slice(bytes) {
+                        Ok(status) => {
+                            state.rollouts.insert(id.clone(), status);
+                        }
+                        Err(e) => {
+                            tracing::error!(service = %id, error = %e, "a stored rollout status does not decode; the rollout starts over")
+                        }
+                    }
+                }
                 state.live.services.insert(id, live);
             }
         }
+        let (measured_tx, measured_rx) = tokio::sync::mpsc::unbounded_channel();
+        let insecure = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap_or_default();
         Ok(Self {
             store,
             settings,
@@ -209,6 +245,10 @@ impl Controller {
             loads,
             load_queue: Mutex::new(Some(queue)),
             settled: watch::Sender::new(0),
+            measured_tx,
+            measured_rx: Mutex::new(Some(measured_rx)),
+            rollout_wake: tokio::sync::Notify::new(),
+            http: (reqwest::Client::new(), insecure),
         })
     }
 
@@ -229,6 +269,11 @@ impl Controller {
                     }
                 }
             }));
+        }
+        if let Some(measured) = self.measured_rx.lock().expect("measured").take() {
+            tasks.push(tokio::spawn(
+                Arc::clone(&self).rollout_loop(measured, shutdown.clone()),
+            ));
         }
         for i in 0..self.apps.len() {
             let this = Arc::clone(&self);
@@ -514,13 +559,36 @@ impl Controller {
             .iter()
             .map(|r| r.value.clone())
             .collect();
+        state.rollout_specs = engine::rollout::rollout_specs(&parsed.manifests);
+        // A Rollout deleted from Git: its status goes too; the service keeps what it serves.
+        let driven: Vec<ServiceId> = state
+            .rollout_specs
+            .iter()
+            .map(|r| r.service.clone())
+            .collect();
+        let gone: Vec<ServiceId> = state
+            .rollouts
+            .keys()
+            .filter(|id| !driven.contains(id))
+            .cloned()
+            .collect();
+        for id in gone {
+            state.rollouts.remove(&id);
+            self.log_store(self.store.remove_rollout(&id.namespace, &id.name));
+        }
         self.reconcile(i, &mut state, now);
         result.outcome = if unchanged { "Unchanged" } else { "Applied" }.into();
         result
     }
 
-    /// Runs reconcile and carries out its effects on the live state and the store.
+    /// Steps the rollouts, then reconciles.
     fn reconcile(&self, app: usize, state: &mut AppState, now: i64) {
+        self.drive_rollouts(app, state, None, now);
+        self.reconcile_only(app, state, now);
+    }
+
+    /// Runs reconcile and carries out its effects on the live state and the store.
+    fn reconcile_only(&self, app: usize, state: &mut AppState, now: i64) {
         let application = self.apps[app].app.name.as_str();
         let decision = engine::reconcile(&state.desired, &state.live, self.apps[app].app.policy);
         state.out_of_sync.clear();
@@ -826,10 +894,44 @@ impl Controller {
                 let tags = &live.tags;
                 let latest = tags.latest.as_deref().and_then(index);
                 let prev = tags.prev.as_deref().and_then(index);
+                let canary_index = state
+                    .rollouts
+                    .get(id)
+                    .filter(|r| r.aborted.is_none())
+                    .and_then(|r| r.canary.as_deref())
+                    .and_then(index);
                 let mut route = gateway::Route::new(id.to_string(), revisions, split);
                 route.tag_routing = state.desired.iter().any(|d| &d.id == id && d.tag_routing);
                 route.latest = latest;
                 route.prev = prev;
+                // A rollout's header and mirror routes go to its canary while it is served.
+                if let Some(r) = state.rollouts.get(id)
+                    && let Some(canary) = canary_index
+                {
+                    route.header_routes = r
+                        .header_routes
+                        .iter()
+                        .map(|h| gateway::HeaderRoute {
+                            matches: h
+                                .matches
+                                .iter()
+                                .filter_map(|m| {
+                                    let value = match m.kind.as_str() {
+                                        "exact" => gateway::Match::Exact(m.value.clone()),
+                                        "prefix" => gateway::Match::Prefix(m.value.clone()),
+                                        _ => gateway::Match::Regex(regex_lite(&m.value)?),
+                                    };
+                                    Some((m.header.to_ascii_lowercase(), value))
+                                })
+                                .collect(),
+                            revision: canary,
+                        })
+                        .collect();
+                    route.mirror = r.mirrors.last().map(|m| gateway::Mirror {
+                        revision: canary,
+                        percent: m.percent,
+                    });
+                }
                 if table.models.insert(id.name.clone(), route).is_some() {
                     tracing::warn!(service = %id, "another namespace serves a model of the same name; this one wins");
                 }
@@ -1067,6 +1169,7 @@ struct Resumed {
     record: SyncRecord,
     desired: Vec<engine::DesiredService>,
     runtimes: Vec<manifest::ServingRuntime>,
+    rollout_specs: Vec<engine::rollout::RolloutSpec>,
 }
 
 fn resumed_manifests(syncs: &[SyncRecord], slot: &Slot, settings: &Settings) -> Option<Resumed> {
@@ -1102,6 +1205,7 @@ fn resumed_manifests(syncs: &[SyncRecord], slot: &Slot, settings: &Settings) -> 
         record: record.clone(),
         desired: engine::desired_state(&parsed.manifests),
         runtimes,
+        rollout_specs: engine::rollout::rollout_specs(&parsed.manifests),
     })
 }
 
@@ -1330,10 +1434,45 @@ impl api::Backend for SharedController {
     fn sync_now(&self, trigger: api::Trigger) -> api::BoxFuture<Vec<dto::SyncResult>> {
         Box::pin(Arc::clone(&self.0).sync_all(trigger))
     }
+    fn rollouts(&self) -> Vec<dto::Rollout> {
+        self.0
+            .rollouts()
+            .iter()
+            .map(|(spec, status)| rollouts::rollout_dto(spec, status))
+            .collect()
+    }
+    fn rollout_command(
+        &self,
+        namespace: Option<&str>,
+        name: &str,
+        action: api::RolloutCommand,
+        body: &dto::RolloutAction,
+    ) -> Result<dto::Rollout, api::CommandError> {
+        let command = match action {
+            api::RolloutCommand::Promote if body.full => engine::rollout::Command::PromoteFull,
+            api::RolloutCommand::Promote => engine::rollout::Command::Promote,
+            api::RolloutCommand::Abort => engine::rollout::Command::Abort,
+            api::RolloutCommand::Retry => engine::rollout::Command::Retry,
+        };
+        self.0
+            .rollout_command(
+                namespace,
+                name,
+                command,
+                "api:admin",
+                body.reason.as_deref(),
+            )
+            .map(|(spec, status)| rollouts::rollout_dto(&spec, &status))
+    }
     fn admin_token(&self) -> &str {
         &self.0.settings.admin_token
     }
     fn webhook_secret(&self) -> Option<&[u8]> {
         self.0.settings.webhook_secret.as_deref()
     }
+}
+
+/// A header route's regular expression (checked to compile when the manifest was read).
+fn regex_lite(pattern: &str) -> Option<regex::Regex> {
+    regex::Regex::new(pattern).ok()
 }

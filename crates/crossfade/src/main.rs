@@ -6,6 +6,7 @@ mod clock;
 mod controller;
 mod datadir;
 mod lint;
+mod rollout_cmd;
 mod up;
 
 use std::process::ExitCode;
@@ -65,6 +66,9 @@ enum Command {
         #[command(flatten)]
         connection: client::Connection,
     },
+    /// Progressive delivery: list, inspect and command Rollouts.
+    #[command(subcommand)]
+    Rollout(rollout_cmd::Command),
     /// Inspect the audit log.
     #[command(subcommand)]
     Audit(client::AuditCommand),
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
             splits,
             connection,
         } => client::traffic(&connection, &service, &splits),
+        Command::Rollout(command) => rollout_cmd::run(&command),
         Command::Audit(command) => client::audit(&command),
         Command::Artifact(command) => artifact_cmd::run(&command),
     };

@@ -198,8 +198,12 @@ fn rollout_status_survives_reopening() {
     {
         let store = Store::open(dir.path()).unwrap();
         assert!(store.rollouts().unwrap().is_empty());
-        store.put_rollout("models", "iris", br#"{"step":1}"#).unwrap();
-        store.put_rollout("models", "iris", br#"{"step":2}"#).unwrap();
+        store
+            .put_rollout("models", "iris", br#"{"step":1}"#)
+            .unwrap();
+        store
+            .put_rollout("models", "iris", br#"{"step":2}"#)
+            .unwrap();
         store.put_rollout("models", "other", b"{}").unwrap();
         store.remove_rollout("models", "other").unwrap();
     }
