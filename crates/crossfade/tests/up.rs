@@ -1128,3 +1128,248 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     let v: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["outputs"][0]["data"], serde_json::json!([0, 2]), "{v}");
 }
+
+// === Progressive delivery ===
+
+/// A Rollout of `iris` with an analysis step over `template`, and that template.
+fn rollout_yaml(template: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {{name: iris}}
+spec:
+  workloadRef: {{apiVersion: serving.kserve.io/v1beta1, kind: InferenceService, name: iris}}
+  strategy:
+    canary:
+      steps:
+        - setWeight: 20
+        - pause: {{duration: 2s}}
+        - analysis:
+            templates: [{{templateName: health}}]
+            args: [{{name: canary, valueFrom: {{podTemplateHashValue: Latest}}}}]
+        - setWeight: 50
+        - pause: {{}}
+---
+{template}"#
+    )
+}
+
+/// The built-in provider: the canary's success rate over the last 3 s, three times.
+const BUILTIN_TEMPLATE: &str = r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: health}
+spec:
+  args: [{name: canary}]
+  metrics:
+    - name: success-rate
+      initialDelay: 1s
+      interval: 1s
+      count: 3
+      successCondition: result >= 0.95
+      provider:
+        crossfade: {metric: success-rate, window: 3s}
+"#;
+
+/// Requests from a thread until stopped: half of them flowers whose sepal length the
+/// `iris-fails` model cannot look up (it answers 500 for those), half it can.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<std::collections::BTreeMap<(String, u16), usize>>,
+}
+
+impl Load {
+    fn start(base: &str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let base = base.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            let mut i = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let sepal = if i % 2 == 0 { 5.1 } else { 0.5 };
+                let body = format!(
+                    r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
+                );
+                let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body);
+                *seen.entry((revision_of(&head), code)).or_default() += 1;
+                i += 1;
+            }
+            seen
+        });
+        Self { stop, thread }
+    }
+
+    fn finish(self) -> std::collections::BTreeMap<(String, u16), usize> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+impl Up {
+    fn rollout(&self) -> Value {
+        serde_json::from_str(&http_get(&self.server, "/api/v1/rollouts/iris")).unwrap()
+    }
+
+    /// Polls the rollout until `done` holds (30 s at most); returns it, with the largest
+    /// weight `canary` had on the way.
+    fn wait_rollout(&self, canary: &str, done: impl Fn(&Value) -> bool) -> (Value, u64) {
+        let mut max = 0;
+        for _ in 0..300 {
+            let r = self.rollout();
+            max = max.max(r["weights"][canary].as_u64().unwrap_or(0));
+            if done(&r) {
+                return (r, max);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("the rollout did not get there: {:#}", self.rollout());
+    }
+}
+
+#[test]
+fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let bad = publish_model(store.path(), "iris-fails");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.write("rollout.yaml", &rollout_yaml(BUILTIN_TEMPLATE));
+    repo.commit("iris v1 with a rollout");
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--repo", repo.path().to_str().unwrap()];
+    let up = Up::start(data.path(), &args);
+    up.sync();
+    // The first revision is stable at once.
+    let r = up.rollout();
+    assert_eq!(r["phase"], "Healthy", "{r:#}");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00001": 100})
+    );
+    assert_eq!(r["stepCount"], 5);
+
+    // A good model: 20%, a pause, an analysis that passes, 50%, then paused until promoted.
+    let load = Load::start(&up.data);
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    repo.commit("iris v2");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+    });
+    assert_eq!(max, 50);
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00001": 50, "iris-predictor-00002": 50})
+    );
+    let run = &r["analysisRuns"][0];
+    assert_eq!(run["phase"], "Successful", "{r:#}");
+    let measurements = run["measurements"].as_array().unwrap();
+    assert_eq!(measurements.len(), 3);
+    for m in measurements {
+        assert_eq!(m["phase"], "Successful");
+        assert_eq!(m["value"], "1.0");
+        assert!(m["startedAt"].as_str().unwrap().ends_with('Z'));
+    }
+    let paused_since = r["pausedSince"].clone();
+    assert!(paused_since.is_string());
+
+    // kill -9 in the middle of the pause: the rollout resumes where it stood.
+    drop(load.finish());
+    up.kill();
+    let up = Up::start(data.path(), &args);
+    let resumed = up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Paused");
+    let r = resumed.0;
+    assert_eq!(r["currentStepIndex"], 4);
+    assert_eq!(r["pausedSince"], paused_since);
+    assert_eq!(
+        r["analysisRuns"][0]["measurements"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    // The split it had is back once both revisions are loaded again.
+    let (r, _) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["weights"]["iris-predictor-00002"] == 50
+    });
+    assert_eq!(r["stableRevision"], "iris-predictor-00001");
+
+    // promote: past the last pause, the canary is stable.
+    let (code, out) = up.cli(&["rollout", "promote", "iris", "--reason", "looks good"]);
+    assert_eq!(code, 0, "{out}");
+    let (r, _) = up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
+    let audit = up.json(&["audit", "verify"]);
+    assert_eq!(audit["ok"], true);
+
+    // A model that fails on half of the inputs: aborted by the analysis at 20%, before it
+    // ever gets half of the traffic; everything returns to the stable revision.
+    let load = Load::start(&up.data);
+    repo.write("iris.yaml", &isvc_with("iris", &bad, ""));
+    repo.commit("iris v3, which fails on some inputs");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
+    let seen = load.finish();
+    assert_eq!(max, 20, "{r:#}");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
+    assert_eq!(r["canaryRevision"], "iris-predictor-00003");
+    let run = r["analysisRuns"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(run["phase"], "Failed", "{r:#}");
+    assert!(
+        r["message"].as_str().unwrap().contains("result >= 0.95"),
+        "{r:#}"
+    );
+    // The bad canary did answer (and fail) some requests while it had its 20%.
+    assert!(
+        seen.get(&("iris-predictor-00003".into(), 500)).is_some(),
+        "{seen:?}"
+    );
+    // After the abort, every request goes to the stable revision.
+    for _ in 0..50 {
+        let (code, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+        assert_eq!(
+            (code, revision_of(&head).as_str()),
+            (200, "iris-predictor-00002")
+        );
+    }
+    // It is not tried again by itself; promote is refused, retry starts it over.
+    let (code, out) = up.cli(&["rollout", "promote", "iris"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("use retry"), "{out}");
+    let r = up.json(&["rollout", "retry", "iris"]);
+    assert_ne!(r["phase"], "Degraded", "{r:#}");
+    let r = up.json(&["rollout", "abort", "iris", "--reason", "still bad"]);
+    assert_eq!(r["phase"], "Degraded");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
+    // The operators' commands are in the audit log, with who and why.
+    let log = http_get(&up.server, "/api/v1/audit");
+    for needle in [
+        "rollout-promote",
+        "looks good",
+        "rollout-retry",
+        "rollout-abort",
+        "still bad",
+        "rollout-aborted",
+    ] {
+        assert!(log.contains(needle), "{needle} not in the audit log");
+    }
+    let (code, out) = up.cli(&["rollout", "get", "iris"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Phase:     Degraded"), "{out}");
+    assert!(out.contains("└──"), "{out}");
+}
