@@ -1186,7 +1186,7 @@ impl Load {
             let mut seen = std::collections::BTreeMap::new();
             let mut i = 0u64;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let sepal = if i % 2 == 0 { 5.1 } else { 0.5 };
+                let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
                 let body = format!(
                     r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
                 );
@@ -1333,7 +1333,7 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
     );
     // The bad canary did answer (and fail) some requests while it had its 20%.
     assert!(
-        seen.get(&("iris-predictor-00003".into(), 500)).is_some(),
+        seen.contains_key(&("iris-predictor-00003".into(), 500)),
         "{seen:?}"
     );
     // After the abort, every request goes to the stable revision.
