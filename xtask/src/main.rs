@@ -45,6 +45,8 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
     ("git", &["--version"], "git"),
     ("gpg", &["--version"], "gnupg"),
     ("ssh-keygen", &["-?"], "openssh-client"),
+    // A real Prometheus, scraping crossfade, for the analysis provider's end-to-end test.
+    ("prometheus", &["--version"], "prometheus"),
 ];
 
 fn test() -> anyhow::Result<()> {
@@ -126,12 +128,14 @@ fn install_tools() -> anyhow::Result<()> {
         .arg("-u")
         .output()
         .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    // Without questions: a package's configuration prompt would wait forever.
     let apt = |args: &[&str]| -> anyhow::Result<()> {
+        let mut all = vec!["DEBIAN_FRONTEND=noninteractive", "apt-get"];
+        all.extend(args);
         if root {
-            run("apt-get", args)
+            run("env", &all)
         } else {
-            let mut all = vec!["apt-get"];
-            all.extend(args);
+            all.insert(0, "env");
             run("sudo", &all)
         }
     };

@@ -26,7 +26,9 @@ pub fn evaluate(
     let check = |c: Option<&Condition>| c.map(|c| c.holds(value)).transpose();
     let (succeeded, failed) = match (check(success), check(failure)) {
         (Ok(s), Ok(f)) => (s, f),
-        (Err(e), _) | (_, Err(e)) => return (Phase::Error, Some(e.to_string())),
+        (Err(e), _) | (_, Err(e)) => {
+            return (Phase::Error, Some(format!("{e} (result is {value})")));
+        }
     };
     let (succeeded, failed) = match (succeeded, failed) {
         (None, None) => return (Phase::Successful, None),

@@ -1373,3 +1373,152 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
     assert!(out.contains("Phase:     Degraded"), "{out}");
     assert!(out.contains("└──"), "{out}");
 }
+
+/// A Prometheus server on port 0 scraping `target` every second, stopped when dropped.
+struct Prometheus {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: crossfade\n    static_configs: [{{targets: ['{}']}}]\n",
+                target.trim_start_matches("http://")
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:0")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("prometheus is not installed: run `cargo xtask test`, which installs it");
+        // It names the port it bound in its log: `msg="Listening on" address=127.0.0.1:NNNNN`.
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut seen = Vec::new();
+        let addr = loop {
+            let Some(Ok(line)) = lines.next() else {
+                panic!("prometheus exited:\n{}", seen.join("\n"));
+            };
+            if line.contains("msg=\"Listening on\"") {
+                let addr = line.rsplit("address=").next().unwrap().trim().to_owned();
+                break addr;
+            }
+            seen.push(line);
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url: format!("http://{addr}"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Argo's prometheus provider: the canary's share of failed requests over 5 s, as Prometheus
+/// computes it from crossfade's own `/metrics`.
+fn prometheus_template(address: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: health}}
+spec:
+  args: [{{name: canary}}]
+  metrics:
+    - name: error-ratio
+      initialDelay: 3s
+      interval: 2s
+      count: 3
+      successCondition: result[0] <= 0.05
+      failureCondition: result[0] > 0.2
+      provider:
+        prometheus:
+          address: {address}
+          query: >-
+            sum(rate(crossfade_requests_total{{service="default/iris",revision="{{{{args.canary}}}}",outcome="server_error"}}[5s]))
+            / sum(rate(crossfade_requests_total{{service="default/iris",revision="{{{{args.canary}}}}"}}[5s]))
+"#
+    )
+}
+
+#[test]
+fn a_rollout_judged_by_a_real_prometheus() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-mlp-v1");
+    let bad = publish_model(store.path(), "iris-fails");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.commit("iris v1");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let prometheus = Prometheus::start(&up.server);
+    repo.write(
+        "rollout.yaml",
+        &rollout_yaml(&prometheus_template(&prometheus.url)),
+    );
+    repo.commit("a rollout judged by Prometheus");
+    up.sync();
+
+    // A good model passes the analysis and waits at 50% for promote.
+    let load = Load::start(&up.data);
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    repo.commit("iris v2");
+    up.sync();
+    let (r, _) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+    });
+    let run = &r["analysisRuns"][0];
+    assert_eq!(run["phase"], "Successful", "{r:#}");
+    let last = run["measurements"].as_array().unwrap().last().unwrap();
+    let ratio: Vec<f64> = serde_json::from_str(last["value"].as_str().unwrap()).unwrap();
+    assert_eq!(ratio, [0.0], "{r:#}");
+    up.json(&["rollout", "promote", "iris"]);
+    up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
+
+    // The model failing on half of its inputs: Prometheus sees the errors, the rollout aborts
+    // at 20% and the stable revision takes everything back.
+    repo.write("iris.yaml", &isvc_with("iris", &bad, ""));
+    repo.commit("iris v3, which fails on some inputs");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
+    drop(load.finish());
+    assert_eq!(max, 20, "{r:#}");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
+    let run = r["analysisRuns"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(run["phase"], "Failed", "{r:#}");
+    let failed = run["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["phase"] == "Failed")
+        .unwrap();
+    let ratio: Vec<f64> = serde_json::from_str(failed["value"].as_str().unwrap()).unwrap();
+    assert!(ratio[0] > 0.2, "{failed}");
+}
