@@ -11,6 +11,9 @@ pub struct Status {
     pub applications: Vec<ApplicationStatus>,
     /// Every service of every Application.
     pub services: Vec<ServiceStatus>,
+    /// Every Rollout, with its analysis runs and measurements.
+    #[serde(default)]
+    pub rollouts: Vec<Rollout>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

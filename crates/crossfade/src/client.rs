@@ -122,6 +122,40 @@ pub fn status(c: &Connection) -> anyhow::Result<ExitCode> {
             println!("  ! {m}");
         }
     }
+    if !status.rollouts.is_empty() {
+        println!();
+        println!("{:<28} {:<12} {:<7} MESSAGE", "ROLLOUT", "PHASE", "STEP");
+    }
+    for r in &status.rollouts {
+        println!(
+            "{:<28} {:<12} {:<7} {}",
+            format!("{}/{}", r.namespace, r.name),
+            r.phase,
+            format!(
+                "{}/{}",
+                r.current_step_index.min(r.step_count),
+                r.step_count
+            ),
+            r.message
+        );
+        // The newest measurement of each run still running or just decided.
+        for run in r.analysis_runs.iter().rev().take(2) {
+            if let Some(m) = run.measurements.last() {
+                println!(
+                    "  analysis {} {}: {} = {} ({}){}",
+                    run.name,
+                    run.phase,
+                    m.metric,
+                    m.value.as_deref().unwrap_or("-"),
+                    m.phase,
+                    m.message
+                        .as_deref()
+                        .map(|x| format!(": {x}"))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

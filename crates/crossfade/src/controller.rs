@@ -221,8 +221,9 @@ impl Controller {
                     .iter()
                     .find(|(ns, name, _)| *ns == id.namespace && *name == id.name)
                 {
-                    match serde_json::from_slice(bytes) {
-                        Ok(status) => {
+                    match serde_json::from_slice::<engine::rollout::RolloutStatus>(bytes) {
+                        Ok(mut status) => {
+                            status.forget_in_flight();
                             state.rollouts.insert(id.clone(), status);
                         }
                         Err(e) => {
@@ -1082,6 +1083,11 @@ impl Controller {
         if let Some(first) = status.applications.first() {
             status.source = first.source.clone();
         }
+        status.rollouts = self
+            .rollouts()
+            .iter()
+            .map(|(spec, s)| rollouts::rollout_dto(spec, s))
+            .collect();
         status
     }
 

@@ -1372,6 +1372,22 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
     assert_eq!(code, 0);
     assert!(out.contains("Phase:     Degraded"), "{out}");
     assert!(out.contains("└──"), "{out}");
+    // `status` shows the rollout and its measurements too.
+    let status = up.status();
+    assert_eq!(status["rollouts"][0]["phase"], "Degraded");
+    assert!(
+        status["rollouts"][0]["analysisRuns"]
+            .as_array()
+            .unwrap()
+            .len()
+            >= 2
+    );
+    let (code, out) = up.cli(&["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("default/iris") && out.contains("Degraded") && out.contains("success-rate"),
+        "{out}"
+    );
 }
 
 /// A Prometheus server on port 0 scraping `target` every second, stopped when dropped.

@@ -207,6 +207,20 @@ impl RolloutStatus {
         }
     }
 
+    /// After a restart: the measurements that were being taken were lost with the process,
+    /// so they are asked for again rather than awaited.
+    pub fn forget_in_flight(&mut self) {
+        for run in self
+            .step_run
+            .iter_mut()
+            .chain(self.background_run.iter_mut())
+        {
+            for metric in &mut run.metrics {
+                metric.in_flight_since = None;
+            }
+        }
+    }
+
     /// Every analysis run, finished ones first, then the current ones.
     pub fn all_runs(&self) -> impl Iterator<Item = &Run> {
         self.runs
