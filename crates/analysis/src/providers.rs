@@ -221,6 +221,106 @@ mod tests {
         assert!(matches!(prometheus_result(&matrix), Reading::Error(_)));
     }
 
+    /// A web endpoint on port 0 that answers each request with `answer(request text)`.
+    async fn endpoint(answer: fn(&str) -> String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut sock, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0u8; 8192];
+                let n = sock.read(&mut buf).await.unwrap();
+                let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let body = answer(&request);
+                if body.is_empty() {
+                    // Never answers: hold the connection.
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    continue;
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                sock.write_all(resp.as_bytes()).await.unwrap();
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn web_provider_against_a_real_endpoint() {
+        // One TLS provider for the process, as the binary installs it.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let url = endpoint(|req| {
+            // The method, headers and body arrive as written in the template.
+            let ok = req.starts_with("POST /score ")
+                && req.to_ascii_lowercase().contains("x-team: ml")
+                && req.ends_with(r#"{"model":"iris"}"#);
+            format!(r#"{{"data": {{"ok": {ok}, "score": "0.97"}}}}"#)
+        })
+        .await;
+        let reading = web(
+            &client,
+            &client,
+            &format!("{url}/score"),
+            HttpMethod::Post,
+            &[("X-Team".into(), "ml".into())],
+            Some(r#"{"model":"iris"}"#),
+            Some("{$.data}"),
+            None,
+            false,
+        )
+        .await;
+        assert_eq!(
+            reading,
+            Reading::Value(json!({"ok": true, "score": "0.97"}))
+        );
+        let cond = crate::Condition::compile("result.ok && asFloat(result.score) >= 0.95").unwrap();
+        let Reading::Value(v) = reading else {
+            unreachable!()
+        };
+        assert_eq!(cond.holds(&v), Ok(true));
+
+        // A path that selects nothing is no data; a silent endpoint is an error, in time.
+        let missing = web(
+            &client,
+            &client,
+            &format!("{url}/score"),
+            HttpMethod::Get,
+            &[],
+            None,
+            Some("$.data.nothing"),
+            None,
+            false,
+        )
+        .await;
+        assert!(matches!(missing, Reading::NoData(_)), "{missing:?}");
+        let silent = endpoint(|_| String::new()).await;
+        let timed_out = web(
+            &client,
+            &client,
+            &silent,
+            HttpMethod::Get,
+            &[],
+            None,
+            None,
+            Some(Duration::from_millis(300)),
+            false,
+        )
+        .await;
+        assert!(
+            matches!(&timed_out, Reading::Error(e) if e.contains("did not answer")),
+            "{timed_out:?}"
+        );
+        let refused = prometheus(&client, "http://127.0.0.1:1", "up", None).await;
+        assert!(
+            matches!(&refused, Reading::Error(e) if e.contains("did not answer")),
+            "{refused:?}"
+        );
+    }
+
     #[test]
     fn json_paths() {
         let v = json!({"data": {"items": [{"ok": true}, {"ok": false}], "a.b": 3}});
