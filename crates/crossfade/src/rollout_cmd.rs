@@ -102,12 +102,11 @@ fn list(c: &Connection) -> anyhow::Result<ExitCode> {
     }
     for r in &rollouts {
         println!(
-            "{}/{}  {}  step {}/{}  {}",
+            "{}/{}  {}  step {}  {}",
             r.namespace,
             r.name,
             r.phase,
-            r.current_step_index.min(r.step_count),
-            r.step_count,
+            step_text(r),
             weights(r)
         );
     }
@@ -170,6 +169,18 @@ fn act(t: &Target, name: &str, action: &str, full: bool, why: &Reason) -> anyhow
     Ok(ExitCode::SUCCESS)
 }
 
+/// The step being run, 1-based as in the tree (`-` when nothing is being rolled out).
+pub fn step_text(r: &dto::Rollout) -> String {
+    if r.canary_revision.is_none() || r.aborted.is_some() {
+        return "-".into();
+    }
+    format!(
+        "{}/{}",
+        (r.current_step_index + 1).min(r.step_count),
+        r.step_count
+    )
+}
+
 fn weights(r: &dto::Rollout) -> String {
     r.weights
         .iter()
@@ -207,11 +218,10 @@ pub fn render(r: &dto::Rollout) -> String {
     for h in &r.header_routes {
         line(format!("Header:    route {h} to the canary"));
     }
-    line(format!(
-        "Step:      {}/{}",
-        r.current_step_index.min(r.step_count),
-        r.step_count
-    ));
+    line(format!("Step:      {}", step_text(r)));
+    if let Some(since) = &r.paused_since {
+        line(format!("Paused:    since {since}"));
+    }
     line("Steps:".into());
     let in_progress = r.canary_revision.is_some() && r.aborted.is_none();
     for (i, step) in r.steps.iter().enumerate() {

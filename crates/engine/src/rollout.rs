@@ -745,7 +745,7 @@ impl Machine<'_> {
                     let started = *self.s.pause_started_at.get_or_insert(self.now);
                     if self.s.pause_reason.is_none() {
                         self.s.pause_reason = Some(PauseReason::Step);
-                        self.event(EventKind::Paused, pause_message(idx, duration, 0));
+                        self.event(EventKind::Paused, pause_message(idx, duration));
                     }
                     match duration {
                         Some(d) if self.now >= started + d.as_secs() as i64 => {
@@ -753,9 +753,8 @@ impl Machine<'_> {
                             self.s.pause_reason = None;
                         }
                         _ => {
-                            let elapsed = (self.now - started).max(0) as u64;
                             self.s.phase = RolloutPhase::Paused;
-                            self.s.message = pause_message(idx, duration, elapsed);
+                            self.s.message = pause_message(idx, duration);
                             if let Some(d) = duration {
                                 self.wake(started + d.as_secs() as i64);
                             }
@@ -1048,14 +1047,11 @@ impl Machine<'_> {
     }
 }
 
-fn pause_message(idx: usize, duration: Option<Duration>, elapsed: u64) -> String {
+/// The message of a pause; the time left is not in it (it would be stale as soon as written):
+/// the pause's start is in the status.
+fn pause_message(idx: usize, duration: Option<Duration>) -> String {
     match duration {
-        Some(d) => format!(
-            "step {}: paused for {}s ({}s left)",
-            idx + 1,
-            d.as_secs(),
-            d.as_secs().saturating_sub(elapsed)
-        ),
+        Some(d) => format!("step {}: paused for {}s", idx + 1, d.as_secs()),
         None => format!("step {}: paused until promoted", idx + 1),
     }
 }
