@@ -1179,6 +1179,16 @@ struct Load {
 
 impl Load {
     fn start(base: &str) -> Self {
+        Self::sending(base, |i| {
+            let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
+            format!(
+                r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
+            )
+        })
+    }
+
+    /// Sends `body(i)` as the i-th request.
+    fn sending(base: &str, body: fn(u64) -> String) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
         let base = base.to_owned();
@@ -1186,11 +1196,7 @@ impl Load {
             let mut seen = std::collections::BTreeMap::new();
             let mut i = 0u64;
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
-                let body = format!(
-                    r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
-                );
-                let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body);
+                let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body(i));
                 *seen.entry((revision_of(&head), code)).or_default() += 1;
                 i += 1;
             }
@@ -1537,4 +1543,87 @@ fn a_rollout_judged_by_a_real_prometheus() {
         .unwrap();
     let ratio: Vec<f64> = serde_json::from_str(failed["value"].as_str().unwrap()).unwrap();
     assert!(ratio[0] > 0.2, "{failed}");
+}
+
+#[test]
+fn a_canary_that_answers_differently_is_caught_in_the_shadow() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let wrong = publish_model(store.path(), "iris-wrong");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    // Every request is copied to the canary while it has no traffic of its own, and its
+    // answers must agree with the stable revision's before it gets any.
+    repo.write(
+        "rollout.yaml",
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {name: iris}
+spec:
+  workloadRef: {apiVersion: serving.kserve.io/v1beta1, kind: InferenceService, name: iris}
+  strategy:
+    canary:
+      steps:
+        - setMirrorRoute: {name: shadow, percentage: 100}
+        - analysis: {templates: [{templateName: agree}]}
+        - setWeight: 50
+        - pause: {}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: agree}
+spec:
+  metrics:
+    - name: agreement
+      initialDelay: 1s
+      interval: 1s
+      count: 3
+      successCondition: result >= 0.9
+      provider:
+        crossfade: {metric: mirror-agreement, window: 3s}
+"#,
+    );
+    repo.commit("iris v1 with a shadow rollout");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let load = Load::sending(&up.data, |_| IRIS_V2.to_owned());
+
+    // A retrained model that agrees: on to 50%.
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    repo.commit("iris v2");
+    up.sync();
+    let (r, _) = up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Paused");
+    assert_eq!(r["weights"]["iris-predictor-00002"], 50, "{r:#}");
+    assert_eq!(r["analysisRuns"][0]["phase"], "Successful", "{r:#}");
+    up.json(&["rollout", "promote", "iris", "--full"]);
+    up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
+
+    // A model that answers confidently and wrongly (no errors, no latency): aborted before it
+    // answers a single client.
+    repo.write("iris.yaml", &isvc_with("iris", &wrong, ""));
+    repo.commit("iris v3, which gets the species wrong");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
+    let seen = load.finish();
+    assert_eq!(max, 0, "{r:#}");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
+    let run = r["analysisRuns"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(run["phase"], "Failed", "{r:#}");
+    assert_eq!(run["measurements"][0]["value"], "0.0", "{r:#}");
+    // Clients only ever got the stable revisions' answers, all of them 200.
+    assert!(
+        seen.keys()
+            .all(|(rev, code)| *code == 200 && rev != "iris-predictor-00003"),
+        "{seen:?}"
+    );
 }

@@ -44,6 +44,7 @@ fn outputs_match_onnxruntime() {
         "iris-mlp-v2",
         "iris-forest-v1",
         "iris-forest-v2",
+        "iris-wrong",
     ] {
         let model = OnnxModel::load(&fixtures().join(format!("{name}.onnx"))).unwrap();
         let x = &model.inputs()[0];
