@@ -1131,8 +1131,14 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
 
 // === Progressive delivery ===
 
-/// A Rollout of `iris` with an analysis step over `template`, and that template.
+/// A Rollout of `iris` with an analysis step over `template`, and that template. The last step
+/// waits for `promote`.
 fn rollout_yaml(template: &str) -> String {
+    rollout_yaml_ending(template, "{}")
+}
+
+/// The same, with the last pause given (`{duration: 1s}`: promoted by itself).
+fn rollout_yaml_ending(template: &str, last_pause: &str) -> String {
     format!(
         r#"apiVersion: argoproj.io/v1alpha1
 kind: Rollout
@@ -1148,7 +1154,7 @@ spec:
             templates: [{{templateName: health}}]
             args: [{{name: canary, valueFrom: {{podTemplateHashValue: Latest}}}}]
         - setWeight: 50
-        - pause: {{}}
+        - pause: {last_pause}
 ---
 {template}"#
     )
@@ -1495,26 +1501,29 @@ fn a_rollout_judged_by_a_real_prometheus() {
     let prometheus = Prometheus::start(&up.server);
     repo.write(
         "rollout.yaml",
-        &rollout_yaml(&prometheus_template(&prometheus.url)),
+        &rollout_yaml_ending(&prometheus_template(&prometheus.url), "{duration: 1s}"),
     );
     repo.commit("a rollout judged by Prometheus");
     up.sync();
 
-    // A good model passes the analysis and waits at 50% for promote.
+    // A good model passes the analysis and is promoted to 100% with nobody's help.
     let load = Load::start(&up.data);
     repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
     repo.commit("iris v2");
     up.sync();
     let (r, _) = up.wait_rollout("iris-predictor-00002", |r| {
-        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+        r["stableRevision"] == "iris-predictor-00002"
     });
+    assert_eq!(r["phase"], "Healthy", "{r:#}");
+    assert_eq!(
+        r["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
     let run = &r["analysisRuns"][0];
     assert_eq!(run["phase"], "Successful", "{r:#}");
     let last = run["measurements"].as_array().unwrap().last().unwrap();
     let ratio: Vec<f64> = serde_json::from_str(last["value"].as_str().unwrap()).unwrap();
     assert_eq!(ratio, [0.0], "{r:#}");
-    up.json(&["rollout", "promote", "iris"]);
-    up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
 
     // The model failing on half of its inputs: Prometheus sees the errors, the rollout aborts
     // at 20% and the stable revision takes everything back.
