@@ -50,6 +50,8 @@ pub struct Settings {
     pub require_digest: bool,
     pub admin_token: String,
     pub webhook_secret: Option<Vec<u8>>,
+    /// Where to POST events (`--notify`).
+    pub notify: Vec<String>,
     /// The data plane the route tables are published to.
     pub gateway: Arc<gateway::Gateway>,
     /// Where verified artifacts are kept.
@@ -72,6 +74,7 @@ pub struct Controller {
     rollout_wake: tokio::sync::Notify,
     /// HTTP clients of the analysis providers: verifying certificates, and not (`insecure`).
     http: (reqwest::Client, reqwest::Client),
+    notifier: crate::notify::Notifier,
 }
 
 /// A revision to fetch, verify, load and warm up.
@@ -235,6 +238,7 @@ impl Controller {
             }
         }
         let (measured_tx, measured_rx) = tokio::sync::mpsc::unbounded_channel();
+        let notifier = crate::notify::Notifier::start(&settings.notify);
         let insecure = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .build()
@@ -250,6 +254,7 @@ impl Controller {
             measured_rx: Mutex::new(Some(measured_rx)),
             rollout_wake: tokio::sync::Notify::new(),
             http: (reqwest::Client::new(), insecure),
+            notifier,
         })
     }
 
@@ -942,6 +947,35 @@ impl Controller {
     }
 
     fn record(&self, record: SyncRecord) {
+        let (event, message) = match record.outcome {
+            SyncOutcome::Applied => (
+                "sync.succeeded",
+                format!(
+                    "applied commit {}",
+                    record.commit.as_deref().map(short).unwrap_or("-")
+                ),
+            ),
+            _ => (
+                "sync.failed",
+                record
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("{:?}", record.outcome)),
+            ),
+        };
+        self.notifier.send(crate::notify::Event::new(
+            event,
+            &record.repo,
+            &message,
+            record.time,
+            serde_json::json!({
+                "commit": record.commit,
+                "author": record.author,
+                "signer": record.signer,
+                "outcome": format!("{:?}", record.outcome),
+                "diagnostics": record.diagnostics,
+            }),
+        ));
         self.log_store(self.store.record_sync(record).map(|_| ()));
     }
 

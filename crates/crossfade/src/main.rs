@@ -6,6 +6,7 @@ mod clock;
 mod controller;
 mod datadir;
 mod lint;
+mod notify;
 mod rollout_cmd;
 mod up;
 

@@ -69,6 +69,10 @@ pub struct Args {
     /// Refuse commits whose storageUris do not pin a sha256 digest.
     #[arg(long)]
     require_digest: bool,
+    /// POST a JSON event (with a Slack-compatible `text`) to this URL on every sync and rollout
+    /// event; may be given several times.
+    #[arg(long = "notify", value_name = "URL")]
+    notify: Vec<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -103,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         require_digest: args.require_digest,
         admin_token,
         webhook_secret: args.webhook_secret.clone().map(String::into_bytes),
+        notify: args.notify.clone(),
         gateway: gateway::Gateway::new(gateway::Config {
             body_limit: args.max_body_bytes,
         }),

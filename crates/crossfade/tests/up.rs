@@ -1636,3 +1636,152 @@ spec:
         "{seen:?}"
     );
 }
+
+/// A notification receiver on port 0: keeps every JSON body POSTed to it, answering 503 to the
+/// very first request (the sender must retry) and 200 to the rest.
+struct Receiver {
+    url: String,
+    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = std::sync::Arc::clone(&events);
+        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { continue };
+                let kept = std::sync::Arc::clone(&kept);
+                let first = std::sync::Arc::clone(&first);
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut stream = stream;
+                    loop {
+                        let mut length = 0;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                            if let Some(v) =
+                                line.to_ascii_lowercase().strip_prefix("content-length:")
+                            {
+                                length = v.trim().parse().unwrap();
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        reader.read_exact(&mut body).unwrap();
+                        let refuse = first.swap(false, std::sync::atomic::Ordering::SeqCst);
+                        if refuse {
+                            let _ = stream.write_all(
+                                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
+                            );
+                            continue;
+                        }
+                        kept.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+        Self { url, events }
+    }
+
+    fn count(&self, event: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e["event"] == event)
+            .count()
+    }
+
+    /// Waits (30 s at most) until `done` holds for the counts.
+    fn wait(&self, done: impl Fn(&Self) -> bool) {
+        for _ in 0..300 {
+            if done(self) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!(
+            "not all notifications arrived: {:#?}",
+            self.events.lock().unwrap()
+        );
+    }
+}
+
+#[test]
+fn notifications_follow_a_rollout_and_a_rollback() {
+    let receiver = Receiver::start();
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let bad = publish_model(store.path(), "iris-fails");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.write(
+        "rollout.yaml",
+        &rollout_yaml_ending(BUILTIN_TEMPLATE, "{duration: 1s}"),
+    );
+    repo.commit("iris v1 with a rollout");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--notify",
+            &receiver.url,
+        ],
+    );
+    up.sync();
+    let load = Load::start(&up.data);
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    repo.commit("iris v2");
+    up.sync();
+    up.wait_rollout("iris-predictor-00002", |r| {
+        r["stableRevision"] == "iris-predictor-00002"
+    });
+    repo.write("iris.yaml", &isvc_with("iris", &bad, ""));
+    repo.commit("iris v3, which fails on some inputs");
+    up.sync();
+    up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
+    drop(load.finish());
+
+    receiver.wait(|r| r.count("rollout.aborted") == 1 && r.count("analysis.failed") == 1);
+    // Three commits applied (the first event was refused once, and delivered on retry); the
+    // first revision and v2 promoted; v2's analysis passed; the steps announced.
+    receiver.wait(|r| r.count("sync.succeeded") == 3 && r.count("rollout.promoted") == 2);
+    assert_eq!(receiver.count("analysis.succeeded"), 1);
+    // setWeight 20 and 50 for v2, setWeight 20 for v3.
+    assert_eq!(receiver.count("rollout.step"), 3);
+    let events = receiver.events.lock().unwrap();
+    let first = &events[0];
+    assert_eq!(first["event"], "sync.succeeded", "{events:#?}");
+    for e in events.iter() {
+        assert!(
+            e["text"].as_str().unwrap().starts_with("crossfade: "),
+            "{e}"
+        );
+        assert!(e["time"].as_str().unwrap().ends_with('Z'), "{e}");
+    }
+    let aborted = events
+        .iter()
+        .find(|e| e["event"] == "rollout.aborted")
+        .unwrap();
+    assert_eq!(aborted["subject"], "default/iris");
+    assert_eq!(
+        aborted["detail"]["weights"],
+        serde_json::json!({"iris-predictor-00002": 100})
+    );
+}

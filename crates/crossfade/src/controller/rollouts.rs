@@ -87,6 +87,18 @@ impl Controller {
                     } => self.measure(app, id.clone(), run, metric, provider, canary, stable, now),
                     RolloutEffect::Event { kind, message } => {
                         tracing::info!(rollout = %spec.name, service = %id, ?kind, "{message}");
+                        self.notifier.send(crate::notify::Event::new(
+                            notification_name(kind),
+                            &id.to_string(),
+                            &message,
+                            now_ms,
+                            serde_json::json!({
+                                "rollout": spec.name,
+                                "canary": t.status.canary,
+                                "stable": t.status.stable,
+                                "weights": t.status.weights().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                            }),
+                        ));
                         self.audit(
                             now_ms,
                             "controller",
@@ -324,6 +336,18 @@ fn event_name(kind: rollout::EventKind) -> &'static str {
         Aborted => "aborted",
         AnalysisFinished => "analysis-succeeded",
         AnalysisFailed => "analysis-failed",
+    }
+}
+
+fn notification_name(kind: rollout::EventKind) -> &'static str {
+    use rollout::EventKind::*;
+    match kind {
+        StepStarted => "rollout.step",
+        Paused => "rollout.paused",
+        Promoted => "rollout.promoted",
+        Aborted => "rollout.aborted",
+        AnalysisFinished => "analysis.succeeded",
+        AnalysisFailed => "analysis.failed",
     }
 }
 
