@@ -83,7 +83,9 @@ fn test() -> anyhow::Result<()> {
     )?;
     run("cargo", &["test", "--workspace", "--doc"])?;
     invariants()?;
-    // The README's first command, exactly as a new user types it.
+    // The README's first command, exactly as a new user types it (the demo: about 20 s), and
+    // the lint of the bundled example that the README shows next.
+    run("cargo", &["run", "--quiet", "--", "demo"])?;
     run("cargo", &["run", "--quiet", "--", "lint", "examples/iris"])?;
     eprintln!("xtask: all checks passed");
     Ok(())

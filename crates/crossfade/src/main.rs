@@ -5,6 +5,7 @@ mod client;
 mod clock;
 mod controller;
 mod datadir;
+mod demo;
 mod lint;
 mod notify;
 mod rollout_cmd;
@@ -24,6 +25,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// See the whole idea work on this machine: a Git repository, a good model promoted step by
+    /// step, a bad one caught and rolled back. No network, nothing to prepare.
+    Demo(demo::Args),
     /// Check manifests (Application, InferenceService, ServingRuntime, Rollout,
     /// AnalysisTemplate) and report every problem with its file, line and field.
     ///
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
     // One rustls provider for the whole process: ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
         Command::Lint(args) => lint::run(&args),
         Command::Up(args) => up::run(*args).map(|()| ExitCode::SUCCESS),
         Command::Status(c) => client::status(&c),

@@ -131,6 +131,30 @@ async fn serve(
     admin_listen: SocketAddr,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
+    let running = start(store, settings, apps, admin_listen, listen).await?;
+    shutdown_signal().await;
+    running.stop().await
+}
+
+/// `crossfade up` running: the controller and the addresses it serves on.
+pub struct Running {
+    pub controller: Arc<Controller>,
+    pub admin: SocketAddr,
+    pub data: SocketAddr,
+    stop_tx: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    data_server: tokio::task::JoinHandle<std::io::Result<()>>,
+    loops: tokio::task::JoinHandle<()>,
+}
+
+/// Binds both listeners and starts the controller's loops, the control API and the data plane.
+pub async fn start(
+    store: store::Store,
+    settings: Settings,
+    apps: Vec<Application>,
+    admin_listen: SocketAddr,
+    listen: SocketAddr,
+) -> anyhow::Result<Running> {
     let listener = tokio::net::TcpListener::bind(admin_listen)
         .await
         .with_context(|| format!("listening on {admin_listen}"))?;
@@ -140,9 +164,10 @@ async fn serve(
     let data_dir = settings.data_dir.clone();
     let data_plane = Arc::clone(&settings.gateway);
     let controller = Arc::new(Controller::new(store, settings, apps)?);
+    let (admin, data) = (listener.local_addr()?, data_listener.local_addr()?);
     tracing::info!(
-        admin = %listener.local_addr()?,
-        listen = %data_listener.local_addr()?,
+        admin = %admin,
+        listen = %data,
         data_dir = %data_dir.display(),
         "crossfade is up"
     );
@@ -180,14 +205,28 @@ async fn serve(
             })
             .await
     });
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    server.await??;
-    data_server.await??;
-    loops.await?;
-    tracing::info!("stopped");
-    Ok(())
+    Ok(Running {
+        controller,
+        admin,
+        data,
+        stop_tx,
+        server,
+        data_server,
+        loops,
+    })
+}
+
+impl Running {
+    /// Stops accepting, finishes what is in flight, and waits for every loop to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        tracing::info!("shutting down");
+        let _ = self.stop_tx.send(true);
+        self.server.await??;
+        self.data_server.await??;
+        self.loops.await?;
+        tracing::info!("stopped");
+        Ok(())
+    }
 }
 
 async fn shutdown_signal() {

@@ -1785,3 +1785,48 @@ fn notifications_follow_a_rollout_and_a_rollback() {
         serde_json::json!({"iris-predictor-00002": 100})
     );
 }
+
+#[test]
+fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {
+    // Kept where asked: the repository with its three commits.
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["demo", "--data-dir", data.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "iris-predictor-00001 serves all traffic",
+        "step 3: analysing iris-predictor-00002 at 20%",
+        "iris-predictor-00002 passed every step and now serves all traffic",
+        "The analysis caught it at 20% and rolled it back",
+        "iris-predictor-00002 serves all traffic again",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    let log = Command::new("git")
+        .args(["log", "--oneline"])
+        .current_dir(data.path().join("repo"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&log.stdout).lines().count(), 3);
+    // Without --data-dir, its temporary directory is gone when it ends.
+    let child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let status = child.wait_with_output().unwrap().status;
+    assert!(status.success());
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("crossfade-demo-{pid}"))
+            .exists()
+    );
+}

@@ -126,7 +126,7 @@ impl OnnxModel {
         // tract panics on some invalid inputs (an out-of-range Gather index): a request must
         // not take the server down, so a panic is an inference error like any other.
         let plan = &self.plan;
-        let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| plan.run(values)))
+        let results = quiet_panics(|| plan.run(values))
             .map_err(|panic| {
                 let what = panic
                     .downcast_ref::<String>()
@@ -291,4 +291,28 @@ fn one_line(e: &dyn std::fmt::Display) -> String {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+std::thread_local! {
+    /// Set while this thread runs a model: a panic there is the model's answer to a bad input,
+    /// turned into an error, not a crash to report.
+    static IN_MODEL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic as `Err` without the process-wide panic message (every other
+/// panic is reported as before).
+fn quiet_panics<T>(f: impl FnOnce() -> T) -> std::thread::Result<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_MODEL.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    IN_MODEL.with(|m| m.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_MODEL.with(|m| m.set(false));
+    result
 }
