@@ -47,6 +47,8 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
     ("ssh-keygen", &["-?"], "openssh-client"),
     // A real Prometheus, scraping crossfade, for the analysis provider's end-to-end test.
     ("prometheus", &["--version"], "prometheus"),
+    // Headless Chromium, for the dashboard's end-to-end test.
+    ("chromium", &["--version"], "chromium"),
 ];
 
 fn test() -> anyhow::Result<()> {

@@ -15,6 +15,7 @@
 //! | POST | `/api/v1/rollouts/<name>/{promote,abort,retry}?namespace=NS` | [`dto::RolloutAction`] body (token); the [`dto::Rollout`] after it |
 //! | POST | `/api/v1/webhook/git` | fetch and sync now (webhook signature) |
 //! | GET | `/healthz` | `ok` |
+//! | GET | `/` | the dashboard: one page from the binary (no CDN), updated every second |
 //!
 //! This is the only crate with wire types; the binary implements [`Backend`].
 
@@ -101,6 +102,7 @@ pub trait Backend: Send + Sync + 'static {
 pub fn router(backend: Arc<dyn Backend>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(dashboard))
         .route("/api/v1/status", get(status))
         .route("/api/v1/history", get(history))
         .route("/api/v1/audit", get(audit))
@@ -120,6 +122,19 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
 }
 
 type Shared = State<Arc<dyn Backend>>;
+
+/// The dashboard: services with their split, rollouts with their steps and every measurement
+/// plotted against its condition, the sync history and the audit log. It reads the same API.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
 
 async fn status(State(b): Shared) -> Response {
     axum::Json(b.status()).into_response()

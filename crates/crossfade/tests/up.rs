@@ -1830,3 +1830,130 @@ fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {
             .exists()
     );
 }
+
+/// A screenshot of `url` by headless Chromium, once the page's scripts have run.
+fn screenshot(url: &str, path: &Path) {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+        ])
+        .args(["--window-size=1200,900", "--virtual-time-budget=4000"])
+        .arg(format!("--screenshot={}", path.display()))
+        .arg(url)
+        .output()
+        .expect("chromium is not installed: run `cargo xtask test`, which installs it");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The page as Chromium has it after its scripts ran.
+fn dom(url: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=4000",
+        ])
+        .args(["--dump-dom", url])
+        .output()
+        .expect("chromium is not installed: run `cargo xtask test`, which installs it");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The dashboard's first two revision colours.
+const BLUE: [u8; 3] = [0x3b, 0x7d, 0xdd];
+const GREEN: [u8; 3] = [0x1f, 0x9d, 0x55];
+
+/// The first traffic bar in a screenshot (the first row of pixels with more than 400 in the
+/// revision colours): how many of its pixels are blue and green.
+fn first_bar(path: &Path) -> (usize, usize) {
+    let mut decoder =
+        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let frame = reader.next_frame(&mut buf).unwrap();
+    let step = frame.color_type.samples();
+    let width = frame.width as usize * step;
+    for row in buf[..frame.buffer_size()].chunks(width) {
+        let px: Vec<[u8; 3]> = row.chunks(step).map(|c| [c[0], c[1], c[2]]).collect();
+        let blue = px.iter().filter(|p| **p == BLUE).count();
+        let green = px.iter().filter(|p| **p == GREEN).count();
+        if blue + green > 400 {
+            return (blue, green);
+        }
+    }
+    panic!("no traffic bar in {}", path.display());
+}
+
+#[test]
+fn the_dashboard_shows_the_split_change_during_a_rollout() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.write("rollout.yaml", &rollout_yaml(BUILTIN_TEMPLATE));
+    repo.commit("iris v1 with a rollout");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let shots = tempfile::tempdir().unwrap();
+    let url = format!("{}/", up.server);
+
+    // Before: the stable revision has the whole bar (the dashboard's first colour).
+    let before = shots.path().join("before.png");
+    screenshot(&url, &before);
+    let (blue, green) = first_bar(&before);
+    assert!(blue > 400 && green == 0, "{blue} {green}");
+    let page = dom(&url);
+    assert!(
+        page.contains(r#"data-revision="iris-predictor-00001" data-percent="100""#),
+        "{page}"
+    );
+
+    // During the rollout: half and half, the canary in the second colour.
+    let load = Load::start(&up.data);
+    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
+    repo.commit("iris v2");
+    up.sync();
+    up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+    });
+    drop(load.finish());
+    let during = shots.path().join("during.png");
+    screenshot(&url, &during);
+    let (blue, green) = first_bar(&during);
+    assert!(
+        blue > 200 && green > 200 && blue.abs_diff(green) < (blue + green) / 10,
+        "{blue} {green}"
+    );
+    let page = dom(&url);
+    assert!(
+        page.contains(r#"data-revision="iris-predictor-00002" data-percent="50""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<li class="current">5. pause: until promoted</li>"#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"data-metric="success-rate""#),
+        "no plot: {page}"
+    );
+
+    // Promoted: the new revision has the whole bar.
+    up.json(&["rollout", "promote", "iris"]);
+    up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
+    let after = shots.path().join("after.png");
+    screenshot(&url, &after);
+    let (blue, green) = first_bar(&after);
+    assert!(green > 400 && blue == 0, "{blue} {green}");
+}
