@@ -206,6 +206,7 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
     let c = Arc::clone(&running.controller);
     c.clone().sync_all(api::Trigger::Manual).await;
     println!("2. crossfade synced it: iris-predictor-00001 serves all traffic.");
+    println!("   Dashboard:   http://{}/", running.admin);
     println!(
         "   Inference:   http://{}/v2/models/iris/infer",
         running.data

@@ -254,7 +254,12 @@ fn init_logging(format: LogFormat) {
 /// The Applications to run: from `--repo`, or from `-f` files (real Argo CD Applications).
 fn applications(args: &Args) -> anyhow::Result<Vec<Application>> {
     if let Some(repo) = &args.repo {
-        let name = repo
+        // A local path such as `.` is named after the directory it is.
+        let named = std::fs::canonicalize(repo)
+            .ok()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| repo.clone());
+        let name = named
             .trim_end_matches('/')
             .rsplit('/')
             .next()
