@@ -652,6 +652,12 @@ fn mirror(
     let Some((mirror, metrics)) = routed.mirror else {
         return;
     };
+    // A revision served by a model server process cannot be compared tensor by tensor here:
+    // it is not mirrored to (counting it as disagreeing would abort every such canary; not
+    // counting it leaves a mirror-agreement analysis without data, which is inconclusive).
+    if mirror.model().is_none() {
+        return;
+    }
     gw.mirrors.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let gw = Arc::clone(gw);
     let inputs = inputs.to_vec();
@@ -667,7 +673,7 @@ fn mirror(
             .mirror_counter(&service, &primary_name, &mirror.name, false),
     );
     tokio::task::spawn_blocking(move || {
-        // A proxied revision cannot be compared tensor by tensor: it counts as disagreeing.
+        // A canary that fails on an input the stable one answers disagrees.
         let (agreed, distance) = match mirror.model().map(|m| m.infer(&inputs)) {
             Some(Ok(outputs)) => compare(&primary, &outputs),
             _ => (false, f64::INFINITY),
