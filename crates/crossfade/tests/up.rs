@@ -1131,6 +1131,36 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
 
 // === Progressive delivery ===
 
+/// Fixture models published under their digests (`publish_model`), kept while it lives.
+struct Models {
+    _store: tempfile::TempDir,
+    uris: Vec<String>,
+}
+
+impl Models {
+    fn publish(names: &[&str]) -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let uris = names
+            .iter()
+            .map(|n| publish_model(store.path(), n))
+            .collect();
+        Self {
+            _store: store,
+            uris,
+        }
+    }
+
+    fn uris<const N: usize>(&self) -> [String; N] {
+        self.uris.clone().try_into().unwrap()
+    }
+}
+
+/// Points `iris` at `uri` and commits it.
+fn commit_model(repo: &GitRepo, uri: &str, message: &str) {
+    repo.write("iris.yaml", &isvc_with("iris", uri, ""));
+    repo.commit(message);
+}
+
 /// A Rollout of `iris` with an analysis step over `template`, and that template. The last step
 /// waits for `promote`.
 fn rollout_yaml(template: &str) -> String {
@@ -1217,6 +1247,21 @@ impl Load {
     }
 }
 
+/// Checks that the rollout `r` aborted its canary and gave `stable` all the traffic back;
+/// returns the analysis run that failed.
+fn aborted_back_to(r: &Value, stable: &str) -> Value {
+    assert_eq!(r["phase"], "Degraded", "{r:#}");
+    assert_eq!(r["weights"], serde_json::json!({ stable: 100 }), "{r:#}");
+    let run = r["analysisRuns"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(run["phase"], "Failed", "{r:#}");
+    run
+}
+
 impl Up {
     fn rollout(&self) -> Value {
         serde_json::from_str(&http_get(&self.server, "/api/v1/rollouts/iris")).unwrap()
@@ -1240,10 +1285,8 @@ impl Up {
 
 #[test]
 fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
-    let store = tempfile::tempdir().unwrap();
-    let v1 = publish_model(store.path(), "iris-logreg-v1");
-    let v2 = publish_model(store.path(), "iris-logreg-v2");
-    let bad = publish_model(store.path(), "iris-fails");
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails"]);
+    let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
     repo.write("rollout.yaml", &rollout_yaml(BUILTIN_TEMPLATE));
@@ -1263,8 +1306,7 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
 
     // A good model: 20%, a pause, an analysis that passes, 50%, then paused until promoted.
     let load = Load::start(&up.data);
-    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
-    repo.commit("iris v2");
+    commit_model(&repo, &v2, "iris v2");
     up.sync();
     let (r, max) = up.wait_rollout("iris-predictor-00002", |r| {
         r["phase"] == "Paused" && r["currentStepIndex"] == 4
@@ -1321,24 +1363,13 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
     // A model that fails on half of the inputs: aborted by the analysis at 20%, before it
     // ever gets half of the traffic; everything returns to the stable revision.
     let load = Load::start(&up.data);
-    repo.write("iris.yaml", &isvc_with("iris", &bad, ""));
-    repo.commit("iris v3, which fails on some inputs");
+    commit_model(&repo, &bad, "iris v3, which fails on some inputs");
     up.sync();
     let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
     let seen = load.finish();
     assert_eq!(max, 20, "{r:#}");
-    assert_eq!(
-        r["weights"],
-        serde_json::json!({"iris-predictor-00002": 100})
-    );
     assert_eq!(r["canaryRevision"], "iris-predictor-00003");
-    let run = r["analysisRuns"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(run["phase"], "Failed", "{r:#}");
+    aborted_back_to(&r, "iris-predictor-00002");
     assert!(
         r["message"].as_str().unwrap().contains("result >= 0.95"),
         "{r:#}"
@@ -1488,13 +1519,10 @@ spec:
 
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
-    let store = tempfile::tempdir().unwrap();
-    let v1 = publish_model(store.path(), "iris-logreg-v1");
-    let v2 = publish_model(store.path(), "iris-mlp-v1");
-    let bad = publish_model(store.path(), "iris-fails");
+    let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails"]);
+    let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
-    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
-    repo.commit("iris v1");
+    commit_model(&repo, &v1, "iris v1");
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
     up.sync();
@@ -1508,8 +1536,7 @@ fn a_rollout_judged_by_a_real_prometheus() {
 
     // A good model passes the analysis and is promoted to 100% with nobody's help.
     let load = Load::start(&up.data);
-    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
-    repo.commit("iris v2");
+    commit_model(&repo, &v2, "iris v2");
     up.sync();
     let (r, _) = up.wait_rollout("iris-predictor-00002", |r| {
         r["stableRevision"] == "iris-predictor-00002"
@@ -1527,23 +1554,12 @@ fn a_rollout_judged_by_a_real_prometheus() {
 
     // The model failing on half of its inputs: Prometheus sees the errors, the rollout aborts
     // at 20% and the stable revision takes everything back.
-    repo.write("iris.yaml", &isvc_with("iris", &bad, ""));
-    repo.commit("iris v3, which fails on some inputs");
+    commit_model(&repo, &bad, "iris v3, which fails on some inputs");
     up.sync();
     let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
     drop(load.finish());
     assert_eq!(max, 20, "{r:#}");
-    assert_eq!(
-        r["weights"],
-        serde_json::json!({"iris-predictor-00002": 100})
-    );
-    let run = r["analysisRuns"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(run["phase"], "Failed", "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00002");
     let failed = run["measurements"]
         .as_array()
         .unwrap()
@@ -1556,10 +1572,8 @@ fn a_rollout_judged_by_a_real_prometheus() {
 
 #[test]
 fn a_canary_that_answers_differently_is_caught_in_the_shadow() {
-    let store = tempfile::tempdir().unwrap();
-    let v1 = publish_model(store.path(), "iris-logreg-v1");
-    let v2 = publish_model(store.path(), "iris-logreg-v2");
-    let wrong = publish_model(store.path(), "iris-wrong");
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-wrong"]);
+    let [v1, v2, wrong] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
     // Every request is copied to the canary while it has no traffic of its own, and its
@@ -1600,8 +1614,7 @@ spec:
     let load = Load::sending(&up.data, |_| IRIS_V2.to_owned());
 
     // A retrained model that agrees: on to 50%.
-    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
-    repo.commit("iris v2");
+    commit_model(&repo, &v2, "iris v2");
     up.sync();
     let (r, _) = up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Paused");
     assert_eq!(r["weights"]["iris-predictor-00002"], 50, "{r:#}");
@@ -1611,23 +1624,12 @@ spec:
 
     // A model that answers confidently and wrongly (no errors, no latency): aborted before it
     // answers a single client.
-    repo.write("iris.yaml", &isvc_with("iris", &wrong, ""));
-    repo.commit("iris v3, which gets the species wrong");
+    commit_model(&repo, &wrong, "iris v3, which gets the species wrong");
     up.sync();
     let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
     let seen = load.finish();
     assert_eq!(max, 0, "{r:#}");
-    assert_eq!(
-        r["weights"],
-        serde_json::json!({"iris-predictor-00002": 100})
-    );
-    let run = r["analysisRuns"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(run["phase"], "Failed", "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00002");
     assert_eq!(run["measurements"][0]["value"], "0.0", "{r:#}");
     // Clients only ever got the stable revisions' answers, all of them 200.
     assert!(
@@ -1723,10 +1725,8 @@ impl Receiver {
 #[test]
 fn notifications_follow_a_rollout_and_a_rollback() {
     let receiver = Receiver::start();
-    let store = tempfile::tempdir().unwrap();
-    let v1 = publish_model(store.path(), "iris-logreg-v1");
-    let v2 = publish_model(store.path(), "iris-logreg-v2");
-    let bad = publish_model(store.path(), "iris-fails");
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails"]);
+    let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
     repo.write(
@@ -1746,14 +1746,12 @@ fn notifications_follow_a_rollout_and_a_rollback() {
     );
     up.sync();
     let load = Load::start(&up.data);
-    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
-    repo.commit("iris v2");
+    commit_model(&repo, &v2, "iris v2");
     up.sync();
     up.wait_rollout("iris-predictor-00002", |r| {
         r["stableRevision"] == "iris-predictor-00002"
     });
-    repo.write("iris.yaml", &isvc_with("iris", &bad, ""));
-    repo.commit("iris v3, which fails on some inputs");
+    commit_model(&repo, &bad, "iris v3, which fails on some inputs");
     up.sync();
     up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
     drop(load.finish());
@@ -1895,9 +1893,8 @@ fn first_bar(path: &Path) -> (usize, usize) {
 
 #[test]
 fn the_dashboard_shows_the_split_change_during_a_rollout() {
-    let store = tempfile::tempdir().unwrap();
-    let v1 = publish_model(store.path(), "iris-logreg-v1");
-    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2"]);
+    let [v1, v2] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
     repo.write("rollout.yaml", &rollout_yaml(BUILTIN_TEMPLATE));
@@ -1921,8 +1918,7 @@ fn the_dashboard_shows_the_split_change_during_a_rollout() {
 
     // During the rollout: half and half, the canary in the second colour.
     let load = Load::start(&up.data);
-    repo.write("iris.yaml", &isvc_with("iris", &v2, ""));
-    repo.commit("iris v2");
+    commit_model(&repo, &v2, "iris v2");
     up.sync();
     up.wait_rollout("iris-predictor-00002", |r| {
         r["phase"] == "Paused" && r["currentStepIndex"] == 4
