@@ -29,6 +29,9 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) struct Wire {
     pub(crate) stream: TcpStream,
     pub(crate) buf: BytesMut,
+    /// The longest wait for more of a message that has started (`None`: no limit). A peer
+    /// that stops sending halfway gets an `ErrorKind::TimedOut` error.
+    pub(crate) stall: Option<std::time::Duration>,
 }
 
 /// Why a body could not be read.
@@ -176,15 +179,35 @@ impl Wire {
         Self {
             stream,
             buf: BytesMut::with_capacity(8 * 1024),
+            stall: None,
         }
     }
 
-    /// Reads more bytes into the buffer; `false` when the peer has closed.
+    /// Reads more bytes into the buffer, waiting at most `stall`; `false` when the peer has
+    /// closed.
     pub(crate) async fn fill(&mut self) -> io::Result<bool> {
+        self.fill_within(self.stall).await
+    }
+
+    /// Reads more bytes into the buffer, waiting at most `limit`.
+    pub(crate) async fn fill_within(
+        &mut self,
+        limit: Option<std::time::Duration>,
+    ) -> io::Result<bool> {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(8 * 1024);
         }
-        Ok(self.stream.read_buf(&mut self.buf).await? > 0)
+        let read = self.stream.read_buf(&mut self.buf);
+        let n = match limit {
+            None => read.await?,
+            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("nothing more arrived within {} s", limit.as_secs()),
+                )
+            })??,
+        };
+        Ok(n > 0)
     }
 
     /// Reads a body with the given framing, at most `limit` bytes.

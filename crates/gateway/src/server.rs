@@ -10,6 +10,8 @@
 //! - Bad framing (two different lengths, both a length and a transfer coding, a broken
 //!   chunk) is a 400 and the connection is closed: nothing after it can be trusted.
 //! - A body over the limit is a 413, sent before the body is read.
+//! - A client that stops sending in the middle of a request for 30 s gets a 408 and the
+//!   connection is closed (no task is held by half a request).
 //! - Shutdown stops accepting, closes idle connections at once, lets every request that has
 //!   started finish and be answered (with `connection: close`), then returns.
 
@@ -30,6 +32,10 @@ use tower::ServiceExt;
 
 use crate::h1::{self, BodyError, Framing, Wire};
 use crate::{Gateway, error};
+
+/// The longest a client may pause in the middle of a request (head or body) before it is
+/// answered 408 and the connection closed; between requests it may stay as long as it likes.
+const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A request head, parsed.
 struct Head {
@@ -174,6 +180,7 @@ async fn connection(
     mut stopping: watch::Receiver<bool>,
 ) {
     let mut wire = Wire::new(stream);
+    wire.stall = Some(STALL);
     let mut out = Vec::with_capacity(1024);
     loop {
         let head = loop {
@@ -187,17 +194,27 @@ async fn connection(
                 Parsed::Partial => {}
             }
             let more = if wire.buf.is_empty() {
-                // Between requests: a shutdown closes the connection.
+                // Between requests: a shutdown closes the connection; a client may keep it
+                // open as long as it likes.
                 tokio::select! {
                     biased;
                     _ = stopping.wait_for(|s| *s) => return,
-                    more = wire.fill() => more,
+                    more = wire.fill_within(None) => more,
                 }
             } else {
                 wire.fill().await
             };
-            if !matches!(more, Ok(true)) {
-                return;
+            match more {
+                Ok(true) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    let resp = error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("the request head stopped arriving: {e}"),
+                    );
+                    let _ = reply(&mut wire, &mut out, resp, false, false, false).await;
+                    return;
+                }
+                _ => return,
             }
         };
         let limit = gw.config.body_limit;
@@ -231,6 +248,14 @@ async fn connection(
                             StatusCode::BAD_REQUEST
                         };
                         let resp = error(status, format!("the request body: {e}"));
+                        let _ = reply(&mut wire, &mut out, resp, false, head.http10, false).await;
+                        return;
+                    }
+                    Err(BodyError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+                        let resp = error(
+                            StatusCode::REQUEST_TIMEOUT,
+                            format!("the request body stopped arriving: {e}"),
+                        );
                         let _ = reply(&mut wire, &mut out, resp, false, head.http10, false).await;
                         return;
                     }

@@ -986,3 +986,40 @@ async fn shutdown_closes_idle_connections_and_finishes_started_requests() {
     // Nothing listens any more.
     assert!(tokio::net::TcpStream::connect(served.addr).await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_request_that_stops_arriving_is_answered_408() {
+    let served = serve(gateway(1 << 20)).await;
+    // Half a head, then nothing: on the paused clock, 30 s pass as soon as all is idle.
+    let mut sock = connect(&served).await;
+    write(
+        &mut sock,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\ncontent-le",
+    )
+    .await;
+    let (got, closed) = answers(&mut sock, 1, false).await;
+    assert_eq!((got[0].status, closed), (408, true));
+    assert!(
+        got[0].json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("head stopped arriving")
+    );
+    // A head, and half of its body.
+    let mut sock = connect(&served).await;
+    write(
+        &mut sock,
+        b"POST /v2/models/iris/infer HTTP/1.1\r\ncontent-length: 100\r\n\r\n{\"inp",
+    )
+    .await;
+    let (got, closed) = answers(&mut sock, 1, false).await;
+    assert_eq!((got[0].status, closed), (408, true));
+    // An idle keep-alive connection is not cut: after an hour it still serves.
+    let mut sock = connect(&served).await;
+    write(&mut sock, b"GET /v2/health/live HTTP/1.1\r\n\r\n").await;
+    answers(&mut sock, 1, false).await;
+    tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+    write(&mut sock, b"GET /v2/health/live HTTP/1.1\r\n\r\n").await;
+    let (got, _) = answers(&mut sock, 1, false).await;
+    assert_eq!(got[0].status, 200);
+}
