@@ -271,6 +271,18 @@ impl World {
     }
 }
 
+/// A first revision made stable, then a second one Ready as the canary, followed by `rest`.
+fn canary_ready<'a, const N: usize>(rest: [Ev<'a>; N]) -> Vec<Ev<'a>> {
+    let mut events = vec![
+        Ev::Commit("iris-predictor-00001"),
+        Ev::Ready,
+        Ev::Commit("iris-predictor-00002"),
+        Ev::Ready,
+    ];
+    events.extend(rest);
+    events
+}
+
 fn num(x: f64) -> Reading {
     Reading::Value(serde_json::json!(x))
 }
@@ -283,11 +295,7 @@ fn vector(x: f64) -> Reading {
 #[test]
 fn a_good_model_is_promoted_step_by_step() {
     use Ev::*;
-    let trace = World::new(spec(STEPS, "")).run(vec![
-        Commit("iris-predictor-00001"),
-        Ready,
-        Commit("iris-predictor-00002"),
-        Ready,
+    let trace = World::new(spec(STEPS, "")).run(canary_ready([
         Advance(30),
         Advance(30),
         Advance(1),
@@ -296,7 +304,7 @@ fn a_good_model_is_promoted_step_by_step() {
         Measure("success-rate", num(0.97)),
         Advance(5),
         Cmd(Command::Promote),
-    ]);
+    ]));
     insta::assert_snapshot!(trace);
 }
 
@@ -305,11 +313,7 @@ fn a_good_model_is_promoted_step_by_step() {
 #[test]
 fn a_bad_model_is_aborted_and_retried() {
     use Ev::*;
-    let trace = World::new(spec(STEPS, "")).run(vec![
-        Commit("iris-predictor-00001"),
-        Ready,
-        Commit("iris-predictor-00002"),
-        Ready,
+    let trace = World::new(spec(STEPS, "")).run(canary_ready([
         Advance(60),
         Measure("success-rate", num(0.3)),
         Advance(600),
@@ -317,7 +321,7 @@ fn a_bad_model_is_aborted_and_retried() {
         Cmd(Command::Retry),
         Commit("iris-predictor-00003"),
         Ready,
-    ]);
+    ]));
     insta::assert_snapshot!(trace);
 }
 
@@ -325,17 +329,13 @@ fn a_bad_model_is_aborted_and_retried() {
 #[test]
 fn an_inconclusive_analysis_pauses_until_promoted() {
     use Ev::*;
-    let trace = World::new(spec(STEPS, "")).run(vec![
-        Commit("iris-predictor-00001"),
-        Ready,
-        Commit("iris-predictor-00002"),
-        Ready,
+    let trace = World::new(spec(STEPS, "")).run(canary_ready([
         Advance(60),
         Measure("success-rate", num(0.8)),
         Advance(120),
         Cmd(Command::Promote),
         Cmd(Command::Abort),
-    ]);
+    ]));
     insta::assert_snapshot!(trace);
 }
 
@@ -348,25 +348,18 @@ fn background_analysis_aborts_before_half_the_traffic() {
         templates: [{templateName: errors}]
         startingStep: 1
 "#;
-    let trace = World::new(spec(STEPS, background)).run(vec![
-        Commit("iris-predictor-00001"),
-        Ready,
-        Commit("iris-predictor-00002"),
-        Ready,
-        Measure("error-rate", Reading::NoData("empty vector".into())),
-    ]);
+    let trace = World::new(spec(STEPS, background)).run(canary_ready([Measure(
+        "error-rate",
+        Reading::NoData("empty vector".into()),
+    )]));
     insta::assert_snapshot!("background_no_data", trace);
-    let trace = World::new(spec(STEPS, background)).run(vec![
-        Commit("iris-predictor-00001"),
-        Ready,
-        Commit("iris-predictor-00002"),
-        Ready,
+    let trace = World::new(spec(STEPS, background)).run(canary_ready([
         Measure("error-rate", vector(0.0)),
         Advance(20),
         Measure("error-rate", vector(0.2)),
         Advance(20),
         Measure("error-rate", vector(0.3)),
-    ]);
+    ]));
     insta::assert_snapshot!("background_errors", trace);
 }
 
@@ -382,11 +375,7 @@ fn commits_edits_failures_full_promotion_and_restarts() {
 "#,
         "",
     );
-    let trace = World::new(spec(STEPS, "")).run(vec![
-        Commit("iris-predictor-00001"),
-        Ready,
-        Commit("iris-predictor-00002"),
-        Ready,
+    let trace = World::new(spec(STEPS, "")).run(canary_ready([
         Advance(20),
         Restart,
         Advance(20),
@@ -399,7 +388,7 @@ fn commits_edits_failures_full_promotion_and_restarts() {
         Advance(30),
         Cmd(Command::PromoteFull),
         Cmd(Command::Promote),
-    ]);
+    ]));
     insta::assert_snapshot!(trace);
 }
 
