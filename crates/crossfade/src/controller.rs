@@ -56,6 +56,14 @@ pub struct Settings {
     pub gateway: Arc<gateway::Gateway>,
     /// Where verified artifacts are kept.
     pub artifacts: artifact::Cache,
+    /// Connections and deadlines of the control API's listener.
+    pub admin_limits: gateway::Limits,
+    /// How long a ServingRuntime's model server may take.
+    pub upstream: gateway::Timeouts,
+    /// Which ServingRuntime commands may be started.
+    pub runtime_commands: crate::runtime_policy::RuntimeCommands,
+    /// The longest a revision may take to fetch, verify, load and warm up.
+    pub load_timeout: Duration,
 }
 
 /// Everything the loops and the API share.
@@ -128,6 +136,11 @@ struct AppState {
 // === impl Controller ===
 
 impl Controller {
+    /// What it was started with.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn new(store: Store, settings: Settings, apps: Vec<Application>) -> anyhow::Result<Self> {
         let mut slots = Vec::new();
         for app in apps {
@@ -347,6 +360,9 @@ impl Controller {
             .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
         let result = self.apply(i, fetched, manual);
         self.publish();
+        // Loads are not waited for under the lock: a slow or stuck one never holds up the
+        // syncs after it (a poll, a webhook, the commit that fixes it).
+        drop(_running);
         if wait {
             // `crossfade sync` returns once the revisions it created are Ready or Failed.
             let mut settled = self.settled.subscribe();
@@ -738,11 +754,20 @@ impl Controller {
         let cache = self.settings.artifacts.clone();
         let (format, uri, runtime) = (job.format.clone(), job.uri.clone(), job.runtime.clone());
         let model_name = job.service.name.clone();
-        let loaded = tokio::task::spawn_blocking(move || {
-            load_model(&cache, &format, &uri, runtime, &model_name)
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
+        let policy = self.settings.runtime_commands.clone();
+        let deadline = self.settings.load_timeout;
+        let loading = tokio::task::spawn_blocking(move || {
+            load_model(&cache, &format, &uri, runtime, &model_name, &policy)
+        });
+        // A load that never ends (an artifact that never finishes arriving) fails at its
+        // deadline; its thread is left to finish or hang on its own.
+        let loaded = match tokio::time::timeout(deadline, loading).await {
+            Ok(done) => done.unwrap_or_else(|e| Err(format!("the load task failed: {e}"))),
+            Err(_) => Err(format!(
+                "the load did not finish within {} s (--load-timeout)",
+                deadline.as_secs()
+            )),
+        };
         let now = clock::now_ms();
         {
             let mut state = self.apps[job.app].state.lock().expect("state");
@@ -770,8 +795,10 @@ impl Controller {
                     let revision = match model {
                         Loaded::Onnx(m) => gateway::Revision::onnx(job.revision.clone(), m),
                         Loaded::Process(p) => {
-                            let upstream =
-                                gateway::Upstream::new(format!("127.0.0.1:{}", p.port()));
+                            let upstream = gateway::Upstream::with_timeouts(
+                                format!("127.0.0.1:{}", p.port()),
+                                self.settings.upstream,
+                            );
                             let mut r = gateway::Revision::proxy(job.revision.clone(), upstream);
                             // The process lives until the last request routed to it is done.
                             r.guard = Some(Box::new(p));
@@ -1333,8 +1360,14 @@ fn load_model(
     uri: &manifest::StorageUri,
     runtime: Result<Option<manifest::ServingRuntime>, String>,
     model_name: &str,
+    policy: &crate::runtime_policy::RuntimeCommands,
 ) -> Result<(Loaded, manifest::Digest), String> {
     let runtime = runtime?;
+    // Nothing from Git runs unless the operator allowed it; checked before any download.
+    if let Some(rt) = &runtime {
+        let program = rt.container.command.first().map_or("", String::as_str);
+        policy.check(&rt.meta.name, program)?;
+    }
     let fetched = cache.fetch(uri).map_err(|e| e.to_string())?;
     if let Some(rt) = runtime {
         let model_dir = if fetched.path.is_dir() {

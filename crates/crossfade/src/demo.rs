@@ -192,6 +192,10 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
         notify: Vec::new(),
         gateway: gateway::Gateway::new(gateway::Config::default()),
         artifacts: artifact::Cache::new(&dir.join("artifacts"), 1 << 30, Duration::from_secs(30))?,
+        admin_limits: gateway::Limits::default(),
+        upstream: gateway::Timeouts::default(),
+        runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
+        load_timeout: Duration::from_secs(300),
     };
     let app = Application {
         name: "demo".into(),

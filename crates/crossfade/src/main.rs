@@ -9,6 +9,7 @@ mod demo;
 mod lint;
 mod notify;
 mod rollout_cmd;
+mod runtime_policy;
 mod up;
 
 use std::process::ExitCode;

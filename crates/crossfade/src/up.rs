@@ -12,6 +12,7 @@ use tokio::sync::watch;
 
 use crate::controller::{Application, Controller, Settings, SharedController};
 use crate::datadir;
+use crate::runtime_policy::RuntimeCommands;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -57,6 +58,9 @@ pub struct Args {
     /// Give up on a fetch after this long.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     fetch_timeout: Duration,
+    /// A revision that is not fetched, verified, loaded and warmed up within this is Failed.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    load_timeout: Duration,
     /// Only sync commits signed by a key in this file (git's SSH allowed_signers format).
     #[arg(long, value_name = "FILE")]
     allowed_signers: Option<PathBuf>,
@@ -76,7 +80,116 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Let every ServingRuntime in Git start its command on this machine (as crossfade's user,
+    /// with a scrubbed environment). Without this or --runtime-allowlist, none does.
+    #[arg(long, conflicts_with = "runtime_allowlist")]
+    allow_runtime_commands: bool,
+    /// A file of `<ServingRuntime name> <program>` lines: the runtimes that may start which
+    /// program (`*` matches any; a trailing `*` a prefix).
+    #[arg(long, value_name = "FILE")]
+    runtime_allowlist: Option<PathBuf>,
+    #[command(flatten)]
+    limits: LimitArgs,
 }
+
+/// Connection limits and deadlines of both listeners (nginx's defaults where it has one).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LimitArgs {
+    /// Most client connections open at once on the data listener (the control API gets a
+    /// third of this). Default: from the file limit, which crossfade raises to its hard limit
+    /// at start, less a reserve for Git, artifacts and model servers. At the limit, the
+    /// connection idle the longest is closed to make room.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// Close a keep-alive connection that has sent no request for this long.
+    #[arg(long, default_value = "75s", value_parser = parse_duration)]
+    idle_timeout: Duration,
+    /// A whole request head must arrive within this (from the connection's start for its
+    /// first request); a late one is answered 408.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    header_timeout: Duration,
+    /// A request body must arrive within this, plus its size at --min-rate.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    body_timeout: Duration,
+    /// Bytes per second a body, and an answer being written, must average once their
+    /// allowance (--body-timeout, --send-timeout) is spent.
+    #[arg(long, default_value_t = 4096, value_name = "BYTES")]
+    min_rate: u64,
+    /// An answer must be written within this, plus its size at --min-rate.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    send_timeout: Duration,
+    /// Most request-body bytes held across all connections; a request over it gets 503.
+    #[arg(long, default_value_t = 1 << 30, value_name = "BYTES")]
+    max_buffered_bytes: usize,
+    /// A model server (ServingRuntime) must accept a connection within this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    upstream_connect_timeout: Duration,
+    /// A model server must answer a request in full within this; a late answer is a 504, a
+    /// server error of the revision.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    upstream_timeout: Duration,
+}
+
+impl LimitArgs {
+    /// The data listener's limits and the control API's, from the flags and the file limit.
+    fn resolve(&self, files: u64) -> (gateway::Limits, gateway::Limits) {
+        let data = self
+            .max_connections
+            .unwrap_or_else(|| connections_for(files));
+        let limits = gateway::Limits {
+            max_connections: data.max(1),
+            idle_timeout: self.idle_timeout,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            min_rate: self.min_rate,
+            send_timeout: self.send_timeout,
+            max_buffered_bytes: self.max_buffered_bytes,
+        };
+        let admin = gateway::Limits {
+            max_connections: (data / 3).max(8),
+            max_buffered_bytes: self.max_buffered_bytes.min(64 << 20),
+            ..limits.clone()
+        };
+        (limits, admin)
+    }
+
+    pub fn upstream(&self) -> gateway::Timeouts {
+        gateway::Timeouts {
+            connect: self.upstream_connect_timeout,
+            answer: self.upstream_timeout,
+            ..gateway::Timeouts::default()
+        }
+    }
+}
+
+/// Data-plane connections for a file limit: what is left after a reserve (a quarter, between
+/// 16 and 256 descriptors) for Git, artifacts, model servers and the database, of which the
+/// control API takes a quarter.
+fn connections_for(files: u64) -> usize {
+    let files = usize::try_from(files).unwrap_or(usize::MAX).min(1 << 20);
+    let reserve = (files / 4).clamp(16, 256);
+    let left = files.saturating_sub(reserve);
+    (left - left / 4).max(8)
+}
+
+/// Raises the soft limit on open files to the hard limit and returns it.
+fn raise_file_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let Some(hard) = limit.maximum {
+        if limit.current != Some(hard) {
+            limit.current = Some(hard);
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::warn!(error = %e, "could not raise the open-file limit");
+            }
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
+}
+
+/// Largest request body on the control API (webhooks are the largest: GitHub caps its
+/// payloads at 25 MB).
+const ADMIN_BODY_LIMIT: usize = 25 << 20;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum LogFormat {
@@ -99,6 +212,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let store = store::Store::open(&data_dir)?;
     let admin_token = datadir::admin_token(&data_dir, args.admin_token.clone())?;
     let trust = trusted_keys(&args)?;
+    let files = raise_file_limit();
+    let (limits, admin_limits) = args.limits.resolve(files);
+    tracing::info!(
+        open_files = files,
+        max_connections = limits.max_connections,
+        admin_max_connections = admin_limits.max_connections,
+        "connection limits"
+    );
     let settings = Settings {
         data_dir: data_dir.clone(),
         poll_interval: args.poll_interval,
@@ -110,7 +231,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         notify: args.notify.clone(),
         gateway: gateway::Gateway::new(gateway::Config {
             body_limit: args.max_body_bytes,
+            limits,
         }),
+        admin_limits,
+        upstream: args.limits.upstream(),
+        load_timeout: args.load_timeout,
+        runtime_commands: match (&args.runtime_allowlist, args.allow_runtime_commands) {
+            (Some(file), _) => RuntimeCommands::from_file(file)?,
+            (None, true) => RuntimeCommands::All,
+            (None, false) => RuntimeCommands::Refused,
+        },
         artifacts: artifact::Cache::new(
             &data_dir.join("artifacts"),
             args.max_artifact_bytes,
@@ -190,12 +320,18 @@ pub async fn start(
         }),
     );
     let mut api_stop = stop_rx.clone();
+    let admin_limits = controller.settings().admin_limits.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move {
+        gateway::serve_router(
+            listener,
+            router,
+            admin_limits,
+            ADMIN_BODY_LIMIT,
+            async move {
                 let _ = api_stop.changed().await;
-            })
-            .await
+            },
+        )
+        .await
     });
     let mut data_stop = stop_rx.clone();
     let data_server = tokio::spawn(async move {

@@ -26,7 +26,12 @@ impl Up {
     /// Starts `crossfade up` with `args` and waits for its "crossfade is up" log line, which
     /// names the port it bound (the tests ask for port 0).
     fn start(data_dir: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(BIN)
+        Self::start_in(Command::new(BIN), data_dir, args)
+    }
+
+    /// [`Up::start`], from a command prepared by the caller (environment, a shell wrapper).
+    fn start_in(mut command: Command, data_dir: &Path, args: &[&str]) -> Self {
+        let mut child = command
             // Its own process group, so that dropping it also stops the model servers it
             // started, even after `kill -9`.
             .process_group(0)
@@ -1086,7 +1091,12 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     let start = || {
         Up::start(
             data.path(),
-            &["--repo", repo.path().to_str().unwrap(), "--require-digest"],
+            &[
+                "--repo",
+                repo.path().to_str().unwrap(),
+                "--require-digest",
+                "--allow-runtime-commands",
+            ],
         )
     };
     let up = start();
@@ -1952,4 +1962,132 @@ fn the_dashboard_shows_the_split_change_during_a_rollout() {
     screenshot(&url, &after);
     let (blue, green) = first_bar(&after);
     assert!(green > 400 && blue == 0, "{blue} {green}");
+}
+
+// === Hardening: nothing from Git runs unasked ===
+
+/// A ServingRuntime that, once started, writes its environment and the pid of a process it
+/// forks to `$OUT`, then serves readiness: what an attacker with a commit would try.
+fn sneaky_runtime(python: &str, out: &Path) -> String {
+    let script = "import http.server, json, os, subprocess, sys\\n\
+        child = subprocess.Popen(['sleep', '1000'])\\n\
+        json.dump({'env': dict(os.environ), 'child': child.pid}, open(os.environ['OUT'], 'w'))\\n\
+        class H(http.server.BaseHTTPRequestHandler):\\n\
+        \\x20   def log_message(self, *a): pass\\n\
+        \\x20   def do_GET(self):\\n\
+        \\x20       self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()\\n\
+        http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\\n";
+    format!(
+        "apiVersion: serving.kserve.io/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: sneaky}}\nspec:\n  supportedModelFormats:\n    - {{name: sneaky, autoSelect: true}}\n  protocolVersions: [v2]\n  containers:\n    - name: kserve-container\n      command: [\"{python}\", -c, \"{script}\"]\n      env:\n        - {{name: OUT, value: \"{}\"}}\n",
+        out.display()
+    )
+}
+
+#[test]
+fn a_serving_runtime_from_git_runs_only_when_allowed_and_without_crossfades_secrets() {
+    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let store = tempfile::tempdir().unwrap();
+    let uri = publish_model(store.path(), "iris-logreg-v1");
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = out_dir.path().join("seen.json");
+    let repo = GitRepo::new();
+    repo.write("runtime.yaml", &sneaky_runtime(&python, &out));
+    repo.write(
+        "iris.yaml",
+        &format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model:\n      modelFormat: {{name: sneaky}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+        ),
+    );
+    repo.commit("a runtime that reads the environment and forks");
+
+    // Lint says what the runtime does.
+    let lint = Command::new(BIN)
+        .args(["lint", repo.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&lint.stdout).into_owned() + &String::from_utf8_lossy(&lint.stderr);
+    assert!(
+        text.contains("runs a command on the serving machine"),
+        "{text}"
+    );
+
+    // Not allowed: Failed, with how to allow it, and the command never ran.
+    let data = tempfile::tempdir().unwrap();
+    let with_secrets = || {
+        let mut command = Command::new(BIN);
+        command
+            .env("AWS_SECRET_ACCESS_KEY", "aws-secret-value")
+            .env("CROSSFADE_TOKEN", TOKEN);
+        command
+    };
+    let up = Up::start_in(
+        with_secrets(),
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap()],
+    );
+    up.sync();
+    let status = up.status();
+    let rev = &service(&status, "iris")["revisions"][0];
+    assert_eq!(rev["state"], "Failed", "{status:#}");
+    let reason = rev["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("--allow-runtime-commands") && reason.contains("--runtime-allowlist"),
+        "{reason}"
+    );
+    assert!(
+        !out.exists(),
+        "the runtime's command ran without being allowed"
+    );
+    up.terminate(std::time::Duration::from_secs(20)).unwrap();
+
+    // Allowed by an allow-list: it runs, sees none of crossfade's secrets, and what it forked
+    // is stopped with it.
+    let allow = out_dir.path().join("allowed-runtimes");
+    std::fs::write(&allow, format!("sneaky {python}\n")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start_in(
+        with_secrets(),
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--runtime-allowlist",
+            allow.to_str().unwrap(),
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    assert_eq!(
+        service(&status, "iris")["revisions"][0]["state"],
+        "Ready",
+        "{status:#}"
+    );
+    let seen: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let env = seen["env"].as_object().unwrap();
+    for secret in [
+        "AWS_SECRET_ACCESS_KEY",
+        "CROSSFADE_TOKEN",
+        "CROSSFADE_WEBHOOK_SECRET",
+    ] {
+        assert!(!env.contains_key(secret), "the runtime saw {secret}");
+    }
+    assert!(
+        !env.values()
+            .any(|v| v == "aws-secret-value" || v == TOKEN || v == HOOK_SECRET),
+        "a secret's value reached the runtime"
+    );
+    assert_eq!(env["OUT"], out.display().to_string());
+    let child = seen["child"].as_u64().unwrap();
+    assert!(alive(child));
+    up.terminate(std::time::Duration::from_secs(20)).unwrap();
+    assert!(!alive(child), "the runtime's child outlived crossfade");
+}
+
+/// Whether a process runs (a zombie no one has reaped runs no more).
+fn alive(pid: u64) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }

@@ -29,9 +29,6 @@ pub(crate) const MAX_HEADERS: usize = 100;
 pub(crate) struct Wire {
     pub(crate) stream: TcpStream,
     pub(crate) buf: BytesMut,
-    /// The longest wait for more of a message that has started (`None`: no limit). A peer
-    /// that stops sending halfway gets an `ErrorKind::TimedOut` error.
-    pub(crate) stall: Option<std::time::Duration>,
 }
 
 /// Why a body could not be read.
@@ -41,6 +38,8 @@ pub(crate) enum BodyError {
     /// The peer closed the connection before the body ended.
     Eof,
     TooLarge,
+    /// Every connection's bodies together would hold more than the listener's budget.
+    OverBudget,
     Malformed(&'static str),
 }
 
@@ -56,6 +55,10 @@ impl std::fmt::Display for BodyError {
             Self::Io(e) => write!(f, "{e}"),
             Self::Eof => write!(f, "the connection closed before the body ended"),
             Self::TooLarge => write!(f, "the body is larger than the limit"),
+            Self::OverBudget => write!(
+                f,
+                "the server holds as many request bodies as it may; try again shortly"
+            ),
             Self::Malformed(why) => write!(f, "{why}"),
         }
     }
@@ -84,6 +87,8 @@ pub(crate) struct Scan {
     pub(crate) keep_alive: bool,
     /// `expect: 100-continue`.
     pub(crate) expect_continue: bool,
+    /// How many `host` headers.
+    pub(crate) hosts: usize,
 }
 
 impl Scan {
@@ -104,6 +109,7 @@ impl Scan {
             self.expect_continue |=
                 tokens(h.value).any(|t| t.eq_ignore_ascii_case(b"100-continue"));
         } else {
+            self.hosts += usize::from(name.eq_ignore_ascii_case("host"));
             return name.eq_ignore_ascii_case("keep-alive");
         }
         true
@@ -165,6 +171,36 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Where the message head at the front of `buf` ends (just after its empty line), or `None`
+/// when it has not all arrived. The search resumes at `*from` and leaves it where the next
+/// one should resume, so a head that arrives a byte at a time is scanned once in all, not
+/// from its start on every read. Lines may end in CRLF or, as RFC 9112 (2.2) lets a recipient
+/// accept, a bare LF.
+pub(crate) fn head_end(buf: &[u8], from: &mut usize) -> Option<usize> {
+    let mut i = (*from).min(buf.len());
+    while let Some(lf) = buf[i..].iter().position(|b| *b == b'\n') {
+        let at = i + lf;
+        match (buf.get(at + 1), buf.get(at + 2)) {
+            (Some(b'\n'), _) => {
+                *from = at + 2;
+                return Some(at + 2);
+            }
+            (Some(b'\r'), Some(b'\n')) => {
+                *from = at + 3;
+                return Some(at + 3);
+            }
+            // Not enough bytes after this LF to tell: look here again next time.
+            (None, _) | (Some(b'\r'), None) => {
+                *from = at;
+                return None;
+            }
+            _ => i = at + 1,
+        }
+    }
+    *from = buf.len();
+    None
+}
+
 /// The scan of a whole header list.
 pub(crate) fn scan(headers: &[httparse::Header<'_>]) -> Scan {
     let mut scan = Scan::default();
@@ -174,121 +210,411 @@ pub(crate) fn scan(headers: &[httparse::Header<'_>]) -> Scan {
     scan
 }
 
+/// Bytes read per `read` call at most while a body arrives: a buffer grows as bytes come,
+/// never by what a head merely announces.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// When a message must be complete: a fixed allowance, plus time in proportion to the bytes
+/// received at a minimum rate. A peer that keeps the rate gets as long as its message needs; one
+/// that trickles (a byte every 29 s) is cut off when the allowance runs out. It is a deadline,
+/// not a stall timer: it does not restart on every byte.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) start: tokio::time::Instant,
+    pub(crate) allowance: std::time::Duration,
+    /// Bytes per second; 0 means the allowance is all there is.
+    pub(crate) min_rate: u64,
+}
+
+impl Pace {
+    /// A fixed deadline `allowance` after now.
+    pub(crate) fn fixed(allowance: std::time::Duration) -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            allowance,
+            min_rate: 0,
+        }
+    }
+
+    /// The deadline once `received` bytes have arrived.
+    pub(crate) fn deadline(&self, received: usize) -> tokio::time::Instant {
+        let earned = if self.min_rate == 0 {
+            std::time::Duration::ZERO
+        } else {
+            std::time::Duration::from_secs_f64(received as f64 / self.min_rate as f64)
+        };
+        let far = std::time::Duration::from_secs(86_400 * 365);
+        self.start
+            .checked_add(self.allowance.saturating_add(earned).min(far))
+            .unwrap_or(self.start)
+    }
+}
+
+/// A bound on the body bytes held across every connection of a listener.
+#[derive(Debug)]
+pub struct Budget {
+    used: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+impl Budget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            used: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Bytes of a [`Budget`] held by one request; given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    budget: std::sync::Arc<Budget>,
+    n: usize,
+}
+
+impl Held {
+    pub(crate) fn new(budget: std::sync::Arc<Budget>) -> Self {
+        Self { budget, n: 0 }
+    }
+
+    /// Holds at least `total` bytes; `false` when the budget has not that much left.
+    pub(crate) fn grow_to(&mut self, total: usize) -> bool {
+        if total <= self.n {
+            return true;
+        }
+        if self.budget.take(total - self.n) {
+            self.n = total;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.give(self.n);
+    }
+}
+
 impl Wire {
     pub(crate) fn new(stream: TcpStream) -> Self {
         Self {
             stream,
-            buf: BytesMut::with_capacity(8 * 1024),
-            stall: None,
+            buf: BytesMut::with_capacity(4 * 1024),
         }
     }
 
-    /// Reads more bytes into the buffer, waiting at most `stall`; `false` when the peer has
-    /// closed.
-    pub(crate) async fn fill(&mut self) -> io::Result<bool> {
-        self.fill_within(self.stall).await
-    }
-
-    /// Reads more bytes into the buffer, waiting at most `limit`.
-    pub(crate) async fn fill_within(
+    /// Reads more bytes into the buffer (at most `want`, at least a little), waiting until
+    /// `deadline` at most; `false` when the peer has closed. A deadline that passes is an
+    /// `ErrorKind::TimedOut` error.
+    pub(crate) async fn fill_until(
         &mut self,
-        limit: Option<std::time::Duration>,
+        deadline: Option<tokio::time::Instant>,
+        want: usize,
     ) -> io::Result<bool> {
-        if self.buf.capacity() - self.buf.len() < 1024 {
-            self.buf.reserve(8 * 1024);
+        let want = want.clamp(1024, READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < want.min(1024) {
+            self.buf.reserve(want);
         }
         let read = self.stream.read_buf(&mut self.buf);
-        let n = match limit {
+        let n = match deadline {
             None => read.await?,
-            Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("nothing more arrived within {} s", limit.as_secs()),
-                )
-            })??,
+            Some(deadline) => tokio::time::timeout_at(deadline, read)
+                .await
+                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the deadline passed"))??,
         };
         Ok(n > 0)
     }
 
-    /// Reads a body with the given framing, at most `limit` bytes.
+    /// Reads a body with the given framing, at most `limit` bytes, by the deadline `pace`
+    /// sets, holding its bytes in `held` (when given) as they arrive.
     pub(crate) async fn body(
         &mut self,
         framing: Framing,
         limit: usize,
+        pace: Pace,
+        mut held: Option<&mut Held>,
     ) -> Result<Bytes, BodyError> {
+        let mut hold = |n: usize| match held.as_deref_mut() {
+            Some(h) => {
+                if h.grow_to(n) {
+                    Ok(())
+                } else {
+                    Err(BodyError::OverBudget)
+                }
+            }
+            None => Ok(()),
+        };
         match framing {
             Framing::Length(n) if n > limit => Err(BodyError::TooLarge),
             Framing::Length(n) => {
                 while self.buf.len() < n {
-                    self.buf.reserve(n - self.buf.len());
-                    if !self.fill().await? {
+                    hold(self.buf.len().max(READ_CHUNK).min(n))?;
+                    let want = n - self.buf.len();
+                    if !self
+                        .fill_until(Some(pace.deadline(self.buf.len())), want)
+                        .await?
+                    {
                         return Err(BodyError::Eof);
                     }
                 }
+                hold(n)?;
                 Ok(self.buf.split_to(n).freeze())
             }
-            Framing::Chunked => self.chunked(limit).await,
+            Framing::Chunked => {
+                let mut decoder = Chunked::default();
+                let mut received = 0usize;
+                loop {
+                    let before = self.buf.len();
+                    let done = decoder.decode(&mut self.buf, limit)?;
+                    received = received.saturating_add(before - self.buf.len());
+                    hold(decoder.body.len())?;
+                    if done {
+                        return Ok(decoder.body.freeze());
+                    }
+                    if !self
+                        .fill_until(Some(pace.deadline(received)), READ_CHUNK)
+                        .await?
+                    {
+                        return Err(BodyError::Eof);
+                    }
+                }
+            }
             Framing::UntilClose => {
-                while self.fill().await? {
+                while self
+                    .fill_until(Some(pace.deadline(self.buf.len())), READ_CHUNK)
+                    .await?
+                {
                     if self.buf.len() > limit {
                         return Err(BodyError::TooLarge);
                     }
+                    hold(self.buf.len())?;
                 }
                 Ok(self.buf.split().freeze())
             }
         }
     }
+}
 
-    /// A line ending in CRLF at the front of the buffer, without its CRLF.
-    async fn line(&mut self, max: usize) -> Result<BytesMut, BodyError> {
-        loop {
-            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = self.buf.split_to(end);
-                self.buf.advance(2);
-                return Ok(line);
-            }
-            if self.buf.len() > max {
-                return Err(BodyError::Malformed("a chunk line is too long"));
-            }
-            if !self.fill().await? {
-                return Err(BodyError::Eof);
-            }
-        }
-    }
+/// Longest chunk-size line (with its extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4096;
+const SIZE_LINE: (&str, &str) = (
+    "a chunk-size line is too long",
+    "a chunk-size line does not end with CRLF",
+);
+const TRAILER_LINE: (&str, &str) = (
+    "the trailer section is too long",
+    "a trailer line does not end with CRLF",
+);
 
-    async fn chunked(&mut self, limit: usize) -> Result<Bytes, BodyError> {
-        let mut body = BytesMut::new();
+/// A chunked body decoder (RFC 9112, 7.1) that takes bytes as they come: it never waits, never
+/// reads past what it is given, and keeps its place between calls.
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+    /// The body decoded so far.
+    pub(crate) body: BytesMut,
+    /// Bytes of trailer section seen so far.
+    trailers: usize,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// In the data of a chunk, with this many bytes to go.
+    Data(usize),
+    /// After a chunk's data, expecting its CRLF.
+    DataEnd,
+    /// After the last chunk, in the trailer section.
+    Trailers,
+    Done,
+}
+
+impl Chunked {
+    /// Decodes what it can from the front of `buf` (taking it off); `Ok(true)` once the body
+    /// and its trailer section are complete.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut, limit: usize) -> Result<bool, BodyError> {
         loop {
-            let line = self.line(4096).await?;
-            let size = line[..].split(|b| *b == b';').next().unwrap_or_default();
-            let size = std::str::from_utf8(size)
-                .ok()
-                .map(str::trim)
-                .filter(|s| !s.is_empty() && s.len() <= 16)
-                .and_then(|s| usize::from_str_radix(s, 16).ok())
-                .ok_or(BodyError::Malformed(
-                    "a chunk size is not a hexadecimal number",
-                ))?;
-            if size == 0 {
-                // Trailer fields, up to the empty line; they are not used.
-                while !self.line(MAX_HEAD).await?.is_empty() {}
-                return Ok(body.freeze());
-            }
-            if body.len() + size > limit {
-                return Err(BodyError::TooLarge);
-            }
-            while self.buf.len() < size + 2 {
-                if !self.fill().await? {
-                    return Err(BodyError::Eof);
+            match self.state {
+                ChunkState::Done => return Ok(true),
+                ChunkState::Size => {
+                    let Some(line) = take_line(buf, MAX_CHUNK_LINE, SIZE_LINE)? else {
+                        return Ok(false);
+                    };
+                    let size = chunk_size(&line)?;
+                    if size == 0 {
+                        self.state = ChunkState::Trailers;
+                    } else if size > limit.saturating_sub(self.body.len()) {
+                        return Err(BodyError::TooLarge);
+                    } else {
+                        self.state = ChunkState::Data(size);
+                    }
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(false);
+                    }
+                    let n = left.min(buf.len());
+                    self.body.extend_from_slice(&buf[..n]);
+                    buf.advance(n);
+                    self.state = if n == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(false);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(BodyError::Malformed("a chunk does not end with CRLF"));
+                    }
+                    buf.advance(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    let left = MAX_HEAD.saturating_sub(self.trailers);
+                    let Some(line) = take_line(buf, left, TRAILER_LINE)? else {
+                        return Ok(false);
+                    };
+                    self.trailers = self.trailers.saturating_add(line.len() + 2);
+                    // Trailer fields are read and left out; an empty line ends them.
+                    if line.is_empty() {
+                        self.state = ChunkState::Done;
+                    }
                 }
             }
-            body.extend_from_slice(&self.buf[..size]);
-            if &self.buf[size..size + 2] != b"\r\n" {
-                return Err(BodyError::Malformed("a chunk does not end with CRLF"));
-            }
-            self.buf.advance(size + 2);
         }
     }
+}
+
+/// A CRLF-terminated line at the front of `buf`, taken off without its CRLF; `None` when it
+/// has not all arrived. A bare CR or LF, or a line longer than `max`, is malformed.
+fn take_line(
+    buf: &mut BytesMut,
+    max: usize,
+    (too_long, no_crlf): (&'static str, &'static str),
+) -> Result<Option<BytesMut>, BodyError> {
+    let Some(lf) = buf
+        .iter()
+        .take(max.saturating_add(2))
+        .position(|b| *b == b'\n')
+    else {
+        if buf.len() > max {
+            return Err(BodyError::Malformed(too_long));
+        }
+        return Ok(None);
+    };
+    if lf == 0 || buf[lf - 1] != b'\r' || buf[..lf - 1].contains(&b'\r') {
+        return Err(BodyError::Malformed(no_crlf));
+    }
+    let line = buf.split_to(lf - 1);
+    buf.advance(2);
+    Ok(Some(line))
+}
+
+/// The size of a chunk-size line, exactly as RFC 9112 (7.1) writes it:
+/// `1*HEXDIG *( BWS ";" BWS token [ BWS "=" BWS ( token / quoted-string ) ] )`.
+fn chunk_size(line: &[u8]) -> Result<usize, BodyError> {
+    const BAD: BodyError = BodyError::Malformed("a chunk size is not a hexadecimal number");
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(BAD);
+    }
+    let mut size = 0usize;
+    for b in &line[..digits] {
+        let d = (*b as char).to_digit(16).unwrap_or(0) as usize;
+        size = size
+            .checked_mul(16)
+            .and_then(|s| s.checked_add(d))
+            .ok_or(BodyError::Malformed("a chunk size is too large"))?;
+    }
+    chunk_extensions(&line[digits..])?;
+    Ok(size)
+}
+
+fn chunk_extensions(mut rest: &[u8]) -> Result<(), BodyError> {
+    const BAD: BodyError = BodyError::Malformed("a chunk extension is malformed");
+    let bws = |s: &[u8]| -> usize { s.iter().take_while(|b| matches!(b, b' ' | b'\t')).count() };
+    let token = |s: &[u8]| -> usize { s.iter().take_while(|b| is_tchar(**b)).count() };
+    while !rest.is_empty() {
+        rest = &rest[bws(rest)..];
+        let Some(after) = rest.strip_prefix(b";") else {
+            return Err(BAD);
+        };
+        rest = &after[bws(after)..];
+        let name = token(rest);
+        if name == 0 {
+            return Err(BAD);
+        }
+        rest = &rest[name..];
+        let ws = bws(rest);
+        if rest[ws..].first() == Some(&b'=') {
+            rest = &rest[ws + 1..];
+            rest = &rest[bws(rest)..];
+            if rest.first() == Some(&b'"') {
+                let mut i = 1;
+                loop {
+                    match rest.get(i) {
+                        None => return Err(BAD),
+                        Some(b'"') => break,
+                        Some(b'\\') => match rest.get(i + 1) {
+                            Some(c)
+                                if *c == b'\t'
+                                    || *c == b' '
+                                    || (0x21..=0x7e).contains(c)
+                                    || *c >= 0x80 =>
+                            {
+                                i += 2
+                            }
+                            _ => return Err(BAD),
+                        },
+                        Some(c)
+                            if *c == b'\t'
+                                || *c == b' '
+                                || *c == 0x21
+                                || (0x23..=0x7e).contains(c)
+                                || *c >= 0x80 =>
+                        {
+                            i += 1
+                        }
+                        Some(_) => return Err(BAD),
+                    }
+                }
+                rest = &rest[i + 1..];
+            } else {
+                let value = token(rest);
+                if value == 0 {
+                    return Err(BAD);
+                }
+                rest = &rest[value..];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// RFC 9110's `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// The `date` header's value for now (IMF-fixdate), recomputed once a second per thread.

@@ -44,8 +44,9 @@ pub use protocol::BadRequest;
 pub use routes::{
     Backend, Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
 };
+pub use server::{Limits, serve_router};
 pub use stats::{Outcome, Summary, WINDOW_SECONDS};
-pub use upstream::Upstream;
+pub use upstream::{Timeouts, Upstream};
 
 /// `x-crossfade-tag: latest|prev` picks a revision by tag.
 static TAG_HEADER: HeaderName = HeaderName::from_static("x-crossfade-tag");
@@ -60,12 +61,15 @@ pub const REVISION_HEADER: &str = "x-crossfade-revision";
 pub struct Config {
     /// Largest request body accepted, in bytes.
     pub body_limit: usize,
+    /// Connections, deadlines and buffered bytes of the data listener.
+    pub limits: Limits,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             body_limit: 16 << 20,
+            limits: Limits::default(),
         }
     }
 }

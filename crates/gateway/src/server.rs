@@ -15,9 +15,12 @@
 //! - Shutdown stops accepting, closes idle connections at once, lets every request that has
 //!   started finish and be answered (with `connection: close`), then returns.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Write};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
@@ -26,16 +29,12 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::h1::{self, BodyError, Framing, Wire};
+use crate::h1::{self, BodyError, Budget, Framing, Held, Pace, Wire};
 use crate::{Gateway, error};
-
-/// The longest a client may pause in the middle of a request (head or body) before it is
-/// answered 408 and the connection closed; between requests it may stay as long as it likes.
-const STALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A request head, parsed.
 struct Head {
@@ -55,9 +54,9 @@ enum Parsed {
     Bad(StatusCode, String),
 }
 
-/// Parses the request head at the front of `buf` and takes it off. Header values and the
-/// target stay in the bytes read: a head costs no copy of them.
-fn parse_head(buf: &mut BytesMut) -> Parsed {
+/// Parses the request head that takes the first `end` bytes of `buf` and takes it off. Header
+/// values and the target stay in the bytes read: a head costs no copy of them.
+fn parse_head(buf: &mut BytesMut, end: usize) -> Parsed {
     let bad = |why: String| Parsed::Bad(StatusCode::BAD_REQUEST, why);
     // Where each kept header's name and value lie in `buf`.
     let mut spans = [(0usize, 0usize, 0usize, 0usize); h1::MAX_HEADERS];
@@ -67,14 +66,8 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
         let at = |part: &[u8]| (part.as_ptr() as usize - base, part.len());
         let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
+        let len = match req.parse(&buf[..end]) {
             Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) if buf.len() > h1::MAX_HEAD => {
-                return Parsed::Bad(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    format!("the request head is larger than {} KiB", h1::MAX_HEAD >> 10),
-                );
-            }
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(httparse::Error::TooManyHeaders) => {
                 return Parsed::Bad(
@@ -122,6 +115,16 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
         Err(why) => return bad(why.into()),
     };
     let http10 = version == Some(0);
+    if !http10 && scan.hosts == 0 {
+        return bad("an HTTP/1.1 request must have a host header (RFC 9112, 3.2)".into());
+    }
+    if scan.hosts > 1 {
+        return bad("the request has more than one host header".into());
+    }
+    if http10 && framing == Some(Framing::Chunked) {
+        // RFC 9112, 6.1: a transfer coding in an HTTP/1.0 message cannot be trusted.
+        return bad("transfer-encoding is not allowed in an HTTP/1.0 request".into());
+    }
     let keep_alive = if http10 { scan.keep_alive } else { !scan.close };
     Parsed::Head(Head {
         method,
@@ -134,6 +137,104 @@ fn parse_head(buf: &mut BytesMut) -> Parsed {
     })
 }
 
+/// How many clients may be connected and how long they may take. The defaults are nginx's
+/// where nginx has one; each is a flag of `crossfade up`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections open at once. When a new one arrives at the limit, the connection idle
+    /// the longest (waiting for its next request) is closed to make room; with none idle, the
+    /// new one waits in the listen queue.
+    pub max_connections: usize,
+    /// A keep-alive connection with no request in progress is closed after this long (nginx's
+    /// `keepalive_timeout`, 75 s).
+    pub idle_timeout: Duration,
+    /// A whole request head must arrive within this, counted from the connection's start for
+    /// its first request and from the head's first byte for later ones (nginx's
+    /// `client_header_timeout`, 60 s). A head that is late is answered 408.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this, plus its size at `min_rate`.
+    pub body_timeout: Duration,
+    /// Bytes per second a body (and an answer being written) must keep up, on average, once its
+    /// allowance is spent.
+    pub min_rate: u64,
+    /// An answer must be written within this, plus its size at `min_rate` (nginx's
+    /// `send_timeout`, 60 s).
+    pub send_timeout: Duration,
+    /// Most request-body bytes held across every connection of the listener; a request that
+    /// would go over is answered 503.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(75),
+            header_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            min_rate: 4096,
+            send_timeout: Duration::from_secs(60),
+            max_buffered_bytes: 1 << 30,
+        }
+    }
+}
+
+/// What answers requests on a listener.
+#[derive(Clone)]
+enum Service {
+    /// The data plane: inference straight to its handlers, the rest through the router.
+    Gateway(Arc<Gateway>, axum::Router),
+    /// Any router (the control API).
+    Router(axum::Router),
+}
+
+/// One listener's connections: how many may be open, which are idle (oldest first), and the
+/// body bytes they hold.
+struct Conns {
+    limits: Limits,
+    body_limit: usize,
+    slots: Arc<Semaphore>,
+    idle: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    next_idle: AtomicU64,
+    budget: Arc<Budget>,
+    /// When the limit was last logged (so a flood logs once every 10 s, not per connection).
+    warned: Mutex<Option<tokio::time::Instant>>,
+    name: &'static str,
+}
+
+impl Conns {
+    /// Closes the connection idle the longest; `false` when none is idle.
+    fn evict_oldest(&self) -> bool {
+        let oldest = self
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_first();
+        match oldest {
+            Some((_, notify)) => {
+                notify.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn warn_full(&self) {
+        let now = tokio::time::Instant::now();
+        let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+        if warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+            *warned = Some(now);
+            tracing::warn!(
+                listener = self.name,
+                max_connections = self.limits.max_connections,
+                "the connection limit is reached: closing the oldest idle connections to make \
+                 room (with none idle, new connections wait); raise --max-connections or the \
+                 file limit (ulimit -n) if this is real load"
+            );
+        }
+    }
+}
+
 impl Gateway {
     /// Serves the data plane on `listener` until `shutdown` completes; then finishes the
     /// requests in progress and returns.
@@ -142,124 +243,330 @@ impl Gateway {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> io::Result<()> {
-        let (stop, stopping) = watch::channel(false);
-        let router = self.router();
-        let mut connections = JoinSet::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        connections.spawn(connection(
-                            Arc::clone(self),
-                            router.clone(),
-                            stream,
-                            stopping.clone(),
-                        ));
-                    }
-                    // Out of file descriptors, or a connection reset before it was
-                    // accepted: wait a moment instead of spinning.
-                    Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-                },
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            }
-        }
-        drop(listener);
-        let _ = stop.send(true);
-        while connections.join_next().await.is_some() {}
-        Ok(())
+        let service = Service::Gateway(Arc::clone(self), self.router());
+        let limits = self.config.limits.clone();
+        serve_on(
+            listener,
+            service,
+            limits,
+            self.config.body_limit,
+            "data",
+            shutdown,
+        )
+        .await
     }
 }
 
-async fn connection(
-    gw: Arc<Gateway>,
+/// Serves `router` on `listener` with the same connection handling, limits and deadlines as
+/// the data plane (the control API uses it), until `shutdown` completes.
+pub async fn serve_router(
+    listener: TcpListener,
     router: axum::Router,
+    limits: Limits,
+    body_limit: usize,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    serve_on(
+        listener,
+        Service::Router(router),
+        limits,
+        body_limit,
+        "admin",
+        shutdown,
+    )
+    .await
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    service: Service,
+    limits: Limits,
+    body_limit: usize,
+    name: &'static str,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let (stop, stopping) = watch::channel(false);
+    let conns = Arc::new(Conns {
+        slots: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+        budget: Arc::new(Budget::new(limits.max_buffered_bytes)),
+        idle: Mutex::default(),
+        next_idle: AtomicU64::new(0),
+        warned: Mutex::new(None),
+        limits,
+        body_limit,
+        name,
+    });
+    let mut connections = JoinSet::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    'accept: loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let slot = match Arc::clone(&conns.slots).try_acquire_owned() {
+                        Ok(slot) => slot,
+                        Err(_) => {
+                            conns.warn_full();
+                            // The connection idle the longest makes room; with none idle, wait
+                            // for one to end or go idle.
+                            loop {
+                                conns.evict_oldest();
+                                let wait = Arc::clone(&conns.slots).acquire_owned();
+                                tokio::select! {
+                                    () = &mut shutdown => break 'accept,
+                                    slot = tokio::time::timeout(Duration::from_millis(100), wait) => {
+                                        if let Ok(Ok(slot)) = slot {
+                                            break slot;
+                                        }
+                                    }
+                                    Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                                }
+                            }
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    connections.spawn(connection(
+                        service.clone(),
+                        Arc::clone(&conns),
+                        stream,
+                        stopping.clone(),
+                        slot,
+                    ));
+                }
+                // Out of file descriptors, or a connection reset before it was
+                // accepted: wait a moment instead of spinning.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop.send(true);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// How waiting for the next request ended.
+enum Idle {
+    /// Bytes of it arrived.
+    Data,
+    /// The connection is to be closed (the peer closed it, a shutdown, the idle limit, or it
+    /// was closed to make room).
+    Close,
+}
+
+/// Waits, registered as idle, for the first bytes of the next request until `deadline`.
+async fn idle(
+    wire: &mut Wire,
+    conns: &Conns,
+    me: &Arc<Notify>,
+    deadline: tokio::time::Instant,
+    stopping: &mut watch::Receiver<bool>,
+) -> Idle {
+    let key = conns.next_idle.fetch_add(1, Ordering::Relaxed);
+    conns
+        .idle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, Arc::clone(me));
+    let outcome = tokio::select! {
+        biased;
+        _ = stopping.wait_for(|s| *s) => Idle::Close,
+        () = me.notified() => Idle::Close,
+        more = wire.fill_until(Some(deadline), 4096) => match more {
+            Ok(true) => Idle::Data,
+            _ => Idle::Close,
+        },
+    };
+    let still_idle = conns
+        .idle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&key)
+        .is_some();
+    // Picked to make room while its bytes arrived: it closes all the same.
+    if still_idle { outcome } else { Idle::Close }
+}
+
+/// Longest request line (method, target, version) accepted; a longer one is a 414 (nginx's
+/// `large_client_header_buffers`, 8 KiB).
+pub(crate) const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// Reading a request head as it arrives: where the scans stopped, so each byte is looked at
+/// once.
+#[derive(Default)]
+struct HeadScan {
+    /// Where the search for the end of the head resumes.
+    end_from: usize,
+    /// Whether the request line has been seen whole.
+    line_done: bool,
+    /// Where the search for the request line's end resumes.
+    line_from: usize,
+}
+
+impl HeadScan {
+    /// The head at the front of `buf`, when it has all arrived, or why it is refused.
+    fn poll(&mut self, buf: &mut BytesMut) -> Parsed {
+        if !self.line_done {
+            // Empty lines before the request line are ignored (RFC 9112, 2.2).
+            let skip = buf
+                .iter()
+                .take_while(|b| matches!(b, b'\r' | b'\n'))
+                .count();
+            let from = self.line_from.max(skip);
+            match buf[from..].iter().position(|b| *b == b'\n') {
+                Some(lf) if from + lf - skip > MAX_REQUEST_LINE => return too_long_target(),
+                Some(_) => self.line_done = true,
+                None if buf.len() - skip > MAX_REQUEST_LINE => return too_long_target(),
+                None => self.line_from = buf.len(),
+            }
+        }
+        while let Some(end) = h1::head_end(buf, &mut self.end_from) {
+            if end > h1::MAX_HEAD {
+                return head_too_large();
+            }
+            match parse_head(buf, end) {
+                // Only empty lines so far: the head is still to come.
+                Parsed::Partial => {}
+                done => {
+                    *self = Self::default();
+                    return done;
+                }
+            }
+        }
+        if buf.len() > h1::MAX_HEAD {
+            return head_too_large();
+        }
+        Parsed::Partial
+    }
+}
+
+fn too_long_target() -> Parsed {
+    Parsed::Bad(
+        StatusCode::URI_TOO_LONG,
+        format!(
+            "the request line is longer than {} KiB",
+            MAX_REQUEST_LINE >> 10
+        ),
+    )
+}
+
+fn head_too_large() -> Parsed {
+    Parsed::Bad(
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        format!("the request head is larger than {} KiB", h1::MAX_HEAD >> 10),
+    )
+}
+
+async fn connection(
+    service: Service,
+    conns: Arc<Conns>,
     stream: TcpStream,
     mut stopping: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
 ) {
+    let limits = &conns.limits;
+    let accepted = tokio::time::Instant::now();
+    let me = Arc::new(Notify::new());
     let mut wire = Wire::new(stream);
-    wire.stall = Some(STALL);
     let mut out = Vec::with_capacity(1024);
+    let mut served = 0u64;
     loop {
+        // The first request's head is due `header_timeout` after the connection opened; a
+        // later one's after its first byte.
+        let mut head_due = (served == 0).then(|| accepted + limits.header_timeout);
+        let mut scan = HeadScan::default();
         let head = loop {
-            match parse_head(&mut wire.buf) {
+            if wire.buf.is_empty() {
+                let until =
+                    head_due.unwrap_or_else(|| tokio::time::Instant::now() + limits.idle_timeout);
+                match idle(&mut wire, &conns, &me, until, &mut stopping).await {
+                    Idle::Data => {}
+                    Idle::Close => return,
+                }
+            }
+            let due = *head_due
+                .get_or_insert_with(|| tokio::time::Instant::now() + limits.header_timeout);
+            match scan.poll(&mut wire.buf) {
                 Parsed::Head(head) => break head,
                 Parsed::Bad(status, why) => {
-                    let _ =
-                        reply(&mut wire, &mut out, error(status, why), false, false, false).await;
+                    let resp = error(status, why);
+                    let _ = reply(&mut wire, &mut out, resp, false, false, false, limits).await;
                     return;
                 }
                 Parsed::Partial => {}
             }
-            let more = if wire.buf.is_empty() {
-                // Between requests: a shutdown closes the connection; a client may keep it
-                // open as long as it likes.
-                tokio::select! {
-                    biased;
-                    _ = stopping.wait_for(|s| *s) => return,
-                    more = wire.fill_within(None) => more,
-                }
-            } else {
-                wire.fill().await
-            };
-            match more {
+            match wire.fill_until(Some(due), 4096).await {
                 Ok(true) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     let resp = error(
                         StatusCode::REQUEST_TIMEOUT,
-                        format!("the request head stopped arriving: {e}"),
+                        format!(
+                            "the request head did not arrive within {} s",
+                            limits.header_timeout.as_secs()
+                        ),
                     );
-                    let _ = reply(&mut wire, &mut out, resp, false, false, false).await;
+                    let _ = reply(&mut wire, &mut out, resp, false, false, false, limits).await;
                     return;
                 }
                 _ => return,
             }
         };
-        let limit = gw.config.body_limit;
+        served += 1;
+        let limit = conns.body_limit;
+        let mut held = Held::new(Arc::clone(&conns.budget));
         let body = match head.framing {
             None => Bytes::new(),
             Some(framing) => {
+                let refuse = |status: StatusCode, why: String| error(status, why);
                 if matches!(framing, Framing::Length(n) if n > limit) {
-                    let resp = error(
+                    let resp = refuse(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "the request body is larger than the limit".into(),
                     );
-                    let _ = reply(&mut wire, &mut out, resp, false, head.http10, false).await;
+                    let _ =
+                        reply(&mut wire, &mut out, resp, false, head.http10, false, limits).await;
                     return;
                 }
-                if head.expect_continue
-                    && !head.http10
-                    && wire
-                        .stream
-                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
-                {
-                    return;
+                if head.expect_continue && !head.http10 {
+                    let write = wire.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    if !matches!(
+                        tokio::time::timeout(limits.send_timeout, write).await,
+                        Ok(Ok(()))
+                    ) {
+                        return;
+                    }
                 }
-                match wire.body(framing, limit).await {
+                let pace = Pace {
+                    start: tokio::time::Instant::now(),
+                    allowance: limits.body_timeout,
+                    min_rate: limits.min_rate,
+                };
+                match wire.body(framing, limit, pace, Some(&mut held)).await {
                     Ok(body) => body,
-                    Err(e @ (BodyError::TooLarge | BodyError::Malformed(_))) => {
-                        let status = if matches!(e, BodyError::TooLarge) {
-                            StatusCode::PAYLOAD_TOO_LARGE
-                        } else {
-                            StatusCode::BAD_REQUEST
+                    Err(e) => {
+                        let (status, why) = match &e {
+                            BodyError::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
+                            BodyError::Malformed(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+                            BodyError::OverBudget => {
+                                (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                            }
+                            BodyError::Io(io) if io.kind() == io::ErrorKind::TimedOut => (
+                                StatusCode::REQUEST_TIMEOUT,
+                                format!(
+                                    "the request body did not arrive in time ({} s, then at \
+                                     least {} bytes/s)",
+                                    limits.body_timeout.as_secs(),
+                                    limits.min_rate
+                                ),
+                            ),
+                            BodyError::Io(_) | BodyError::Eof => return,
                         };
-                        let resp = error(status, format!("the request body: {e}"));
-                        let _ = reply(&mut wire, &mut out, resp, false, head.http10, false).await;
+                        let resp = refuse(status, format!("the request body: {why}"));
+                        let _ = reply(&mut wire, &mut out, resp, false, head.http10, false, limits)
+                            .await;
                         return;
                     }
-                    Err(BodyError::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
-                        let resp = error(
-                            StatusCode::REQUEST_TIMEOUT,
-                            format!("the request body stopped arriving: {e}"),
-                        );
-                        let _ = reply(&mut wire, &mut out, resp, false, head.http10, false).await;
-                        return;
-                    }
-                    Err(BodyError::Io(_) | BodyError::Eof) => return,
                 }
             }
         };
@@ -274,11 +581,19 @@ async fn connection(
         let head_only = method == Method::HEAD;
         // httparse hands out the target as a `str`: it is UTF-8.
         let target = std::str::from_utf8(&target).unwrap_or("/");
-        let resp = dispatch(&gw, &router, method, target, headers, body).await;
+        let resp = match &service {
+            Service::Gateway(gw, router) => {
+                dispatch(gw, router, method, target, headers, body).await
+            }
+            Service::Router(router) => through_router(router, method, target, headers, body).await,
+        };
+        drop(held);
         let keep_alive = keep_alive && !*stopping.borrow();
-        if reply(&mut wire, &mut out, resp, keep_alive, http10, head_only)
-            .await
-            .is_err()
+        if reply(
+            &mut wire, &mut out, resp, keep_alive, http10, head_only, limits,
+        )
+        .await
+        .is_err()
             || !keep_alive
         {
             return;
@@ -319,6 +634,17 @@ pub(crate) async fn dispatch(
             }
         }
     }
+    through_router(router, method, target, headers, body).await
+}
+
+/// A request through an axum router.
+async fn through_router(
+    router: &axum::Router,
+    method: Method,
+    target: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Ok(uri) = target.parse() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -348,6 +674,7 @@ async fn reply(
     keep_alive: bool,
     http10: bool,
     head_only: bool,
+    limits: &Limits,
 ) -> io::Result<()> {
     let (parts, body) = resp.into_parts();
     let (parts, body) = match whole(body).await {
@@ -404,7 +731,18 @@ async fn reply(
     if !head_only && !bodiless {
         out.extend_from_slice(&body);
     }
-    wire.stream.write_all(out).await
+    let pace = Pace {
+        start: tokio::time::Instant::now(),
+        allowance: limits.send_timeout,
+        min_rate: limits.min_rate,
+    };
+    match tokio::time::timeout_at(pace.deadline(out.len()), wire.stream.write_all(out)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the client did not take the answer in time",
+        )),
+    }
 }
 
 /// A response body in one piece. Bodies here are almost always one frame, taken as it is.

@@ -9,6 +9,7 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, Method, Response, StatusCode, header};
@@ -22,11 +23,35 @@ const MAX_IDLE: usize = 256;
 /// Largest answer accepted from a model server.
 const MAX_ANSWER: usize = 256 * 1024 * 1024;
 
+/// How long a model server may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// To accept a connection.
+    pub connect: Duration,
+    /// To answer a request in full, from the moment it is sent (nginx's
+    /// `proxy_read_timeout`, 60 s). A late answer is a 504, a server error of the revision.
+    pub answer: Duration,
+    /// An idle pooled connection older than this is closed rather than reused.
+    pub idle: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            answer: Duration::from_secs(60),
+            idle: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A model server reachable at `http://<authority>`.
 #[derive(Clone)]
 pub struct Upstream {
     authority: Arc<str>,
-    idle: Arc<Mutex<Vec<Wire>>>,
+    timeouts: Timeouts,
+    /// Idle connections, each with when it went idle.
+    idle: Arc<Mutex<Vec<(Wire, tokio::time::Instant)>>>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -66,10 +91,28 @@ struct Answer {
 enum Broken {
     BeforeAnswer(String),
     DuringAnswer(String),
+    /// No whole answer by the deadline.
+    Late,
 }
 
-/// Sends one request on `wire` and reads the whole answer; `Ok((answer, reusable))`.
-async fn exchange(wire: &mut Wire, request: &[u8]) -> Result<(Answer, bool), Broken> {
+/// Sends one request on `wire` and reads the whole answer by `deadline`;
+/// `Ok((answer, reusable))`.
+async fn exchange(
+    wire: &mut Wire,
+    request: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(Answer, bool), Broken> {
+    match tokio::time::timeout_at(deadline, exchange_now(wire, request, deadline)).await {
+        Ok(done) => done,
+        Err(_) => Err(Broken::Late),
+    }
+}
+
+async fn exchange_now(
+    wire: &mut Wire,
+    request: &[u8],
+    deadline: tokio::time::Instant,
+) -> Result<(Answer, bool), Broken> {
     wire.stream
         .write_all(request)
         .await
@@ -109,7 +152,7 @@ async fn exchange(wire: &mut Wire, request: &[u8]) -> Result<(Answer, bool), Bro
                 Err(e) => return Err(Broken::DuringAnswer(format!("not HTTP/1.1: {e}"))),
             }
             let started = !wire.buf.is_empty();
-            match wire.fill().await {
+            match wire.fill_until(Some(deadline), 8 * 1024).await {
                 Ok(true) => {}
                 Ok(false) if !started => {
                     return Err(Broken::BeforeAnswer("the connection was closed".into()));
@@ -129,13 +172,17 @@ async fn exchange(wire: &mut Wire, request: &[u8]) -> Result<(Answer, bool), Bro
         } else {
             framing.unwrap_or(Framing::UntilClose)
         };
-        let body = wire.body(framing, MAX_ANSWER).await.map_err(|e| match e {
-            BodyError::TooLarge => Broken::DuringAnswer(format!(
-                "the answer is larger than {} MiB",
-                MAX_ANSWER >> 20
-            )),
-            e => Broken::DuringAnswer(e.to_string()),
-        })?;
+        let pace = h1::Pace::fixed(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        let body = wire
+            .body(framing, MAX_ANSWER, pace, None)
+            .await
+            .map_err(|e| match e {
+                BodyError::TooLarge => Broken::DuringAnswer(format!(
+                    "the answer is larger than {} MiB",
+                    MAX_ANSWER >> 20
+                )),
+                e => Broken::DuringAnswer(e.to_string()),
+            })?;
         let reusable = !close && framing != Framing::UntilClose && wire.buf.is_empty();
         return Ok((
             Answer {
@@ -151,9 +198,15 @@ async fn exchange(wire: &mut Wire, request: &[u8]) -> Result<(Answer, bool), Bro
 impl Upstream {
     /// An upstream at `authority` (`127.0.0.1:9001`).
     pub fn new(authority: impl Into<String>) -> Self {
+        Self::with_timeouts(authority, Timeouts::default())
+    }
+
+    /// An upstream at `authority` with its own timeouts.
+    pub fn with_timeouts(authority: impl Into<String>, timeouts: Timeouts) -> Self {
         let authority: String = authority.into();
         Self {
             authority: authority.into(),
+            timeouts,
             idle: Arc::default(),
         }
     }
@@ -162,14 +215,19 @@ impl Upstream {
         &self.authority
     }
 
+    /// The connection idle the shortest, if one is younger than the idle timeout; older ones
+    /// are closed.
     fn checkout(&self) -> Option<Wire> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        let now = tokio::time::Instant::now();
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|(_, since)| now.duration_since(*since) < self.timeouts.idle);
+        idle.pop().map(|(wire, _)| wire)
     }
 
     fn checkin(&self, wire: Wire) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push(wire);
+            idle.push((wire, tokio::time::Instant::now()));
         }
     }
 
@@ -203,8 +261,9 @@ impl Upstream {
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(&body);
 
+        let deadline = tokio::time::Instant::now() + self.timeouts.answer;
         let answer = match self.checkout() {
-            Some(mut wire) => match exchange(&mut wire, &request).await {
+            Some(mut wire) => match exchange(&mut wire, &request, deadline).await {
                 Ok((answer, reusable)) => {
                     if reusable {
                         self.checkin(wire);
@@ -212,10 +271,11 @@ impl Upstream {
                     answer
                 }
                 // A kept-alive connection the model server had closed: once more, afresh.
-                Err(Broken::BeforeAnswer(_)) => self.exchange_fresh(&request).await?,
+                Err(Broken::BeforeAnswer(_)) => self.exchange_fresh(&request, deadline).await?,
                 Err(Broken::DuringAnswer(e)) => return Err(broke_off(e)),
+                Err(Broken::Late) => return Err(self.late()),
             },
-            None => self.exchange_fresh(&request).await?,
+            None => self.exchange_fresh(&request, deadline).await?,
         };
         let mut out = Response::builder().status(answer.status);
         if let Some(ct) = answer.content_type {
@@ -225,21 +285,47 @@ impl Upstream {
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
-    async fn exchange_fresh(&self, request: &[u8]) -> Result<Answer, Failure> {
+    fn late(&self) -> Failure {
+        (
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the model server at {} did not answer within {} s",
+                self.authority,
+                self.timeouts.answer.as_secs_f64()
+            ),
+        )
+    }
+
+    async fn exchange_fresh(
+        &self,
+        request: &[u8],
+        deadline: tokio::time::Instant,
+    ) -> Result<Answer, Failure> {
         let not_answering = |e: String| {
             (
                 StatusCode::BAD_GATEWAY,
                 format!("the model server at {} did not answer: {e}", self.authority),
             )
         };
-        let stream = TcpStream::connect(&*self.authority)
-            .await
-            .map_err(|e| not_answering(e.to_string()))?;
+        let connect = TcpStream::connect(&*self.authority);
+        let stream = match tokio::time::timeout(self.timeouts.connect, connect).await {
+            Ok(stream) => stream.map_err(|e| not_answering(e.to_string()))?,
+            Err(_) => {
+                return Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "the model server at {} did not accept a connection within {} s",
+                        self.authority,
+                        self.timeouts.connect.as_secs_f64()
+                    ),
+                ));
+            }
+        };
         stream
             .set_nodelay(true)
             .map_err(|e| not_answering(e.to_string()))?;
         let mut wire = Wire::new(stream);
-        match exchange(&mut wire, request).await {
+        match exchange(&mut wire, request, deadline).await {
             Ok((answer, reusable)) => {
                 if reusable {
                     self.checkin(wire);
@@ -248,6 +334,7 @@ impl Upstream {
             }
             Err(Broken::BeforeAnswer(e)) => Err(not_answering(e)),
             Err(Broken::DuringAnswer(e)) => Err(broke_off(e)),
+            Err(Broken::Late) => Err(self.late()),
         }
     }
 }

@@ -62,6 +62,8 @@ pub enum Code {
     InvalidCondition,
     /// Two Rollouts drive the same InferenceService.
     ConflictingRollouts,
+    /// A ServingRuntime's container runs a command on the serving machine.
+    RunsCommand,
 }
 
 /// Another place that explains a diagnostic (the first definition of a duplicate, an unclosed
@@ -114,6 +116,7 @@ impl Code {
         Code::MissingArgument,
         Code::InvalidCondition,
         Code::ConflictingRollouts,
+        Code::RunsCommand,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -140,6 +143,7 @@ impl Code {
             Code::MissingArgument => "missing-argument",
             Code::InvalidCondition => "invalid-condition",
             Code::ConflictingRollouts => "conflicting-rollouts",
+            Code::RunsCommand => "runs-command",
         }
     }
 }

@@ -8,7 +8,7 @@ mod tensor;
 use std::path::PathBuf;
 
 pub use onnx::OnnxModel;
-pub use process::{ProcessRuntime, ProcessSpec};
+pub use process::{INHERITED_ENV, ProcessRuntime, ProcessSpec};
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
 
 /// Errors of the runtime crate.

@@ -94,12 +94,12 @@ impl ProcessRuntime {
         *guard >= n
     }
 
-    /// Kills the server (and keeps it down).
+    /// Kills the server and every process it started (its whole process group), and keeps
+    /// it down.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         if let Some(mut child) = self.child.lock().expect("child").take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_group(&mut child);
         }
     }
 
@@ -119,6 +119,19 @@ impl ProcessRuntime {
             .collect();
         let port = self.port.to_string();
         let mut cmd = Command::new(&argv[0]);
+        // A scrubbed environment: what a program needs to run, then the container's own
+        // `env`. Never crossfade's (tokens, webhook secrets, cloud credentials).
+        cmd.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        }
+        // Its own process group, so that stopping it stops what it started too.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.args(&argv[1..])
             .current_dir(&self.spec.model_dir)
             .env("PORT", &port)
@@ -208,6 +221,33 @@ fn supervise(runtime: std::sync::Weak<ProcessRuntime>) {
         drop(rt);
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// What a runtime inherits of crossfade's environment: enough to find programs and run them
+/// in the machine's locale, nothing else.
+pub const INHERITED_ENV: &[&str] = &[
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
+];
+
+/// Stops a child's process group: SIGTERM, up to 5 s to exit, then SIGKILL to whatever of the
+/// group is left.
+fn kill_group(child: &mut Child) {
+    use rustix::process::{Pid, Signal, kill_process_group};
+    let group = Pid::from_child(child);
+    let _ = kill_process_group(group, Signal::TERM);
+    let mut waited = Duration::ZERO;
+    while waited < Duration::from_secs(5) {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            break;
+        }
+        // The child gives no other signal of its exit.
+        std::thread::sleep(Duration::from_millis(20));
+        waited += Duration::from_millis(20);
+    }
+    // The leader may be gone while what it started is not: the group goes either way.
+    let _ = kill_process_group(group, Signal::KILL);
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn free_port() -> Result<u16, Error> {

@@ -104,3 +104,74 @@ fn start_failures_say_why() {
         .unwrap();
     assert!(err.to_string().contains("exited"), "{err}");
 }
+
+/// A server that forks a long-lived grandchild and reports it with its environment.
+const FORKING: &str = r#"
+import http.server, json, os, subprocess, sys
+name, port = sys.argv[1], int(os.environ["PORT"])
+child = subprocess.Popen(["sleep", "1000"])
+class H(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *a): pass
+    def do_GET(self):
+        if self.path == f"/v2/models/{name}/ready":
+            self.send_response(200); self.end_headers(); return
+        body = json.dumps({"env": sorted(os.environ), "grandchild": child.pid}).encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers(); self.wfile.write(body)
+http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
+
+/// Whether a process is gone (or a zombie no one has reaped yet: it runs no more).
+fn gone(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_runtime_gets_a_scrubbed_environment_and_is_stopped_with_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    // The interpreter itself, not a shell wrapper (pyenv's shims set variables of their own).
+    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::process::Command::new(python)
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .unwrap();
+    let python = String::from_utf8(python.stdout).unwrap().trim().to_owned();
+    // The test's own environment has variables a runtime must not see (cargo's, at least).
+    assert!(std::env::vars().any(|(k, _)| k.starts_with("CARGO")));
+    let spec = ProcessSpec {
+        model_name: "iris".into(),
+        command: vec![python, "-c".into(), FORKING.into()],
+        args: vec!["{{.Name}}".into()],
+        env: vec![("GIVEN".into(), "1".into())],
+        model_dir: dir.path().to_owned(),
+    };
+    let rt = ProcessRuntime::start(spec, Duration::from_secs(30)).unwrap();
+    let info = get(rt.port(), "/info").unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(info.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let own = [
+        "GIVEN",
+        "PORT",
+        "HTTP_PORT",
+        "MLSERVER_HTTP_PORT",
+        "MLSERVER_GRPC_PORT",
+        "MLSERVER_METRICS_PORT",
+        "MLSERVER_MODEL_NAME",
+    ];
+    for name in body["env"].as_array().unwrap() {
+        let name = name.as_str().unwrap();
+        assert!(
+            runtime::INHERITED_ENV.contains(&name) || own.contains(&name),
+            "the runtime saw {name}"
+        );
+    }
+    assert!(body["env"].as_array().unwrap().iter().any(|n| n == "GIVEN"));
+    let grandchild = body["grandchild"].as_u64().unwrap();
+    assert!(!gone(grandchild));
+    rt.stop();
+    assert!(gone(grandchild), "the runtime's own child survived it");
+}

@@ -127,6 +127,20 @@ pub(crate) fn serving_runtime(
         );
         d.field = format!("{}.command", first.path);
         d.hint = Some("give the server's command line in `command` (and `args`)".into());
+    } else if let Some(at) = c.get("command") {
+        let d = cx.warning(
+            Code::RunsCommand,
+            &at,
+            format!(
+                "this runtime runs a command on the serving machine ({}), as crossfade's user",
+                command[0]
+            ),
+        );
+        d.hint = Some(
+            "crossfade up starts it only with --allow-runtime-commands or when a \
+             --runtime-allowlist file lists it; whoever can commit here chooses its arguments"
+                .into(),
+        );
     }
     let mut env = Vec::new();
     for m in cx.maps_in(
