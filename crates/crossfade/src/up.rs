@@ -176,12 +176,12 @@ fn connections_for(files: u64) -> usize {
 fn raise_file_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let mut limit = getrlimit(Resource::Nofile);
-    if let Some(hard) = limit.maximum {
-        if limit.current != Some(hard) {
-            limit.current = Some(hard);
-            if let Err(e) = setrlimit(Resource::Nofile, limit) {
-                tracing::warn!(error = %e, "could not raise the open-file limit");
-            }
+    if let Some(hard) = limit.maximum
+        && limit.current != Some(hard)
+    {
+        limit.current = Some(hard);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
         }
     }
     getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
