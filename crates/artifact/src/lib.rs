@@ -88,6 +88,7 @@ impl Cache {
     /// A cache in `root`, refusing artifacts over `max_bytes`.
     pub fn new(root: &Path, max_bytes: u64, timeout: Duration) -> Result<Self, Error> {
         std::fs::create_dir_all(root.join("sha256")).map_err(io(root))?;
+        remove_abandoned_staging(root);
         Ok(Self {
             root: root.to_owned(),
             max_bytes,
@@ -116,7 +117,8 @@ impl Cache {
         {
             return Ok(hit);
         }
-        let staging = tempdir_in(&self.root)?;
+        let staging = Staging(tempdir_in(&self.root)?);
+        let staging = &staging.0;
         let name = leaf_name(&uri.raw);
         let target = staging.join(&name);
         let bytes = match uri.scheme {
@@ -129,7 +131,6 @@ impl Cache {
         if let Some(expected) = uri.digest
             && expected != actual
         {
-            let _ = std::fs::remove_dir_all(&staging);
             return Err(Error::DigestMismatch {
                 uri: uri.raw.clone(),
                 expected,
@@ -139,9 +140,7 @@ impl Cache {
         let slot = self.root.join("sha256").join(actual.to_string());
         if !slot.exists() {
             // Atomic: the verified staging directory becomes the cache entry.
-            std::fs::rename(&staging, &slot).map_err(io(&slot))?;
-        } else {
-            let _ = std::fs::remove_dir_all(&staging);
+            std::fs::rename(staging, &slot).map_err(io(&slot))?;
         }
         Ok(Fetched {
             digest: actual,
@@ -192,9 +191,15 @@ impl Cache {
         if meta.is_dir() {
             limit(size(&source)?)?;
             copy_dir(&source, target)
-        } else {
+        } else if meta.is_file() {
             limit(meta.len())?;
             std::fs::copy(&source, target).map_err(io(&source))
+        } else {
+            // A FIFO or a device would be read forever.
+            Err(Error::Fetch {
+                uri: uri.raw.clone(),
+                message: "not a regular file or a directory".into(),
+            })
         }
     }
 
@@ -462,6 +467,40 @@ fn leaf_name(uri: &str) -> String {
         .filter(|s| !s.is_empty() && !s.contains(':'))
         .unwrap_or("artifact")
         .to_owned()
+}
+
+/// A download in progress: removed, with whatever it holds, unless it became a cache entry.
+struct Staging(PathBuf);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Removes the staging directories of processes that are gone (a download cut by a crash or a
+/// `kill -9`): a failed download leaves nothing behind, across restarts too.
+fn remove_abandoned_staging(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("tmp-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let running = pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists();
+        if !running {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// A fresh directory under `root` for a download in progress.

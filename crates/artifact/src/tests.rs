@@ -238,3 +238,75 @@ fn push_then_fetch_round_trip() {
         Err(Error::Unsupported { .. })
     ));
 }
+
+/// The staging directories left under the cache's root.
+fn staging_left(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir.join("cache"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("tmp-"))
+        .collect()
+}
+
+#[test]
+fn failed_downloads_leave_nothing_behind_even_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    // A download cut off by the size limit halfway through.
+    static BIG: [u8; 64 * 1024] = [7u8; 64 * 1024];
+    let port = http_server(&BIG, 1);
+    let c = cache(dir.path(), 16 * 1024);
+    let over = uri(
+        &format!("http://127.0.0.1:{port}/big.onnx"),
+        Scheme::Http,
+        None,
+    );
+    assert!(matches!(c.fetch(&over), Err(Error::TooLarge { .. })));
+    assert_eq!(staging_left(dir.path()), Vec::<String>::new());
+    // A digest that does not match.
+    std::fs::write(dir.path().join("m.onnx"), b"not the model").unwrap();
+    let wrong = uri(
+        &format!("file://{}/m.onnx", dir.path().display()),
+        Scheme::File,
+        Some(hello_digest()),
+    );
+    assert!(matches!(c.fetch(&wrong), Err(Error::DigestMismatch { .. })));
+    assert_eq!(staging_left(dir.path()), Vec::<String>::new());
+    // A process killed in the middle of a download left its staging directory: the next
+    // cache on this root removes it (its process is gone), and keeps a live one's.
+    let dead = dir.path().join("cache/tmp-4294967294-0");
+    std::fs::create_dir_all(&dead).unwrap();
+    std::fs::write(dead.join("partial.onnx"), vec![0u8; 1000]).unwrap();
+    let live = dir
+        .path()
+        .join(format!("cache/tmp-{}-999", std::process::id()));
+    std::fs::create_dir_all(&live).unwrap();
+    let _ = cache(dir.path(), 1000);
+    assert_eq!(
+        staging_left(dir.path()),
+        vec![format!("tmp-{}-999", std::process::id())]
+    );
+}
+
+#[test]
+fn a_fifo_is_refused_rather_than_read_forever() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("model.onnx");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let c = cache(dir.path(), 1 << 20);
+    let err = c
+        .fetch(&uri(
+            &format!("file://{}", fifo.display()),
+            Scheme::File,
+            None,
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert_eq!(staging_left(dir.path()), Vec::<String>::new());
+}

@@ -2091,3 +2091,138 @@ fn alive(pid: u64) -> bool {
             .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
     })
 }
+
+// === Hardening: connections, stuck loads ===
+
+#[test]
+fn idle_connections_beyond_the_file_limit_do_not_take_serving_down() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-logreg-v1");
+    let v2 = publish_model(store.path(), "iris-logreg-v2");
+    let repo = GitRepo::new();
+    commit_model(&repo, &v1, "v1");
+    let data = tempfile::tempdir().unwrap();
+    // The process's own file limit, lowered: 128 descriptors, so a few hundred idle sockets
+    // exhaust it unless crossfade caps its connections.
+    let mut wrapped = Command::new("sh");
+    wrapped.args(["-c", "ulimit -n 128 && exec \"$0\" \"$@\"", BIN]);
+    let up = Up::start_in(
+        wrapped,
+        data.path(),
+        &["--repo", repo.path().to_str().unwrap()],
+    );
+    up.sync();
+    let admin = up.server.trim_start_matches("http://").to_owned();
+    let plane = up.data.trim_start_matches("http://").to_owned();
+    // 200 connections to the data plane and 100 to the control API that send nothing.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(&plane).unwrap());
+    }
+    for _ in 0..100 {
+        idle.push(TcpStream::connect(&admin).unwrap());
+    }
+    // Inference, the control API and a Git sync all go on.
+    for _ in 0..5 {
+        let (code, _, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+        assert_eq!(code, 200, "{body}");
+    }
+    let status = up.status();
+    assert_eq!(service(&status, "iris")["health"], "Healthy", "{status:#}");
+    commit_model(&repo, &v2, "v2");
+    let result = up.sync();
+    assert_eq!(result[0]["outcome"], "Applied", "{result:#}");
+    let (code, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(
+        (code, revision_of(&head).as_str()),
+        (200, "iris-predictor-00002")
+    );
+    drop(idle);
+}
+
+#[test]
+fn a_load_that_never_ends_does_not_block_the_syncs_after_it() {
+    let store = tempfile::tempdir().unwrap();
+    let good = publish_model(store.path(), "iris-logreg-v1");
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO as the artifact: read, it would never end.
+    let fifo = dir.path().join("model.onnx");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    // And a server that accepts and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_at = silent.local_addr().unwrap();
+    let repo = GitRepo::new();
+    commit_model(&repo, &format!("file://{}", fifo.display()), "a FIFO");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--load-timeout",
+            "3s",
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    let rev = &service(&status, "iris")["revisions"][0];
+    assert_eq!(rev["state"], "Failed", "{status:#}");
+    assert!(
+        rev["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a regular file"),
+        "{rev}"
+    );
+    // A download that hangs: Failed at the load deadline; a sync meanwhile is not held up.
+    commit_model(
+        &repo,
+        &format!("http://{silent_at}/model.onnx"),
+        "a hanging download",
+    );
+    let waiting = {
+        let (server, token) = (up.server.clone(), TOKEN);
+        std::thread::spawn(move || {
+            Command::new(BIN)
+                .args([
+                    "sync", "--output", "json", "--server", &server, "--token", token,
+                ])
+                .output()
+                .unwrap()
+        })
+    };
+    // The fix, synced while the hanging load is still in progress.
+    let (accepted, _) = silent.accept().unwrap();
+    commit_model(&repo, &good, "the fix");
+    let synced = up.sync();
+    assert_eq!(synced[0]["outcome"], "Applied", "{synced:#}");
+    // The hanging download was still in progress: its connection is open (its request
+    // unread, or nothing), not closed.
+    accepted.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let open = match accepted.peek(&mut byte) {
+        Ok(n) => n > 0,
+        Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+    };
+    assert!(
+        open,
+        "the hanging download had ended before the fix was synced"
+    );
+    let waited = waiting.join().unwrap();
+    assert!(waited.status.success(), "{waited:?}");
+    let status = up.status();
+    let revisions = service(&status, "iris")["revisions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ready = revisions.iter().find(|r| r["state"] == "Ready");
+    assert!(ready.is_some(), "{status:#}");
+    let (code, _, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(code, 200, "{body}");
+}
