@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | GET | `/api/v1/status` | [`dto::Status`] |
 //! | GET | `/api/v1/history?service=NS/NAME&limit=N` | [`dto::SyncEntry`] list, newest first |
-//! | GET | `/api/v1/audit` | [`dto::AuditEntry`] list, oldest first |
+//! | GET | `/api/v1/audit?limit=N&before=SEQ` | [`dto::AuditEntry`] list, oldest first: the `N` newest before `SEQ` (all without either) |
 //! | GET | `/api/v1/audit/verify` | [`dto::AuditVerify`] |
 //! | POST | `/api/v1/sync?wait=true` | fetch and sync now (token); [`dto::SyncResult`] list |
 //! | POST | `/api/v1/refresh` | fetch and reconcile under the sync policy (token) |
@@ -70,7 +70,13 @@ pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> dto::Status;
     /// Sync records, newest first; only those that touched `service` when given.
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String>;
-    fn audit(&self) -> Result<Vec<dto::AuditEntry>, String>;
+    /// Audit entries, oldest first: the `limit` newest of those before sequence number
+    /// `before` (every one when neither is given).
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<dto::AuditEntry>, String>;
     fn verify_audit(&self) -> Result<dto::AuditVerify, String>;
     /// Fetches and syncs every Application now. The future resolves when every sync is done.
     fn sync_now(&self, trigger: Trigger) -> BoxFuture<Vec<dto::SyncResult>>;
@@ -96,6 +102,117 @@ pub trait Backend: Send + Sync + 'static {
     fn admin_token(&self) -> &str;
     /// The webhook secret, or `None` when webhooks are off.
     fn webhook_secret(&self) -> Option<&[u8]>;
+    /// Host names the API answers for besides loopback names and IP addresses
+    /// (`--admin-host`): any other `Host` is refused, so a web page whose name resolves to this
+    /// machine (DNS rebinding) cannot read the API through the visitor's browser.
+    fn admin_hosts(&self) -> &[String] {
+        &[]
+    }
+}
+
+/// Whether the API answers a request with this `Host`: an IP address, `localhost`, or a
+/// configured name; a request without one (HTTP/1.0) too.
+pub fn host_allowed(host: Option<&str>, names: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    // `name:port`, `[v6]:port`, `v4`, `[v6]`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, _)) => return v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => return false,
+        }
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+}
+
+/// The dashboard's Content-Security-Policy: its one inline script by hash, nothing from
+/// elsewhere, never framed.
+fn dashboard_csp() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use sha2::Digest;
+        let page = include_str!("dashboard.html");
+        let script = page
+            .split_once("<script>")
+            .and_then(|(_, rest)| rest.split_once("</script>"))
+            .map_or("", |(s, _)| s);
+        let hash = sha2::Sha256::digest(script.as_bytes());
+        format!(
+            "default-src 'none'; script-src 'sha256-{}'; style-src 'unsafe-inline'; \
+             connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'",
+            base64(&hash)
+        )
+    })
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Refuses requests for other hosts; marks every answer as not to be framed or sniffed.
+async fn guard(
+    State(b): Shared,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{fffd}"));
+    if !host_allowed(host, b.admin_hosts()) {
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!(
+                "the control API does not answer for host {:?}: use an IP address or \
+                 localhost, or start crossfade up with --admin-host {}",
+                host.unwrap_or_default(),
+                host.unwrap_or_default()
+                    .rsplit_once(':')
+                    .map_or(host.unwrap_or_default(), |(n, _)| n)
+            ),
+        );
+    }
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::X_FRAME_OPTIONS,
+        header::HeaderValue::from_static("DENY"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        header::HeaderValue::from_static("no-referrer"),
+    );
+    resp
 }
 
 /// The API routes over `backend`.
@@ -118,6 +235,10 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         .route("/api/v1/rollouts/{name}/{action}", post(rollout_action))
         .route("/api/v1/webhook/git", post(webhook))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&backend),
+            guard,
+        ))
         .with_state(backend)
 }
 
@@ -130,6 +251,7 @@ async fn dashboard() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
+            (header::CONTENT_SECURITY_POLICY, dashboard_csp()),
         ],
         include_str!("dashboard.html"),
     )
@@ -153,8 +275,14 @@ async fn history(State(b): Shared, Query(q): Query<HistoryQuery>) -> Response {
     }
 }
 
-async fn audit(State(b): Shared) -> Response {
-    match b.audit() {
+#[derive(Deserialize)]
+struct AuditQuery {
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn audit(State(b): Shared, Query(q): Query<AuditQuery>) -> Response {
+    match b.audit(q.before, q.limit) {
         Ok(a) => axum::Json(a).into_response(),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }

@@ -27,8 +27,12 @@ impl Backend for Recorder {
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String> {
         Err(format!("history of {service:?} limit {limit}"))
     }
-    fn audit(&self) -> Result<Vec<dto::AuditEntry>, String> {
-        Ok(vec![])
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<dto::AuditEntry>, String> {
+        Err(format!("audit before {before:?} limit {limit:?}"))
     }
     fn verify_audit(&self) -> Result<dto::AuditVerify, String> {
         Ok(dto::AuditVerify {
@@ -324,4 +328,73 @@ async fn rollouts_read_openly_and_commands_need_the_token() {
             "Retry None/iris full=false reason=None".to_owned()
         ]
     );
+}
+
+#[tokio::test]
+async fn the_audit_log_is_read_a_page_at_a_time() {
+    let b = Arc::new(Recorder::default());
+    let get = |uri: &str| Request::get(uri).body(Body::empty()).unwrap();
+    let (_, body) = call(&b, get("/api/v1/audit?limit=50&before=120")).await;
+    assert!(
+        body.contains("audit before Some(120) limit Some(50)"),
+        "{body}"
+    );
+    let (_, body) = call(&b, get("/api/v1/audit")).await;
+    assert!(body.contains("audit before None limit None"), "{body}");
+}
+
+#[tokio::test]
+async fn other_hosts_are_refused_and_the_dashboard_cannot_be_framed() {
+    let b = Arc::new(Recorder::default());
+    let with_host = |host: &str| {
+        Request::get("/api/v1/status")
+            .header("host", host)
+            .body(Body::empty())
+            .unwrap()
+    };
+    // A page on a name that resolves to this machine (DNS rebinding) is refused.
+    let (s, body) = call(&b, with_host("attacker.example:8081")).await;
+    assert_eq!(s, StatusCode::MISDIRECTED_REQUEST);
+    assert!(body.contains("--admin-host attacker.example"), "{body}");
+    for ok in [
+        "127.0.0.1:8081",
+        "localhost:8081",
+        "[::1]:8081",
+        "10.0.0.7",
+        "app.localhost",
+    ] {
+        assert_eq!(call(&b, with_host(ok)).await.0, StatusCode::OK, "{ok}");
+    }
+    assert!(!host_allowed(Some("[::1"), &[]));
+    assert!(host_allowed(
+        Some("crossfade.internal:8081"),
+        &["crossfade.internal".into()]
+    ));
+    // The dashboard: a CSP naming its one script by hash, no framing, no sniffing.
+    let router = router(Arc::clone(&b) as Arc<dyn Backend>);
+    let resp = router
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let h = resp.headers();
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert!(csp.contains("script-src 'sha256-"), "{csp}");
+    assert_eq!(h["x-frame-options"], "DENY");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    // The hash is that of the page's script (checked against an independent base64).
+    use sha2::Digest;
+    let page = include_str!("dashboard.html");
+    let script = page
+        .split_once("<script>")
+        .unwrap()
+        .1
+        .split_once("</script>")
+        .unwrap()
+        .0;
+    let digest = sha2::Sha256::digest(script.as_bytes());
+    assert_eq!(base64(&digest).len(), 44);
+    assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+    assert_eq!(base64(b"fooba"), "Zm9vYmE=");
+    assert_eq!(base64(b"foob"), "Zm9vYg==");
 }

@@ -64,6 +64,8 @@ pub struct Settings {
     pub runtime_commands: crate::runtime_policy::RuntimeCommands,
     /// The longest a revision may take to fetch, verify, load and warm up.
     pub load_timeout: Duration,
+    /// Host names the control API answers for besides loopback and IP addresses.
+    pub admin_hosts: Vec<String>,
 }
 
 /// Everything the loops and the API share.
@@ -256,7 +258,7 @@ impl Controller {
             .danger_accept_invalid_certs(true)
             .build()
             .unwrap_or_default();
-        Ok(Self {
+        let controller = Self {
             store,
             settings,
             apps: slots,
@@ -268,7 +270,12 @@ impl Controller {
             rollout_wake: tokio::sync::Notify::new(),
             http: (reqwest::Client::new(), insecure),
             notifier,
-        })
+        };
+        // Before the listeners answer: every restored service is in the route table, its
+        // revisions loading, so the data plane answers 503 for it until they are Ready,
+        // never 404 "not served here".
+        controller.publish();
+        Ok(controller)
     }
 
     /// Runs the poll loop of every Application until `shutdown` turns true.
@@ -1175,8 +1182,16 @@ impl Controller {
             .collect())
     }
 
-    pub fn audit_entries(&self) -> Result<Vec<dto::AuditEntry>, String> {
-        let entries = self.store.audit_log().map_err(|e| e.to_string())?;
+    pub fn audit_entries(
+        &self,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<dto::AuditEntry>, String> {
+        let entries = match (before, limit) {
+            (None, None) => self.store.audit_log(),
+            (before, limit) => self.store.audit_page(before, limit.unwrap_or(usize::MAX)),
+        }
+        .map_err(|e| e.to_string())?;
         Ok(entries.iter().map(dto::AuditEntry::from).collect())
     }
 
@@ -1490,8 +1505,12 @@ impl api::Backend for SharedController {
     fn history(&self, service: Option<&str>, limit: usize) -> Result<Vec<dto::SyncEntry>, String> {
         self.0.history(service, limit)
     }
-    fn audit(&self) -> Result<Vec<dto::AuditEntry>, String> {
-        self.0.audit_entries()
+    fn audit(
+        &self,
+        before: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<dto::AuditEntry>, String> {
+        self.0.audit_entries(before, limit)
     }
     fn verify_audit(&self) -> Result<dto::AuditVerify, String> {
         self.0.verify_audit()
@@ -1542,6 +1561,9 @@ impl api::Backend for SharedController {
     }
     fn webhook_secret(&self) -> Option<&[u8]> {
         self.0.settings.webhook_secret.as_deref()
+    }
+    fn admin_hosts(&self) -> &[String] {
+        &self.0.settings.admin_hosts
     }
 }
 

@@ -196,6 +196,7 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
         upstream: gateway::Timeouts::default(),
         runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
         load_timeout: Duration::from_secs(300),
+        admin_hosts: Vec::new(),
     };
     let app = Application {
         name: "demo".into(),

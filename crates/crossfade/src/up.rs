@@ -50,8 +50,20 @@ pub struct Args {
     #[arg(long, default_value_t = 4 << 30)]
     max_artifact_bytes: u64,
     /// Bearer token for mutating API calls (default: generated into the data directory).
-    #[arg(long, env = "CROSSFADE_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CROSSFADE_TOKEN",
+        hide_env_values = true,
+        conflicts_with = "admin_token_file"
+    )]
     admin_token: Option<String>,
+    /// Read the admin token from this file (kept out of the process list and environment).
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
+    /// A host name the control API answers for, besides loopback names and IP addresses (a
+    /// request for any other Host is refused); may be given several times.
+    #[arg(long = "admin-host", value_name = "NAME")]
+    admin_hosts: Vec<String>,
     /// How often to fetch (30s, 5m, ...).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -68,8 +80,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     gpg_keyring: Option<PathBuf>,
     /// Secret for POST /api/v1/webhook/git (GitHub, GitLab, Gitea, Gogs or HMAC-SHA256).
-    #[arg(long, env = "CROSSFADE_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "CROSSFADE_WEBHOOK_SECRET",
+        hide_env_values = true,
+        conflicts_with = "webhook_secret_file"
+    )]
     webhook_secret: Option<String>,
+    /// Read the webhook secret from this file.
+    #[arg(long, value_name = "FILE")]
+    webhook_secret_file: Option<PathBuf>,
     /// Refuse commits whose storageUris do not pin a sha256 digest.
     #[arg(long)]
     require_digest: bool,
@@ -187,6 +207,21 @@ fn raise_file_limit() -> u64 {
     getrlimit(Resource::Nofile).current.unwrap_or(1 << 20)
 }
 
+/// Shortest webhook secret accepted.
+const MIN_WEBHOOK_SECRET: usize = 16;
+
+/// A secret kept in a file: its content without the trailing newline; an empty file is an
+/// error naming it.
+fn read_secret(path: &std::path::Path, what: &str) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the {what} from {}", path.display()))?;
+    let secret = text.trim_end_matches(['\n', '\r']).to_owned();
+    if secret.trim().is_empty() {
+        bail!("{} is empty: it should hold the {what}", path.display());
+    }
+    Ok(secret)
+}
+
 /// Largest request body on the control API (webhooks are the largest: GitHub caps its
 /// payloads at 25 MB).
 const ADMIN_BODY_LIMIT: usize = 25 << 20;
@@ -210,7 +245,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let apps = applications(&args)?;
     let data_dir = args.data_dir.clone().unwrap_or_else(datadir::default_dir);
     let store = store::Store::open(&data_dir)?;
-    let admin_token = datadir::admin_token(&data_dir, args.admin_token.clone())?;
+    let admin_token = match &args.admin_token_file {
+        Some(file) => Some(read_secret(file, "admin token")?),
+        None => args.admin_token.clone(),
+    };
+    let admin_token = datadir::admin_token(&data_dir, admin_token)?;
+    let webhook_secret = match &args.webhook_secret_file {
+        Some(file) => Some(read_secret(file, "webhook secret")?),
+        None => args.webhook_secret.clone(),
+    };
+    if let Some(secret) = &webhook_secret
+        && secret.len() < MIN_WEBHOOK_SECRET
+    {
+        bail!(
+            "the webhook secret is {} bytes long: give at least {MIN_WEBHOOK_SECRET} (a random \
+             string, e.g. `openssl rand -hex 32`); an empty or short one would let anyone \
+             trigger syncs",
+            secret.len()
+        );
+    }
     let trust = trusted_keys(&args)?;
     let files = raise_file_limit();
     let (limits, admin_limits) = args.limits.resolve(files);
@@ -227,7 +280,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         trust,
         require_digest: args.require_digest,
         admin_token,
-        webhook_secret: args.webhook_secret.clone().map(String::into_bytes),
+        webhook_secret: webhook_secret.map(String::into_bytes),
+        admin_hosts: args.admin_hosts.clone(),
         notify: args.notify.clone(),
         gateway: gateway::Gateway::new(gateway::Config {
             body_limit: args.max_body_bytes,

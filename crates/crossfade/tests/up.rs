@@ -12,7 +12,7 @@ use test_support::{GitHttpServer, GitRepo, SigningKey, bare_clone};
 
 const BIN: &str = env!("CARGO_BIN_EXE_crossfade");
 const TOKEN: &str = "test-admin-token";
-const HOOK_SECRET: &str = "hook-secret";
+const HOOK_SECRET: &str = "hook-secret-for-the-tests";
 
 /// A running `crossfade up`, killed when dropped.
 struct Up {
@@ -2225,4 +2225,93 @@ fn a_load_that_never_ends_does_not_block_the_syncs_after_it() {
     assert!(ready.is_some(), "{status:#}");
     let (code, _, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
     assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn right_after_a_restart_a_served_model_is_503_until_ready_never_404() {
+    let store = tempfile::tempdir().unwrap();
+    let v1 = publish_model(store.path(), "iris-mlp-v1");
+    let repo = GitRepo::new();
+    commit_model(&repo, &v1, "v1");
+    let data = tempfile::tempdir().unwrap();
+    let args = ["--repo", repo.path().to_str().unwrap()];
+    let up = Up::start(data.path(), &args);
+    up.sync();
+    up.kill();
+    let up = Up::start(data.path(), &args);
+    // The first request after the listener opens: the restored model is loading or loaded.
+    let (code, _, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert!(code == 200 || code == 503, "{code}: {body}");
+    up.sync();
+    let (code, _, body) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn a_short_or_empty_webhook_secret_is_refused_at_start_and_files_hold_secrets() {
+    let repo = GitRepo::new();
+    let data = tempfile::tempdir().unwrap();
+    for secret in ["", "short"] {
+        let out = Command::new(BIN)
+            .args(["up", "--repo", repo.path().to_str().unwrap()])
+            .args(["--data-dir", data.path().to_str().unwrap()])
+            .args(["--webhook-secret", secret])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("give at least 16"), "{stderr}");
+    }
+    // The file forms: the token from a file authorizes, the secret from a file authenticates.
+    let files = tempfile::tempdir().unwrap();
+    let token = files.path().join("token");
+    let secret = files.path().join("secret");
+    std::fs::write(&token, "token-from-a-file\n").unwrap();
+    std::fs::write(&secret, "a-webhook-secret-from-a-file\n").unwrap();
+    let empty = files.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["up", "--repo", repo.path().to_str().unwrap()])
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .args(["--webhook-secret-file", empty.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is empty"), "{stderr}");
+    let mut child = Command::new(BIN)
+        .process_group(0)
+        .args(["up", "--repo", repo.path().to_str().unwrap()])
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .args(["--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--poll-interval", "1h"])
+        .args(["--admin-token-file", token.to_str().unwrap()])
+        .args(["--webhook-secret-file", secret.to_str().unwrap()])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = loop {
+        let line = lines.next().expect("crossfade up exited").unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
+        if v["fields"]["message"] == "crossfade is up" {
+            break format!("http://{}", v["fields"]["admin"].as_str().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let (code, _, _) = http_post(
+        &admin,
+        "/api/v1/sync",
+        &[("Authorization", "Bearer token-from-a-file")],
+        "",
+    );
+    assert_eq!(code, 200);
+    let (code, _, _) = http_post(
+        &admin,
+        "/api/v1/sync",
+        &[("Authorization", "Bearer wrong")],
+        "",
+    );
+    assert_eq!(code, 401);
+    kill_group(child.id());
+    child.wait().unwrap();
 }

@@ -197,10 +197,20 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let create_dir = |source| Error::CreateDir {
             path: dir.to_owned(),
             source,
-        })?;
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(create_dir)?;
+        // The directory holds the admin token, the Git mirrors and the models; the database,
+        // the history and the audit log: the owner's only, also when it existed before.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(create_dir)?;
         let path = dir.join(FILE_NAME);
         let db = Database::create(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
@@ -208,6 +218,8 @@ impl Store {
             },
             other => Error::Database(other.to_string()),
         })?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+            .map_err(create_dir)?;
         let store = Self { db, path };
         store.check_schema()?;
         Ok(store)
@@ -477,6 +489,24 @@ impl Store {
             let (_, v) = row?;
             out.push(decode(v.value())?);
         }
+        Ok(out)
+    }
+
+    /// At most `limit` entries, the newest of those before `before` (a sequence number; `None`:
+    /// the end), oldest first.
+    pub fn audit_page(&self, before: Option<u64>, limit: usize) -> Result<Vec<AuditEntry>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        let rows = match before {
+            Some(b) => table.range(..b)?,
+            None => table.range(0..)?,
+        };
+        for row in rows.rev().take(limit) {
+            let (_, v) = row?;
+            out.push(decode(v.value())?);
+        }
+        out.reverse();
         Ok(out)
     }
 

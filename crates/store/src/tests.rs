@@ -213,3 +213,37 @@ fn rollout_status_survives_reopening() {
         vec![("models".into(), "iris".into(), br#"{"step":2}"#.to_vec())]
     );
 }
+
+#[test]
+fn the_data_directory_and_the_database_are_the_owners_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // A directory the operator made with the usual 0755.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = Store::open(&data).unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join(FILE_NAME)), 0o600);
+    drop(store);
+    let fresh = dir.path().join("a/b");
+    let _store = Store::open(&fresh).unwrap();
+    assert_eq!(mode(&fresh), 0o700);
+}
+
+#[test]
+fn the_audit_log_reads_a_page_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    for i in 0..10 {
+        store
+            .audit(i, "test", "act", &format!("s{i}"), serde_json::json!({}))
+            .unwrap();
+    }
+    let seqs = |page: Vec<AuditEntry>| page.iter().map(|e| e.seq).collect::<Vec<_>>();
+    assert_eq!(seqs(store.audit_page(None, 3).unwrap()), [8, 9, 10]);
+    assert_eq!(seqs(store.audit_page(Some(8), 3).unwrap()), [5, 6, 7]);
+    assert_eq!(seqs(store.audit_page(Some(3), 5).unwrap()), [1, 2]);
+    assert_eq!(store.audit_page(Some(1), 5).unwrap(), vec![]);
+}
