@@ -640,7 +640,7 @@ impl Controller {
                                 record.state = store::RevisionState::Pending;
                                 self.log_store(self.store.update_revision(&record));
                             }
-                            self.audit(now, "controller", "create-revision", &service.to_string(), serde_json::json!({"revision": record.name, "storageUri": record.storage_uri}));
+                            self.audit(now, "controller", "create-revision", &service.to_string(), serde_json::json!({"revision": record.name, "storageUri": manifest::redact_uri(&record.storage_uri)}));
                             let _ = self.loads.send(LoadJob {
                                 app,
                                 service: service.clone(),
@@ -774,7 +774,9 @@ impl Controller {
                 "the load did not finish within {} s (--load-timeout)",
                 deadline.as_secs()
             )),
-        };
+        }
+        // A reason is shown in status, audit, notifications and logs: no URI secrets in it.
+        .map_err(|reason| manifest::redact_uris(&reason));
         let now = clock::now_ms();
         {
             let mut state = self.apps[job.app].state.lock().expect("state");
@@ -1080,7 +1082,7 @@ impl Controller {
                 };
                 dto::RevisionStatus {
                     name: r.name.clone(),
-                    storage_uri: r.storage_uri.clone(),
+                    storage_uri: manifest::redact_uri(&r.storage_uri),
                     digest: r.digest.clone(),
                     state: state_name.into(),
                     traffic_percent: live
@@ -1438,7 +1440,7 @@ fn onnx_file(path: &std::path::Path) -> Result<PathBuf, String> {
 }
 
 fn render_diagnostics(sources: &manifest::Sources, parsed: &manifest::Parsed) -> Vec<String> {
-    parsed
+    let rendered: Vec<String> = parsed
         .diagnostics
         .iter()
         .filter(|d| d.is_error())
@@ -1457,7 +1459,9 @@ fn render_diagnostics(sources: &manifest::Sources, parsed: &manifest::Parsed) ->
                 }
             )
         })
-        .collect()
+        .collect();
+    // Diagnostics quote values; a storageUri's secrets stay out of the history.
+    rendered.iter().map(|d| manifest::redact_uris(d)).collect()
 }
 
 /// Why a commit is not synced, and what serves instead.

@@ -2315,3 +2315,33 @@ fn a_short_or_empty_webhook_secret_is_refused_at_start_and_files_hold_secrets() 
     kill_group(child.id());
     child.wait().unwrap();
 }
+
+#[test]
+fn credentials_in_a_storage_uri_are_shown_nowhere() {
+    let repo = GitRepo::new();
+    let uri = "http://reader:hunter2-password@127.0.0.1:1/iris/model.onnx?X-Amz-Signature=sig-SECRET";
+    commit_model(&repo, uri, "a pre-signed URL with userinfo");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let status = up.status();
+    let rev = &service(&status, "iris")["revisions"][0];
+    assert_eq!(rev["state"], "Failed", "{status:#}");
+    assert_eq!(
+        rev["storageUri"],
+        "http://***@127.0.0.1:1/iris/model.onnx?***",
+        "{rev}"
+    );
+    let shown = [
+        status.to_string(),
+        up.json(&["history"]).to_string(),
+        http_get(&up.server, "/api/v1/audit"),
+        up.cli(&["status"]).1,
+    ];
+    for text in shown {
+        assert!(
+            !text.contains("hunter2") && !text.contains("sig-SECRET"),
+            "a secret is shown: {text}"
+        );
+    }
+}

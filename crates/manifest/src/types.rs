@@ -187,7 +187,60 @@ pub enum UriError {
     BadDigest(String),
 }
 
+/// `uri` with its secrets hidden: user information (`user:password@`) and the query (a
+/// pre-signed URL's signature) become `***`; the scheme, host and path, where the digest is,
+/// stay. What is shown anywhere (status, audit, notifications, logs) goes through this.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return uri.to_owned();
+    };
+    let (rest, fragment) = match rest.split_once('#') {
+        Some((r, f)) => (r, Some(f)),
+        None => (rest, None),
+    };
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let (authority, path) = rest.find('/').map_or((rest, ""), |i| rest.split_at(i));
+    let authority = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("***@{host}"),
+        None => authority.to_owned(),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if query.is_some() {
+        out.push_str("?***");
+    }
+    if fragment.is_some() {
+        out.push_str("#***");
+    }
+    out
+}
+
+/// `text` with every URI in it passed through [`redact_uri`] (error messages quote URIs).
+pub fn redact_uris(text: &str) -> String {
+    let stop = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | '<' | '>' | '`' | ',');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("://") {
+        let start = rest[..at]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+            .map_or(0, |i| i + 1);
+        let end = rest[at..].find(stop).map_or(rest.len(), |i| at + i);
+        out.push_str(&rest[..start]);
+        out.push_str(&redact_uri(&rest[start..end]));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 impl StorageUri {
+    /// The URI as it may be shown: see [`redact_uri`].
+    pub fn redacted(&self) -> String {
+        redact_uri(&self.raw)
+    }
+
     /// Parses a `storageUri`: scheme `file`, `http`, `https`, `s3` or `gs`, and the sha256 digest
     /// pinned in a path segment `sha256-<64 hex>` or `sha256:<64 hex>`, if any.
     pub fn parse(raw: &str) -> Result<Self, UriError> {
@@ -560,4 +613,26 @@ pub enum BuiltinMetric {
 pub enum RevisionSelector {
     Canary,
     Stable,
+}
+
+#[cfg(test)]
+mod redaction {
+    use super::*;
+
+    #[test]
+    fn secrets_in_uris_are_hidden_and_the_digest_stays() {
+        let d = "sha256-".to_owned() + &"ab".repeat(32);
+        assert_eq!(
+            redact_uri(&format!("https://user:pass@models.example/iris/{d}/model.onnx?X-Amz-Signature=abc&X-Amz-Credential=AKIA")),
+            format!("https://***@models.example/iris/{d}/model.onnx?***")
+        );
+        assert_eq!(redact_uri("s3://bucket/key"), "s3://bucket/key");
+        assert_eq!(redact_uri("file:///srv/m.onnx"), "file:///srv/m.onnx");
+        assert_eq!(redact_uri("http://h/p#token"), "http://h/p#***");
+        assert_eq!(
+            redact_uris("fetching https://u:p@h/x?sig=1 failed (see http://other/y?t=2)."),
+            "fetching https://***@h/x?*** failed (see http://other/y?***)."
+        );
+        assert_eq!(redact_uris("no uri here"), "no uri here");
+    }
 }
