@@ -214,3 +214,32 @@ fn symlink_cycles_and_repeated_paths_read_each_file_once() {
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(v["resources"].as_array().unwrap().len(), 1, "{v:#}");
 }
+
+#[test]
+fn symlinks_are_not_followed_out_of_the_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("repo");
+    std::fs::create_dir(&repo).unwrap();
+    std::fs::write(
+        repo.join("iris.yaml"),
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {name: iris}\nspec:\n  predictor:\n    model: {modelFormat: {name: onnx}, storageUri: \"s3://b/iris\"}\n",
+    )
+    .unwrap();
+    // What an attacker's pull request would add: links to files outside the repository.
+    std::os::unix::fs::symlink("/etc/passwd", repo.join("passwd.yaml")).unwrap();
+    std::os::unix::fs::symlink("/proc/self/environ", repo.join("environ.yml")).unwrap();
+    std::os::unix::fs::symlink("/etc", repo.join("etc")).unwrap();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret.yaml"), "token: outside-secret-value\n").unwrap();
+    std::os::unix::fs::symlink(&outside, repo.join("linked")).unwrap();
+    let out = lint(&[repo.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for leak in ["root:", "outside-secret-value", "PATH=", "passwd.yaml", "environ.yml"] {
+        assert!(!text.contains(leak), "{leak} in:\n{text}");
+    }
+    // Exactly the one file `crossfade up` would read from a commit of this tree.
+    assert!(text.contains("1 file(s), 1 resource(s)"), "{text}");
+}

@@ -276,12 +276,8 @@ impl<'a> Files<'a> for SourcesView<'a> {
 
     fn line_index(&'a self, id: FileId, byte_index: usize) -> Result<usize, files::Error> {
         self.check(id)?;
-        let text = self.0.get(id).text();
-        let byte_index = byte_index.min(text.len());
-        Ok(text.as_bytes()[..byte_index]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count())
+        let file = self.0.get(id);
+        Ok(file.line_index(byte_index.min(file.text().len())))
     }
 
     fn line_range(
@@ -292,7 +288,7 @@ impl<'a> Files<'a> for SourcesView<'a> {
         self.check(id)?;
         let file = self.0.get(id);
         let text = file.text();
-        let lines = text.split_inclusive('\n').count().max(1);
+        let lines = file.line_count();
         if line_index > lines {
             return Err(files::Error::LineTooLarge {
                 given: line_index,

@@ -72,6 +72,19 @@ impl SourceFile {
         self.text.as_deref().unwrap_or("")
     }
 
+    /// The 0-based line of a byte offset (a binary search: rendering many diagnostics of a
+    /// large file stays linear).
+    pub(crate) fn line_index(&self, byte: usize) -> usize {
+        self.line_starts.partition_point(|&start| start <= byte) - 1
+    }
+
+    /// How many lines the text has (a last line without a newline counts; at least one).
+    pub(crate) fn line_count(&self) -> usize {
+        let text = self.text();
+        let n = self.line_starts.len();
+        if n > 1 && text.ends_with('\n') { n - 1 } else { n }
+    }
+
     /// Byte offset of the first byte of 1-based `line`.
     pub(crate) fn line_start(&self, line: u32) -> usize {
         let idx = (line.max(1) as usize - 1).min(self.line_starts.len() - 1);
@@ -146,8 +159,8 @@ impl Sources {
     /// A root that does not exist is an [`Error`]; a file that cannot be read or is not UTF-8 is
     /// kept with its reason and reported as a diagnostic by [`crate::parse`].
     ///
-    /// A file reached twice (named directly and inside a directory, or through a symlink) is
-    /// read once; a symlink cycle is not followed around.
+    /// Inside a directory, symlinks are not followed (the same files `crossfade up` reads from
+    /// a commit). A file reached twice (named directly and inside a directory) is read once.
     pub fn read(roots: &[PathBuf]) -> Result<Self, Error> {
         let mut sources = Self::new();
         let mut seen = HashSet::new();
@@ -184,8 +197,10 @@ impl Sources {
     }
 }
 
-/// Collects manifest files under `dir`, following symlinks (as a Git checkout would) but
-/// entering each real directory once. Directories whose name starts with `.` are skipped.
+/// Collects manifest files under `dir` exactly as `crossfade up` reads a commit's tree:
+/// `*.yaml` and `*.yml` regular files, directories whose name starts with `.` skipped, and
+/// symlinks never followed (Git stores a symlink as a link, not as what it points at; following
+/// one could also lead out of the directory, to `/etc/passwd`, and print it in a CI log).
 fn walk(
     dir: &Path,
     visited: &mut HashSet<PathBuf>,
@@ -199,12 +214,13 @@ fn walk(
         let path = entry.path();
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let is_dir = std::fs::metadata(&path).is_ok_and(|m| m.is_dir());
-        if is_dir {
+        // The entry itself, not what a symlink points at.
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
             if !name.starts_with('.') {
                 walk(&path, visited, found)?;
             }
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
+        } else if kind.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
             found.push(path);
         }
     }
