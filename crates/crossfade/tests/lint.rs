@@ -234,10 +234,16 @@ fn symlinks_are_not_followed_out_of_the_directory() {
     std::fs::write(outside.join("secret.yaml"), "token: outside-secret-value\n").unwrap();
     std::os::unix::fs::symlink(&outside, repo.join("linked")).unwrap();
     let out = lint(&[repo.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    for leak in ["root:", "outside-secret-value", "PATH=", "passwd.yaml", "environ.yml"] {
+    for leak in [
+        "root:",
+        "outside-secret-value",
+        "PATH=",
+        "passwd.yaml",
+        "environ.yml",
+    ] {
         assert!(!text.contains(leak), "{leak} in:\n{text}");
     }
     // Exactly the one file `crossfade up` would read from a commit of this tree.

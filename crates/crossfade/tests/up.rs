@@ -2319,7 +2319,8 @@ fn a_short_or_empty_webhook_secret_is_refused_at_start_and_files_hold_secrets() 
 #[test]
 fn credentials_in_a_storage_uri_are_shown_nowhere() {
     let repo = GitRepo::new();
-    let uri = "http://reader:hunter2-password@127.0.0.1:1/iris/model.onnx?X-Amz-Signature=sig-SECRET";
+    let uri =
+        "http://reader:hunter2-password@127.0.0.1:1/iris/model.onnx?X-Amz-Signature=sig-SECRET";
     commit_model(&repo, uri, "a pre-signed URL with userinfo");
     let data = tempfile::tempdir().unwrap();
     let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
@@ -2328,8 +2329,7 @@ fn credentials_in_a_storage_uri_are_shown_nowhere() {
     let rev = &service(&status, "iris")["revisions"][0];
     assert_eq!(rev["state"], "Failed", "{status:#}");
     assert_eq!(
-        rev["storageUri"],
-        "http://***@127.0.0.1:1/iris/model.onnx?***",
+        rev["storageUri"], "http://***@127.0.0.1:1/iris/model.onnx?***",
         "{rev}"
     );
     let shown = [

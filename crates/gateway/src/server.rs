@@ -441,6 +441,18 @@ impl HeadScan {
     }
 }
 
+/// [`HeadScan`] for the tests: `true` once it has a head or a refusal.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct HeadScanProbe(HeadScan);
+
+#[cfg(test)]
+impl HeadScanProbe {
+    pub(crate) fn poll(&mut self, buf: &mut BytesMut) -> bool {
+        !matches!(self.0.poll(buf), Parsed::Partial)
+    }
+}
+
 fn too_long_target() -> Parsed {
     Parsed::Bad(
         StatusCode::URI_TOO_LONG,

@@ -82,7 +82,11 @@ impl SourceFile {
     pub(crate) fn line_count(&self) -> usize {
         let text = self.text();
         let n = self.line_starts.len();
-        if n > 1 && text.ends_with('\n') { n - 1 } else { n }
+        if n > 1 && text.ends_with('\n') {
+            n - 1
+        } else {
+            n
+        }
     }
 
     /// Byte offset of the first byte of 1-based `line`.

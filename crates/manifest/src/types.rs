@@ -219,7 +219,8 @@ pub fn redact_uri(uri: &str) -> String {
 
 /// `text` with every URI in it passed through [`redact_uri`] (error messages quote URIs).
 pub fn redact_uris(text: &str) -> String {
-    let stop = |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | '<' | '>' | '`' | ',');
+    let stop =
+        |c: char| c.is_whitespace() || matches!(c, '"' | '\'' | '(' | ')' | '<' | '>' | '`' | ',');
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
@@ -623,7 +624,9 @@ mod redaction {
     fn secrets_in_uris_are_hidden_and_the_digest_stays() {
         let d = "sha256-".to_owned() + &"ab".repeat(32);
         assert_eq!(
-            redact_uri(&format!("https://user:pass@models.example/iris/{d}/model.onnx?X-Amz-Signature=abc&X-Amz-Credential=AKIA")),
+            redact_uri(&format!(
+                "https://user:pass@models.example/iris/{d}/model.onnx?X-Amz-Signature=abc&X-Amz-Credential=AKIA"
+            )),
             format!("https://***@models.example/iris/{d}/model.onnx?***")
         );
         assert_eq!(redact_uri("s3://bucket/key"), "s3://bucket/key");

@@ -222,7 +222,13 @@ impl TensorSpec {
                 ));
             }
         }
-        let expected: usize = t.shape.iter().product();
+        // The shape comes from the request: its product may not fit.
+        let Some(expected) = t.shape.iter().try_fold(1usize, |n, d| n.checked_mul(*d)) else {
+            return bad(format!(
+                "shape {:?} holds more values than can be addressed",
+                t.shape
+            ));
+        };
         if t.data.len() != expected {
             return bad(format!(
                 "shape {:?} holds {expected} values but {} were given",

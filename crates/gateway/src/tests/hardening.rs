@@ -325,3 +325,111 @@ async fn heads_are_checked_as_rfc_9112_says() {
     let (status, _, _) = one(&served, b"GET /v2 HTTP/1.1\nhost: x\n\n").await;
     assert_eq!(status, 200);
 }
+
+mod never_panics {
+    //! The parsers of bytes from the wire, fed random and hostile input in random pieces: they
+    //! never panic, never take more than their limits, and a piecewise feed ends where a whole
+    //! one does.
+    use proptest::prelude::*;
+
+    use super::super::*;
+    use crate::h1::Chunked;
+
+    /// Bytes that look like HTTP often enough to get past the first checks.
+    fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
+        let piece = prop_oneof![
+            Just(b"POST /v2/models/iris/infer HTTP/1.1\r\n".to_vec()),
+            Just(b"host: x\r\n".to_vec()),
+            Just(b"transfer-encoding: chunked\r\n".to_vec()),
+            Just(b"content-length: 18446744073709551615\r\n".to_vec()),
+            Just(b"\r\n".to_vec()),
+            Just(b"\n".to_vec()),
+            Just(b"ffffffffffffffff\r\n".to_vec()),
+            Just(b"5;a=\"b\"\r\nhello\r\n".to_vec()),
+            Just(b"0\r\n\r\n".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..40),
+        ];
+        proptest::collection::vec(piece, 0..30).prop_map(|p| p.concat())
+    }
+
+    fn iris_inputs() -> &'static [runtime::TensorSpec] {
+        static SPECS: std::sync::OnceLock<Vec<runtime::TensorSpec>> = std::sync::OnceLock::new();
+        SPECS.get_or_init(|| model("iris-logreg-v1").inputs().to_vec())
+    }
+
+    #[test]
+    fn a_shape_whose_element_count_overflows_is_a_400() {
+        let body = br#"{"inputs": [{"name": "X", "shape": [4611686018427387904, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}"#;
+        let err = protocol::parse_v2(body, None, iris_inputs()).err().unwrap();
+        assert!(
+            err.0.contains("more values than can be addressed"),
+            "{}",
+            err.0
+        );
+    }
+
+    fn cuts() -> impl Strategy<Value = Vec<usize>> {
+        proptest::collection::vec(1usize..64, 0..20)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn the_head_scanner_never_panics_and_is_bounded(bytes in wire_bytes(), cuts in cuts()) {
+            let mut scan = server::HeadScanProbe::default();
+            let mut buf = bytes::BytesMut::new();
+            let mut at = 0usize;
+            for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+                let end = at.saturating_add(*cut).min(bytes.len());
+                buf.extend_from_slice(&bytes[at..end]);
+                at = end;
+                if scan.poll(&mut buf) {
+                    break;
+                }
+                prop_assert!(buf.len() <= h1::MAX_HEAD + 64);
+            }
+        }
+
+        #[test]
+        fn the_chunked_decoder_never_panics_and_keeps_its_limit(
+            bytes in wire_bytes(),
+            cuts in cuts(),
+            limit in 0usize..200,
+        ) {
+            let mut whole = Chunked::default();
+            let mut all = bytes::BytesMut::from(&bytes[..]);
+            let whole_result = whole.decode(&mut all, limit);
+            let mut pieces = Chunked::default();
+            let mut buf = bytes::BytesMut::new();
+            let mut at = 0usize;
+            let mut result = Ok(false);
+            for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+                let end = at.saturating_add(*cut).min(bytes.len());
+                buf.extend_from_slice(&bytes[at..end]);
+                at = end;
+                result = pieces.decode(&mut buf, limit);
+                prop_assert!(pieces.body.len() <= limit);
+                if !matches!(result, Ok(false)) {
+                    break;
+                }
+            }
+            prop_assert!(whole.body.len() <= limit);
+            // Fed whole or in pieces, it comes to the same end.
+            prop_assert_eq!(whole_result.is_ok(), result.is_ok());
+            if let (Ok(true), Ok(true)) = (&whole_result, &result) {
+                prop_assert_eq!(&whole.body, &pieces.body);
+            }
+        }
+
+        #[test]
+        fn the_v2_decoders_never_panic(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            json_len in proptest::option::of(0usize..400),
+        ) {
+            let specs = iris_inputs();
+            let _ = protocol::parse_v2(&body, json_len, specs);
+            let _ = protocol::parse_v1(&body, specs);
+        }
+    }
+}
