@@ -57,6 +57,7 @@ fn test() -> anyhow::Result<()> {
     // MLServer with its scikit-learn runtime (a real V2 server started from a ServingRuntime),
     // and tritonclient, a real V2 client.
     let python = python_venv(
+        "target/test-venv",
         &[
             "moto[server]",
             "mlserver",
@@ -65,7 +66,17 @@ fn test() -> anyhow::Result<()> {
         ],
         "import moto.server, mlserver, mlserver_sklearn, tritonclient.http",
     )?;
-    let test_env = [("CROSSFADE_PYTHON", python.as_str())];
+    // The kserve SDK, a real V1/V2 client, in a venv of its own: it needs a FastAPI newer
+    // than MLServer allows.
+    let kserve = python_venv(
+        "target/test-venv-kserve",
+        &["kserve==0.21.0"],
+        "from kserve import InferenceRESTClient",
+    )?;
+    let test_env = [
+        ("CROSSFADE_PYTHON", python.as_str()),
+        ("CROSSFADE_KSERVE_PYTHON", kserve.as_str()),
+    ];
     run("cargo", &["fmt", "--all", "--check"])?;
     run(
         "cargo",
@@ -95,8 +106,8 @@ fn test() -> anyhow::Result<()> {
 
 /// A venv under `target/` with `packages`, made (or completed) when `check` fails to import;
 /// returns its python.
-fn python_venv(packages: &[&str], check: &str) -> anyhow::Result<String> {
-    let dir = std::path::Path::new("target/test-venv");
+fn python_venv(dir: &str, packages: &[&str], check: &str) -> anyhow::Result<String> {
+    let dir = std::path::Path::new(dir);
     let python = dir.join("bin/python");
     if !python.exists() {
         run("python3", &["-m", "venv", dir.to_str().unwrap_or_default()])?;

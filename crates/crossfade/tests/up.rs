@@ -798,6 +798,23 @@ fn serves_the_synced_models_with_kserve_canary_semantics() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // And the kserve SDK's REST client (its own venv: it needs a newer FastAPI than MLServer).
+    let python = std::env::var("CROSSFADE_KSERVE_PYTHON").expect(
+        "CROSSFADE_KSERVE_PYTHON: the kserve SDK's Python (`cargo xtask test` installs it)",
+    );
+    let check = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/kserve_check.py");
+    let out = Command::new(&python)
+        .arg(&check)
+        .arg(&up.data)
+        .arg("iris")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kserve SDK ({python}): {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // Prometheus metrics on the admin listener.
     let metrics = http_get(&up.server, "/metrics");

@@ -38,7 +38,7 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
+use serde_json::{Value, json};
 
 pub use protocol::BadRequest;
 pub use routes::{
@@ -83,7 +83,13 @@ pub struct Gateway {
     /// Mirrored requests still running in the background.
     mirrors: std::sync::atomic::AtomicUsize,
     mirrors_done: tokio::sync::Notify,
+    /// Large inference requests run on blocking threads, this many at once (one per core), so
+    /// that they never hold the async workers that answer everything else.
+    heavy: tokio::sync::Semaphore,
 }
+
+/// Request bodies larger than this are decoded, run and encoded off the async workers.
+const OFFLOAD_BYTES: usize = 64 * 1024;
 
 /// The one place the gateway reads the clock: request latency and the statistics' seconds.
 #[allow(clippy::disallowed_methods)]
@@ -102,6 +108,9 @@ impl Gateway {
             started: now(),
             mirrors: std::sync::atomic::AtomicUsize::new(0),
             mirrors_done: tokio::sync::Notify::new(),
+            heavy: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            ),
         })
     }
 
@@ -167,8 +176,16 @@ impl Gateway {
     /// The HTTP routes.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
+            // KServe's V1 liveness, as its SDK reads it.
+            .route(
+                "/",
+                get(|| async { axum::Json(json!({"status": "alive"})) }),
+            )
             .route("/v2", get(server_metadata))
-            .route("/v2/health/live", get(|| async { StatusCode::OK }))
+            .route(
+                "/v2/health/live",
+                get(|| async { axum::Json(json!({"live": true})) }),
+            )
             .route("/v2/health/ready", get(server_ready))
             .route("/v2/models/{model}", get(model_metadata))
             .route("/v2/models/{model}/ready", get(model_ready))
@@ -185,6 +202,7 @@ impl Gateway {
                 "/v2/models/{model}/versions/{version}/infer",
                 post(infer_v2_version),
             )
+            .route("/v1/models", get(v1_list))
             .route("/v1/models/{model}", get(v1_status).post(v1_predict))
             .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
             .layer(DefaultBodyLimit::max(self.config.body_limit))
@@ -243,11 +261,12 @@ async fn server_metadata() -> Response {
 async fn server_ready(State(gw): Shared) -> Response {
     let table = gw.table();
     let ready = table.models.values().all(|r| !r.split.is_empty());
-    if ready {
-        StatusCode::OK.into_response()
+    let status = if ready {
+        StatusCode::OK
     } else {
-        StatusCode::SERVICE_UNAVAILABLE.into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
 }
 
 async fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response {
@@ -317,14 +336,22 @@ fn ready(gw: &Gateway, model: &str, version: Option<&str>) -> Response {
         return unknown_model(model);
     };
     let ok = match version {
-        Some(v) => route.revisions.iter().any(|r| r.name == v),
+        // A version that is not served at all is unknown (404), as both reference servers say.
+        Some(v) if !route.revisions.iter().any(|r| r.name == v) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("model {model} has no version {v}"),
+            );
+        }
+        Some(_) => true,
         None => !route.split.is_empty(),
     };
-    if ok {
-        StatusCode::OK.into_response()
+    let status = if ok {
+        StatusCode::OK
     } else {
-        StatusCode::SERVICE_UNAVAILABLE.into_response()
-    }
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(json!({"name": model, "ready": ok}))).into_response()
 }
 
 async fn model_ready(State(gw): Shared, Path(model): Path<String>) -> Response {
@@ -520,20 +547,30 @@ async fn infer(
         let path = format!("/v2/models/{model}/infer");
         return proxy_infer(up, &path, headers, body, measure, rev).await;
     }
-    let mut resp = match run_v2(model, rev, &body, json_len, &routed, gw) {
-        Ok(rendered) if rendered.binary.is_empty() => axum::Json(rendered.json).into_response(),
-        Ok(rendered) => {
-            // The binary tensor data extension: JSON header, then the raw output bytes.
-            let mut out = rendered.json.to_string().into_bytes();
-            let header_len = out.len();
-            out.extend_from_slice(&rendered.binary);
-            let mut resp =
-                ([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response();
-            resp.headers_mut().insert(
-                "inference-header-content-length",
-                HeaderValue::from(header_len),
-            );
-            resp
+    let computed = offload(gw, body.len(), {
+        let (model, rev) = (model.to_owned(), Arc::clone(rev));
+        move || compute_v2(&model, &rev, &body, json_len)
+    })
+    .await;
+    let mut resp = match computed {
+        Ok(done) => {
+            mirror(gw, &routed, &done.inputs, &done.outputs);
+            let rendered = done.rendered;
+            if rendered.binary.is_empty() {
+                axum::Json(rendered.json).into_response()
+            } else {
+                // The binary tensor data extension: JSON header, then the raw output bytes.
+                let mut out = rendered.json.to_string().into_bytes();
+                let header_len = out.len();
+                out.extend_from_slice(&rendered.binary);
+                let mut resp =
+                    ([(header::CONTENT_TYPE, "application/octet-stream")], out).into_response();
+                resp.headers_mut().insert(
+                    "inference-header-content-length",
+                    HeaderValue::from(header_len),
+                );
+                resp
+            }
         }
         Err(f) => f.into_response(),
     };
@@ -542,14 +579,51 @@ async fn infer(
     resp
 }
 
-fn run_v2(
+/// What an in-process inference produced: the tensors (for the mirror) and the answer.
+struct Computed<A> {
+    inputs: Vec<runtime::Tensor>,
+    outputs: Vec<runtime::Tensor>,
+    rendered: A,
+}
+
+/// Runs `work` inline when the request is small, else on a blocking thread, at most one per
+/// core at a time: a batch of a million floats never holds an async worker.
+async fn offload<T: Send + 'static>(
+    gw: &Gateway,
+    size: usize,
+    work: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Failure> {
+    if size <= OFFLOAD_BYTES {
+        return work();
+    }
+    let Ok(_permit) = gw.heavy.acquire().await else {
+        return Err(fail(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down".into(),
+        ));
+    };
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the inference task failed: {e}"),
+        ))
+    })
+}
+
+/// A model's outputs, or a failure when one holds NaN or an infinity.
+fn finite(outputs: Vec<runtime::Tensor>) -> Result<Vec<runtime::Tensor>, Failure> {
+    match protocol::non_finite(&outputs) {
+        Some(why) => Err(fail(StatusCode::INTERNAL_SERVER_ERROR, why)),
+        None => Ok(outputs),
+    }
+}
+
+fn compute_v2(
     model: &str,
     rev: &Revision,
     body: &[u8],
     json_len: Option<usize>,
-    routed: &Routed,
-    gw: &Arc<Gateway>,
-) -> Result<protocol::Rendered, Failure> {
+) -> Result<Computed<protocol::Rendered>, Failure> {
     let request = protocol::parse_v2(body, json_len, rev.inputs())
         .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
     let Some(onnx) = rev.model() else {
@@ -558,9 +632,8 @@ fn run_v2(
             "no in-process model".into(),
         ));
     };
-    let outputs = onnx.infer(&request.inputs).map_err(runtime_error)?;
-    mirror(gw, routed, &request.inputs, &outputs);
-    protocol::render_v2(
+    let outputs = finite(onnx.infer(&request.inputs).map_err(runtime_error)?)?;
+    let rendered = protocol::render_v2(
         model,
         &rev.name,
         request.id.as_ref(),
@@ -568,7 +641,31 @@ fn run_v2(
         request.outputs.as_deref(),
         &request.binary_outputs,
     )
-    .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
+    .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
+    Ok(Computed {
+        inputs: request.inputs,
+        outputs,
+        rendered,
+    })
+}
+
+fn compute_v1(rev: &Revision, body: &[u8]) -> Result<Computed<Value>, Failure> {
+    let Some(onnx) = rev.model() else {
+        return Err(fail(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no in-process model".into(),
+        ));
+    };
+    let input =
+        protocol::parse_v1(body, onnx.inputs()).map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
+    let inputs = vec![input];
+    let outputs = finite(onnx.infer(&inputs).map_err(runtime_error)?)?;
+    let rendered = protocol::render_v1(&outputs).map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))?;
+    Ok(Computed {
+        inputs,
+        outputs,
+        rendered,
+    })
 }
 
 fn runtime_error(e: runtime::Error) -> Failure {
@@ -576,6 +673,13 @@ fn runtime_error(e: runtime::Error) -> Failure {
         runtime::Error::Input { .. } => fail(StatusCode::BAD_REQUEST, e.to_string()),
         other => fail(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
     }
+}
+
+/// `GET /v1/models`: `{"models": [names]}`, as KServe's V1 lists them.
+async fn v1_list(State(gw): Shared) -> Response {
+    let table = gw.table();
+    let models: Vec<&String> = table.models.keys().collect();
+    axum::Json(json!({ "models": models })).into_response()
 }
 
 async fn v1_status(State(gw): Shared, Path(model): Path<String>) -> Response {
@@ -603,11 +707,15 @@ async fn v1_predict(
 /// `POST /v1/models/<segment>`, where the segment is `<model>:predict`.
 async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: Bytes) -> Response {
     let Some(model) = segment.strip_suffix(":predict") else {
+        let hint = match segment.split_once(':') {
+            Some((model, verb)) => format!(
+                "crossfade serves :predict, not :{verb} (no explainer): POST /v1/models/{model}:predict"
+            ),
+            None => format!("did you mean POST /v1/models/{segment}:predict?"),
+        };
         return error(
             StatusCode::NOT_FOUND,
-            format!(
-                "no such endpoint: POST /v1/models/{segment} (did you mean {segment}:predict?)"
-            ),
+            format!("no such endpoint: POST /v1/models/{segment}; {hint}"),
         );
     };
     let table = gw.table();
@@ -621,23 +729,16 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
         let path = format!("/v1/models/{model}:predict");
         return proxy_infer(up, &path, headers, body, measure, rev).await;
     }
-    let Some(onnx) = rev.model() else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "no in-process model".into(),
-        );
-    };
-    let result = protocol::parse_v1(&body, onnx.inputs())
-        .map_err(|e| fail(StatusCode::BAD_REQUEST, e.0))
-        .and_then(|input| {
-            let outputs = onnx
-                .infer(std::slice::from_ref(&input))
-                .map_err(runtime_error)?;
-            mirror(gw, &routed, &[input], &outputs);
-            Ok(outputs)
-        });
-    let mut resp = match result {
-        Ok(outputs) => axum::Json(protocol::render_v1(&outputs)).into_response(),
+    let computed = offload(gw, body.len(), {
+        let rev = Arc::clone(rev);
+        move || compute_v1(&rev, &body)
+    })
+    .await;
+    let mut resp = match computed {
+        Ok(done) => {
+            mirror(gw, &routed, &done.inputs, &done.outputs);
+            axum::Json(done.rendered).into_response()
+        }
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
@@ -709,6 +810,9 @@ pub fn compare(a: &[runtime::Tensor], b: &[runtime::Tensor]) -> (bool, f64) {
         for (p, q) in x.data.to_f64().iter().zip(y.data.to_f64()) {
             if p.is_finite() && q.is_finite() {
                 distance = distance.max((p - q).abs());
+            } else if p.is_finite() != q.is_finite() {
+                // One answered a number, the other NaN or an infinity: they disagree.
+                return (false, f64::INFINITY);
             }
         }
     }

@@ -72,6 +72,9 @@ pub fn parse_v2(
         let Some(name) = input.get("name").and_then(Value::as_str) else {
             return bad(format!("inputs[{i}] has no `name`"));
         };
+        if tensors.iter().any(|t: &Tensor| t.name == name) {
+            return bad(format!("input {name}: given twice"));
+        }
         let Some(spec) = specs.iter().find(|s| s.name == name) else {
             return bad(format!(
                 "input {name}: the model has no such input (it has {})",
@@ -125,6 +128,7 @@ pub fn parse_v2(
                 decode_binary(name, datatype, mine)?
             }
             (None, Some(data)) => {
+                check_nesting(name, data, &shape)?;
                 let mut flat = Vec::new();
                 flatten(data, &mut flat);
                 convert(name, datatype, &flat)?
@@ -151,7 +155,9 @@ pub fn parse_v2(
         .unwrap_or(false);
     let mut named_binary = Vec::new();
     let outputs = match obj.get("outputs") {
+        // No list, or an empty one: every output (as both reference servers answer).
         None | Some(Value::Null) => None,
+        Some(Value::Array(list)) if list.is_empty() => None,
         Some(Value::Array(list)) => {
             let mut names = Vec::new();
             for o in list {
@@ -176,8 +182,13 @@ pub fn parse_v2(
         _ if named_binary.is_empty() => BinaryOutputs::None,
         _ => BinaryOutputs::Named(named_binary),
     };
+    let id = match obj.get("id") {
+        None | Some(Value::Null) => None,
+        Some(id @ Value::String(_)) => Some(id.clone()),
+        Some(other) => return bad(format!("`id` must be a string, not {other}")),
+    };
     Ok(InferRequest {
-        id: obj.get("id").cloned(),
+        id,
         inputs: tensors,
         outputs,
         binary_outputs,
@@ -215,7 +226,7 @@ pub fn render_v2(
     let rendered: Vec<Value> = outputs
         .iter()
         .filter(|o| selected.is_none_or(|s| s.contains(&o.name)))
-        .map(|o| {
+        .map(|o| -> Result<Value, BadRequest> {
             let as_binary = match binary_outputs {
                 BinaryOutputs::None => false,
                 BinaryOutputs::All => true,
@@ -224,22 +235,22 @@ pub fn render_v2(
             if as_binary {
                 let before = binary.len();
                 encode_binary(&o.data, &mut binary);
-                json!({
+                Ok(json!({
                     "name": o.name,
                     "datatype": o.data.datatype().as_str(),
                     "shape": o.shape,
                     "parameters": {"binary_data_size": binary.len() - before},
-                })
+                }))
             } else {
-                json!({
+                Ok(json!({
                     "name": o.name,
                     "datatype": o.data.datatype().as_str(),
                     "shape": o.shape,
-                    "data": data_json(&o.data),
-                })
+                    "data": data_json(&o.name, &o.data)?,
+                }))
             }
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let mut body = Map::new();
     body.insert("model_name".into(), json!(model));
     body.insert("model_version".into(), json!(revision));
@@ -283,6 +294,7 @@ fn decode_binary(name: &str, datatype: DataType, bytes: &[u8]) -> Result<TensorD
         DataType::I16 => le!(i16, I16),
         DataType::I32 => le!(i32, I32),
         DataType::I64 => le!(i64, I64),
+        DataType::F16 => le!(half::f16, F16),
         DataType::F32 => le!(f32, F32),
         DataType::F64 => le!(f64, F64),
         DataType::Bytes => {
@@ -301,7 +313,7 @@ fn decode_binary(name: &str, datatype: DataType, bytes: &[u8]) -> Result<TensorD
             }
             TensorData::Bytes(out)
         }
-        DataType::F16 | DataType::Other => {
+        DataType::Other => {
             return bad(format!(
                 "input {name}: datatype {} is not supported",
                 datatype.as_str()
@@ -331,6 +343,9 @@ fn encode_binary(data: &TensorData, out: &mut Vec<u8>) {
             .iter()
             .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         TensorData::I64(v) => v
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        TensorData::F16(v) => v
             .iter()
             .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
         TensorData::F32(v) => v
@@ -367,9 +382,6 @@ pub fn metadata_v2(
 pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))?;
-    let Some(instances) = v.get("instances").and_then(Value::as_array) else {
-        return bad("`instances` is missing or not a list");
-    };
     let [spec] = specs else {
         return bad(format!(
             "the V1 protocol sends one input, but the model takes {}: use the V2 protocol",
@@ -377,6 +389,21 @@ pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest>
         ));
     };
     let name = spec.name.as_str();
+    // `instances`, or `inputs` as KServe's V1 also takes it: a list, or (TensorFlow Serving's
+    // columnar form) an object naming the one input.
+    let instances = match (v.get("instances"), v.get("inputs")) {
+        (Some(Value::Array(list)), None) | (None, Some(Value::Array(list))) => list,
+        (None, Some(Value::Object(named))) => match named.get(name) {
+            Some(Value::Array(list)) if named.len() == 1 => list,
+            _ => {
+                return bad(format!(
+                    "`inputs` as an object must hold exactly the model's input {name}, as a list"
+                ));
+            }
+        },
+        (Some(_), Some(_)) => return bad("give `instances` or `inputs`, not both"),
+        _ => return bad("`instances` (or `inputs`) is missing or not a list"),
+    };
     let Some(first) = instances.first() else {
         return bad("`instances` is empty");
     };
@@ -403,15 +430,15 @@ pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest>
 }
 
 /// The V1 response: one prediction per instance, from the first output.
-pub fn render_v1(outputs: &[Tensor]) -> Value {
+pub fn render_v1(outputs: &[Tensor]) -> Result<Value, BadRequest> {
     let Some(first) = outputs.first() else {
-        return json!({"predictions": []});
+        return Ok(json!({"predictions": []}));
     };
     let rows = first.shape.first().copied().unwrap_or(1).max(1);
     let per_row = first.data.len() / rows;
-    let values = data_json(&first.data);
+    let values = data_json(&first.name, &first.data)?;
     let Value::Array(values) = values else {
-        return json!({"predictions": []});
+        return Ok(json!({"predictions": []}));
     };
     let predictions: Vec<Value> = if first.shape.len() <= 1 {
         values
@@ -421,7 +448,7 @@ pub fn render_v1(outputs: &[Tensor]) -> Value {
             .map(|c| Value::Array(c.to_vec()))
             .collect()
     };
-    json!({ "predictions": predictions })
+    Ok(json!({ "predictions": predictions }))
 }
 
 fn shape_of(v: &Value) -> Vec<usize> {
@@ -448,6 +475,12 @@ fn convert(name: &str, datatype: DataType, values: &[&Value]) -> Result<TensorDa
     let wrong = |i: usize, what: &str| {
         BadRequest(format!(
             "input {name}: data element {i} ({}) is not {what}",
+            values[i]
+        ))
+    };
+    let out_of_range = |i: usize, what: &str| {
+        BadRequest(format!(
+            "input {name}: data element {i} ({}) is outside the {what} range",
             values[i]
         ))
     };
@@ -481,14 +514,31 @@ fn convert(name: &str, datatype: DataType, values: &[&Value]) -> Result<TensorDa
         DataType::I16 => ints!(i16, I16),
         DataType::I32 => ints!(i32, I32),
         DataType::I64 => ints!(i64, I64),
+        DataType::F16 => TensorData::F16(
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let f = v.as_f64().ok_or_else(|| wrong(i, "a number"))?;
+                    let h = half::f16::from_f64(f);
+                    if h.is_infinite() {
+                        return Err(out_of_range(i, "FP16"));
+                    }
+                    Ok(h)
+                })
+                .collect::<Result<_, _>>()?,
+        ),
         DataType::F32 => TensorData::F32(
             values
                 .iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    v.as_f64()
-                        .map(|f| f as f32)
-                        .ok_or_else(|| wrong(i, "a number"))
+                    let f = v.as_f64().ok_or_else(|| wrong(i, "a number"))?;
+                    // JSON numbers are finite; one beyond FP32's range would become infinity.
+                    if (f as f32).is_infinite() {
+                        return Err(out_of_range(i, "FP32"));
+                    }
+                    Ok(f as f32)
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -510,7 +560,7 @@ fn convert(name: &str, datatype: DataType, values: &[&Value]) -> Result<TensorDa
                 })
                 .collect::<Result<_, _>>()?,
         ),
-        DataType::F16 | DataType::Other => {
+        DataType::Other => {
             return bad(format!(
                 "input {name}: datatype {} is not supported",
                 datatype.as_str()
@@ -519,8 +569,10 @@ fn convert(name: &str, datatype: DataType, values: &[&Value]) -> Result<TensorDa
     })
 }
 
-fn data_json(data: &TensorData) -> Value {
-    match data {
+/// An output's data as JSON; `BYTES` must be UTF-8 text to be a JSON string (else it has to be
+/// asked for as binary data: nothing is replaced).
+fn data_json(name: &str, data: &TensorData) -> Result<Value, BadRequest> {
+    Ok(match data {
         TensorData::Bool(v) => json!(v),
         TensorData::U8(v) => json!(v),
         TensorData::U16(v) => json!(v),
@@ -530,12 +582,83 @@ fn data_json(data: &TensorData) -> Value {
         TensorData::I16(v) => json!(v),
         TensorData::I32(v) => json!(v),
         TensorData::I64(v) => json!(v),
+        TensorData::F16(v) => json!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
         TensorData::F32(v) => json!(v),
         TensorData::F64(v) => json!(v),
-        TensorData::Bytes(v) => json!(
-            v.iter()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .collect::<Vec<_>>()
-        ),
+        TensorData::Bytes(v) => {
+            let mut texts = Vec::with_capacity(v.len());
+            for (i, b) in v.iter().enumerate() {
+                let Ok(text) = std::str::from_utf8(b) else {
+                    return bad(format!(
+                        "output {name}: element {i} is not UTF-8 text, so it cannot be a JSON \
+                         string: ask for it as binary data (parameters.binary_data)"
+                    ));
+                };
+                texts.push(Value::String(text.to_owned()));
+            }
+            Value::Array(texts)
+        }
+    })
+}
+
+/// Why an answer cannot be sent: an output holds NaN or an infinity (a failure of the model on
+/// this request, never a `null` in a 200).
+pub fn non_finite(outputs: &[Tensor]) -> Option<String> {
+    outputs.iter().find_map(|o| {
+        o.data.first_non_finite().map(|(i, x)| {
+            let what = if x.is_nan() {
+                "NaN"
+            } else if x > 0.0 {
+                "+Inf"
+            } else {
+                "-Inf"
+            };
+            format!(
+                "the model failed on this request: output {} element {i} is {what}",
+                o.name
+            )
+        })
+    })
+}
+
+/// Checks that nested `data` is rectangular and has the declared shape (a flat list is taken
+/// as it is): `[[1, 2, 3], [4]]` for a shape `[2, 2]` is refused, though it holds four values.
+fn check_nesting(name: &str, data: &Value, shape: &[usize]) -> Result<(), BadRequest> {
+    let Value::Array(items) = data else {
+        return Ok(());
+    };
+    if !items.iter().any(Value::is_array) {
+        return Ok(());
     }
+    fn walk(v: &Value, shape: &[usize], at: &mut Vec<usize>) -> Result<(), String> {
+        match (v, shape.split_first()) {
+            (Value::Array(items), Some((n, rest))) => {
+                if items.len() != *n {
+                    return Err(format!(
+                        "data{} has {} elements where the shape says {n}",
+                        index(at),
+                        items.len()
+                    ));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    at.push(i);
+                    walk(item, rest, at)?;
+                    at.pop();
+                }
+                Ok(())
+            }
+            (Value::Array(_), None) => {
+                Err(format!("data{} is nested deeper than the shape", index(at)))
+            }
+            (_, Some(_)) => Err(format!(
+                "data{} is a value where the shape needs a list",
+                index(at)
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+    fn index(at: &[usize]) -> String {
+        at.iter().map(|i| format!("[{i}]")).collect()
+    }
+    walk(data, shape, &mut Vec::new()).map_err(|why| BadRequest(format!("input {name}: {why}")))
 }

@@ -1003,4 +1003,5 @@ async fn shutdown_closes_idle_connections_and_finishes_started_requests() {
     assert!(tokio::net::TcpStream::connect(served.addr).await.is_err());
 }
 
+mod conformance;
 mod hardening;

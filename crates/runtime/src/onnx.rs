@@ -194,13 +194,28 @@ fn to_tract(t: &Tensor) -> Result<tract_onnx::prelude::Tensor, Error> {
         TensorData::I16(v) => tract_onnx::prelude::Tensor::from_shape(shape, v),
         TensorData::I32(v) => tract_onnx::prelude::Tensor::from_shape(shape, v),
         TensorData::I64(v) => tract_onnx::prelude::Tensor::from_shape(shape, v),
+        TensorData::F16(v) => tract_onnx::prelude::Tensor::from_shape(shape, v),
         TensorData::F32(v) => tract_onnx::prelude::Tensor::from_shape(shape, v),
         TensorData::F64(v) => tract_onnx::prelude::Tensor::from_shape(shape, v),
         TensorData::Bytes(v) => {
-            let strings: Vec<String> = v
-                .iter()
-                .map(|b| String::from_utf8_lossy(b).into_owned())
-                .collect();
+            // An ONNX string tensor holds text: bytes that are not UTF-8 are refused, never
+            // replaced.
+            let mut strings = Vec::with_capacity(v.len());
+            for (i, b) in v.iter().enumerate() {
+                match String::from_utf8(b.clone()) {
+                    Ok(s) => strings.push(s),
+                    Err(e) => {
+                        return Err(Error::Input {
+                            input: t.name.clone(),
+                            message: format!(
+                                "element {i} is not UTF-8 text (byte {}), and the model's string \
+                                 input holds text",
+                                e.utf8_error().valid_up_to()
+                            ),
+                        });
+                    }
+                }
+            }
             tract_ndarray::ArrayD::from_shape_vec(shape.as_slice(), strings)
                 .map(tract_onnx::prelude::Tensor::from)
                 .map_err(|e| TractError::msg(e.to_string()))
@@ -242,6 +257,7 @@ fn from_tract(name: &str, value: &TValue) -> Result<Tensor, Error> {
         DatumType::I16 => slice!(i16, I16),
         DatumType::I32 => slice!(i32, I32),
         DatumType::I64 => slice!(i64, I64),
+        DatumType::F16 => slice!(half::f16, F16),
         DatumType::F32 => slice!(f32, F32),
         DatumType::F64 => slice!(f64, F64),
         DatumType::String => TensorData::Bytes(

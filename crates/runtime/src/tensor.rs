@@ -35,6 +35,7 @@ pub enum TensorData {
     I16(Vec<i16>),
     I32(Vec<i32>),
     I64(Vec<i64>),
+    F16(Vec<half::f16>),
     F32(Vec<f32>),
     F64(Vec<f64>),
     Bytes(Vec<Vec<u8>>),
@@ -136,6 +137,7 @@ impl TensorData {
             TensorData::I16(_) => DataType::I16,
             TensorData::I32(_) => DataType::I32,
             TensorData::I64(_) => DataType::I64,
+            TensorData::F16(_) => DataType::F16,
             TensorData::F32(_) => DataType::F32,
             TensorData::F64(_) => DataType::F64,
             TensorData::Bytes(_) => DataType::Bytes,
@@ -153,6 +155,7 @@ impl TensorData {
             TensorData::I16(v) => v.len(),
             TensorData::I32(v) => v.len(),
             TensorData::I64(v) => v.len(),
+            TensorData::F16(v) => v.len(),
             TensorData::F32(v) => v.len(),
             TensorData::F64(v) => v.len(),
             TensorData::Bytes(v) => v.len(),
@@ -161,6 +164,19 @@ impl TensorData {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first element that is NaN or infinite, with its index (floating-point data only).
+    pub fn first_non_finite(&self) -> Option<(usize, f64)> {
+        let find = |mut it: Box<dyn Iterator<Item = f64> + '_>| {
+            it.by_ref().enumerate().find(|(_, x)| !x.is_finite())
+        };
+        match self {
+            TensorData::F16(v) => find(Box::new(v.iter().map(|x| x.to_f64()))),
+            TensorData::F32(v) => find(Box::new(v.iter().map(|x| f64::from(*x)))),
+            TensorData::F64(v) => find(Box::new(v.iter().copied())),
+            _ => None,
+        }
     }
 
     /// The values as f64, for comparing outputs (bytes count as NaN).
@@ -175,6 +191,7 @@ impl TensorData {
             TensorData::I16(v) => v.iter().map(|x| f64::from(*x)).collect(),
             TensorData::I32(v) => v.iter().map(|x| f64::from(*x)).collect(),
             TensorData::I64(v) => v.iter().map(|x| *x as f64).collect(),
+            TensorData::F16(v) => v.iter().map(|x| x.to_f64()).collect(),
             TensorData::F32(v) => v.iter().map(|x| f64::from(*x)).collect(),
             TensorData::F64(v) => v.clone(),
             TensorData::Bytes(v) => vec![f64::NAN; v.len()],
@@ -268,7 +285,8 @@ impl TensorSpec {
             DataType::I64 => TensorData::I64(vec![0; n]),
             DataType::F64 => TensorData::F64(vec![0.0; n]),
             DataType::Bytes => TensorData::Bytes(vec![Vec::new(); n]),
-            DataType::F16 | DataType::F32 | DataType::Other => TensorData::F32(vec![0.0; n]),
+            DataType::F16 => TensorData::F16(vec![half::f16::ZERO; n]),
+            DataType::F32 | DataType::Other => TensorData::F32(vec![0.0; n]),
         };
         Tensor {
             name: self.name.clone(),
