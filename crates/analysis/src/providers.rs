@@ -106,6 +106,9 @@ pub async fn web(
     insecure: bool,
 ) -> Reading {
     let client = if insecure { insecure_client } else { client };
+    // The URL may carry a token in its query: messages name it without.
+    let shown = manifest::redact_uri(url);
+    let url_text = shown.as_str();
     let mut req = match method {
         HttpMethod::Get => client.get(url),
         HttpMethod::Post => client.post(url),
@@ -117,27 +120,102 @@ pub async fn web(
     if let Some(b) = body {
         req = req.body(b.to_owned());
     }
-    let resp = match req.timeout(timeout.unwrap_or(DEFAULT_TIMEOUT)).send().await {
+    let url = url_text;
+    let mut resp = match req.timeout(timeout.unwrap_or(DEFAULT_TIMEOUT)).send().await {
         Ok(r) => r,
-        Err(e) => return Reading::Error(format!("{url} did not answer: {e}")),
+        Err(e) => return Reading::Error(bounded(format!("{url} did not answer: {e}"))),
     };
     let status = resp.status();
     if !status.is_success() {
         return Reading::Error(format!("{url} answered {status}"));
     }
-    let json: Value = match resp.bytes().await.map(|b| serde_json::from_slice(&b)) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return Reading::Error(format!("{url} did not answer JSON: {e}")),
-        Err(e) => return Reading::Error(format!("{url}: {e}")),
-    };
-    match json_path {
-        None => Reading::Value(json),
-        Some(path) => match select(&json, path) {
-            Ok(Some(v)) => Reading::Value(v.clone()),
-            Ok(None) => Reading::NoData(format!("{path} selects nothing in the answer of {url}")),
-            Err(e) => Reading::Error(e),
-        },
+    // The answer is read up to a limit: a measurement never holds a large document.
+    let mut bytes = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(chunk)) if bytes.len() + chunk.len() > MAX_ANSWER => {
+                return Reading::Error(format!(
+                    "{url} answered more than {} KiB",
+                    MAX_ANSWER >> 10
+                ));
+            }
+            Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+            Ok(None) => break,
+            Err(e) => return Reading::Error(bounded(format!("{url}: {e}"))),
+        }
     }
+    let json: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return Reading::Error(bounded(format!("{url} did not answer JSON: {e}"))),
+    };
+    let selected = match json_path {
+        None => json,
+        Some(path) => match select(&json, path) {
+            Ok(Some(v)) => v.clone(),
+            Ok(None) => {
+                return Reading::NoData(bounded(format!(
+                    "{path} selects nothing in the answer of {url}"
+                )));
+            }
+            Err(e) => return Reading::Error(bounded(e)),
+        },
+    };
+    match conditionable(&selected) {
+        Ok(()) => Reading::Value(selected),
+        Err(why) => Reading::Error(format!(
+            "{url}: the {} {why}: a condition needs a number, a boolean, a short string, or a \
+             small list or object of them; select the field it uses with jsonPath",
+            if json_path.is_some() {
+                "selected value"
+            } else {
+                "whole answer"
+            }
+        )),
+    }
+}
+
+/// Largest answer a web measurement reads.
+const MAX_ANSWER: usize = 1 << 20;
+/// Largest value it keeps (as JSON text), and how deep.
+const MAX_VALUE: usize = 4096;
+const MAX_DEPTH: usize = 2;
+/// Longest error message it keeps.
+const MAX_MESSAGE: usize = 300;
+
+/// Whether a value is what a condition uses rather than a document to store and show.
+fn conditionable(v: &Value) -> Result<(), String> {
+    fn depth(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+    let size = v.to_string().len();
+    if size > MAX_VALUE {
+        return Err(format!(
+            "is {size} bytes of JSON (at most {MAX_VALUE} are kept)"
+        ));
+    }
+    if depth(v) > MAX_DEPTH {
+        return Err(format!(
+            "is nested {} levels deep (at most {MAX_DEPTH})",
+            depth(v)
+        ));
+    }
+    Ok(())
+}
+
+/// A message cut to a bounded length, on a character boundary.
+fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE {
+        return message;
+    }
+    let mut end = MAX_MESSAGE;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
 }
 
 /// The subset of JSONPath Argo's templates use: `{$.data.items[0].ok}` (braces and `$`
@@ -318,6 +396,62 @@ mod tests {
         assert!(
             matches!(&refused, Reading::Error(e) if e.contains("did not answer")),
             "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_web_provider_keeps_only_what_a_condition_can_use() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::new();
+        let ask = |url: String, path: Option<&'static str>| {
+            let client = client.clone();
+            async move {
+                web(
+                    &client,
+                    &client,
+                    &url,
+                    HttpMethod::Get,
+                    &[],
+                    None,
+                    path,
+                    None,
+                    false,
+                )
+                .await
+            }
+        };
+        // A whole document (`{$}`), of any size: refused, not stored and shown.
+        let big = endpoint(|_| {
+            let items: Vec<String> = (0..2000)
+                .map(|i| format!(r#"{{"user": "u{i}", "secret": "s{i}"}}"#))
+                .collect();
+            format!(r#"{{"items": [{}], "ok": true}}"#, items.join(","))
+        })
+        .await;
+        let whole = ask(format!("{big}/?token=hunter2"), Some("{$}")).await;
+        let Reading::Error(e) = &whole else {
+            panic!("{whole:?}")
+        };
+        assert!(e.contains("select the field it uses"), "{e}");
+        assert!(!e.contains("hunter2") && !e.contains("u1999"), "{e}");
+        // The field a condition uses is kept.
+        assert_eq!(
+            ask(big.clone(), Some("$.ok")).await,
+            Reading::Value(json!(true))
+        );
+        // An answer over 1 MiB is not read whole.
+        let huge = endpoint(|_| format!(r#"{{"pad": "{}"}}"#, "x".repeat(2 << 20))).await;
+        let read = ask(huge, Some("$.pad")).await;
+        assert!(
+            matches!(&read, Reading::Error(e) if e.contains("more than 1024 KiB")),
+            "{read:?}"
+        );
+        // Error messages are bounded, whatever the answer held.
+        let not_json = endpoint(|_| "x".repeat(5000)).await;
+        let read = ask(not_json, None).await;
+        assert!(
+            matches!(&read, Reading::Error(e) if e.chars().count() <= 301),
+            "{read:?}"
         );
     }
 
