@@ -20,6 +20,9 @@
 //! - Client errors (JSON, shapes, datatypes) are 400 with `{"error": ...}` naming the input;
 //!   unknown models 404; bodies over the limit 413; a model failing on an input 500.
 
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod h1;
 mod metrics;
 mod protocol;

@@ -441,12 +441,12 @@ impl HeadScan {
     }
 }
 
-/// [`HeadScan`] for the tests: `true` once it has a head or a refusal.
-#[cfg(test)]
+/// [`HeadScan`] for the tests and fuzz targets: `true` once it has a head or a refusal.
+#[cfg(any(test, feature = "fuzzing"))]
 #[derive(Default)]
 pub(crate) struct HeadScanProbe(HeadScan);
 
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 impl HeadScanProbe {
     pub(crate) fn poll(&mut self, buf: &mut BytesMut) -> bool {
         !matches!(self.0.poll(buf), Parsed::Partial)

@@ -333,7 +333,6 @@ mod never_panics {
     use proptest::prelude::*;
 
     use super::super::*;
-    use crate::h1::Chunked;
 
     /// Bytes that look like HTTP often enough to get past the first checks.
     fn wire_bytes() -> impl Strategy<Value = Vec<u8>> {
@@ -368,58 +367,20 @@ mod never_panics {
         );
     }
 
-    fn cuts() -> impl Strategy<Value = Vec<usize>> {
-        proptest::collection::vec(1usize..64, 0..20)
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
         #[test]
-        fn the_head_scanner_never_panics_and_is_bounded(bytes in wire_bytes(), cuts in cuts()) {
-            let mut scan = server::HeadScanProbe::default();
-            let mut buf = bytes::BytesMut::new();
-            let mut at = 0usize;
-            for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
-                let end = at.saturating_add(*cut).min(bytes.len());
-                buf.extend_from_slice(&bytes[at..end]);
-                at = end;
-                if scan.poll(&mut buf) {
-                    break;
-                }
-                prop_assert!(buf.len() <= h1::MAX_HEAD + 64);
-            }
+        fn the_head_scanner_never_panics_and_is_bounded(bytes in wire_bytes(), step in any::<u8>()) {
+            crate::fuzzing::head(&[&[step][..], &bytes].concat());
         }
 
         #[test]
         fn the_chunked_decoder_never_panics_and_keeps_its_limit(
             bytes in wire_bytes(),
-            cuts in cuts(),
-            limit in 0usize..200,
+            step in any::<u8>(),
         ) {
-            let mut whole = Chunked::default();
-            let mut all = bytes::BytesMut::from(&bytes[..]);
-            let whole_result = whole.decode(&mut all, limit);
-            let mut pieces = Chunked::default();
-            let mut buf = bytes::BytesMut::new();
-            let mut at = 0usize;
-            let mut result = Ok(false);
-            for cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
-                let end = at.saturating_add(*cut).min(bytes.len());
-                buf.extend_from_slice(&bytes[at..end]);
-                at = end;
-                result = pieces.decode(&mut buf, limit);
-                prop_assert!(pieces.body.len() <= limit);
-                if !matches!(result, Ok(false)) {
-                    break;
-                }
-            }
-            prop_assert!(whole.body.len() <= limit);
-            // Fed whole or in pieces, it comes to the same end.
-            prop_assert_eq!(whole_result.is_ok(), result.is_ok());
-            if let (Ok(true), Ok(true)) = (&whole_result, &result) {
-                prop_assert_eq!(&whole.body, &pieces.body);
-            }
+            crate::fuzzing::chunked(&[&[step][..], &bytes].concat());
         }
 
         #[test]
@@ -430,6 +391,7 @@ mod never_panics {
             let specs = iris_inputs();
             let _ = protocol::parse_v2(&body, json_len, specs);
             let _ = protocol::parse_v1(&body, specs);
+            crate::fuzzing::v2(&body);
         }
     }
 }
