@@ -227,15 +227,6 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    /// A fixed deadline `allowance` after now.
-    pub(crate) fn fixed(allowance: std::time::Duration) -> Self {
-        Self {
-            start: tokio::time::Instant::now(),
-            allowance,
-            min_rate: 0,
-        }
-    }
-
     /// The deadline once `received` bytes have arrived.
     pub(crate) fn deadline(&self, received: usize) -> tokio::time::Instant {
         let earned = if self.min_rate == 0 {
@@ -342,12 +333,13 @@ impl Wire {
     }
 
     /// Reads a body with the given framing, at most `limit` bytes, by the deadline `pace`
-    /// sets, holding its bytes in `held` (when given) as they arrive.
+    /// sets (`None`: the caller bounds the whole exchange), holding its bytes in `held` (when
+    /// given) as they arrive.
     pub(crate) async fn body(
         &mut self,
         framing: Framing,
         limit: usize,
-        pace: Pace,
+        pace: Option<Pace>,
         mut held: Option<&mut Held>,
     ) -> Result<Bytes, BodyError> {
         let mut hold = |n: usize| match held.as_deref_mut() {
@@ -367,7 +359,7 @@ impl Wire {
                     hold(self.buf.len().max(READ_CHUNK).min(n))?;
                     let want = n - self.buf.len();
                     if !self
-                        .fill_until(Some(pace.deadline(self.buf.len())), want)
+                        .fill_until(pace.map(|p| p.deadline(self.buf.len())), want)
                         .await?
                     {
                         return Err(BodyError::Eof);
@@ -388,7 +380,7 @@ impl Wire {
                         return Ok(decoder.body.freeze());
                     }
                     if !self
-                        .fill_until(Some(pace.deadline(received)), READ_CHUNK)
+                        .fill_until(pace.map(|p| p.deadline(received)), READ_CHUNK)
                         .await?
                     {
                         return Err(BodyError::Eof);
@@ -397,7 +389,7 @@ impl Wire {
             }
             Framing::UntilClose => {
                 while self
-                    .fill_until(Some(pace.deadline(self.buf.len())), READ_CHUNK)
+                    .fill_until(pace.map(|p| p.deadline(self.buf.len())), READ_CHUNK)
                     .await?
                 {
                     if self.buf.len() > limit {

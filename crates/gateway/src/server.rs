@@ -188,21 +188,57 @@ enum Service {
     Router(axum::Router),
 }
 
-/// One listener's connections: how many may be open, which are idle (oldest first), and the
-/// body bytes they hold.
+/// One listener's connections: how many may be open, which are idle (by when their idle time
+/// runs out, so the first is both the next to time out and the one to close to make room), and
+/// the body bytes they hold.
 struct Conns {
     limits: Limits,
     body_limit: usize,
     slots: Arc<Semaphore>,
-    idle: Mutex<BTreeMap<u64, Arc<Notify>>>,
+    idle: Mutex<BTreeMap<IdleKey, Arc<Notify>>>,
     next_idle: AtomicU64,
+    /// Wakes the sweeper when an idle connection with the earliest deadline arrives.
+    sweep: Notify,
     budget: Arc<Budget>,
     /// When the limit was last logged (so a flood logs once every 10 s, not per connection).
     warned: Mutex<Option<tokio::time::Instant>>,
     name: &'static str,
 }
 
+/// An idle connection's place: its deadline, then when it went idle.
+type IdleKey = (tokio::time::Instant, u64);
+
 impl Conns {
+    /// Closes idle connections whose deadline has passed, until shutdown: one timer for the
+    /// listener, not one per connection and request.
+    async fn sweep(&self, mut stopping: watch::Receiver<bool>) {
+        loop {
+            let next = {
+                let now = tokio::time::Instant::now();
+                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                while let Some(entry) = idle.first_entry() {
+                    if entry.key().0 > now {
+                        break;
+                    }
+                    entry.remove().notify_one();
+                }
+                idle.first_key_value().map(|(k, _)| k.0)
+            };
+            let woken = self.sweep.notified();
+            tokio::select! {
+                biased;
+                _ = stopping.wait_for(|s| *s) => return,
+                () = woken => {}
+                () = async {
+                    match next {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+            }
+        }
+    }
+
     /// Closes the connection idle the longest; `false` when none is idle.
     fn evict_oldest(&self) -> bool {
         let oldest = self
@@ -291,12 +327,17 @@ async fn serve_on(
         budget: Arc::new(Budget::new(limits.max_buffered_bytes)),
         idle: Mutex::default(),
         next_idle: AtomicU64::new(0),
+        sweep: Notify::new(),
         warned: Mutex::new(None),
         limits,
         body_limit,
         name,
     });
     let mut connections = JoinSet::new();
+    let sweeper = tokio::spawn({
+        let (conns, stopping) = (Arc::clone(&conns), stopping.clone());
+        async move { conns.sweep(stopping).await }
+    });
     let mut shutdown = std::pin::pin!(shutdown);
     'accept: loop {
         tokio::select! {
@@ -343,6 +384,7 @@ async fn serve_on(
     drop(listener);
     let _ = stop.send(true);
     while connections.join_next().await.is_some() {}
+    let _ = sweeper.await;
     Ok(())
 }
 
@@ -355,7 +397,8 @@ enum Idle {
     Close,
 }
 
-/// Waits, registered as idle, for the first bytes of the next request until `deadline`.
+/// Waits, registered as idle, for the first bytes of the next request; the sweeper closes it
+/// at `deadline`, and the accept loop earlier if it needs the room.
 async fn idle(
     wire: &mut Wire,
     conns: &Conns,
@@ -363,17 +406,22 @@ async fn idle(
     deadline: tokio::time::Instant,
     stopping: &mut watch::Receiver<bool>,
 ) -> Idle {
-    let key = conns.next_idle.fetch_add(1, Ordering::Relaxed);
-    conns
-        .idle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(key, Arc::clone(me));
+    let key = (deadline, conns.next_idle.fetch_add(1, Ordering::Relaxed));
+    {
+        let mut idle = conns.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.insert(key, Arc::clone(me));
+        if idle
+            .first_key_value()
+            .is_some_and(|(first, _)| *first == key)
+        {
+            conns.sweep.notify_one();
+        }
+    }
     let outcome = tokio::select! {
         biased;
         _ = stopping.wait_for(|s| *s) => Idle::Close,
         () = me.notified() => Idle::Close,
-        more = wire.fill_until(Some(deadline), 4096) => match more {
+        more = wire.fill_until(None, 4096) => match more {
             Ok(true) => Idle::Data,
             _ => Idle::Close,
         },
@@ -384,13 +432,16 @@ async fn idle(
         .unwrap_or_else(|e| e.into_inner())
         .remove(&key)
         .is_some();
-    // Picked to make room while its bytes arrived: it closes all the same.
+    // Timed out or picked to make room while its bytes arrived: it closes all the same.
     if still_idle { outcome } else { Idle::Close }
 }
 
 /// Longest request line (method, target, version) accepted; a longer one is a 414 (nginx's
 /// `large_client_header_buffers`, 8 KiB).
 pub(crate) const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// Most bytes of empty lines accepted before a request line.
+const MAX_LEADING_EMPTY: usize = 16;
 
 /// Reading a request head as it arrives: where the scans stopped, so each byte is looked at
 /// once.
@@ -408,11 +459,19 @@ impl HeadScan {
     /// The head at the front of `buf`, when it has all arrived, or why it is refused.
     fn poll(&mut self, buf: &mut BytesMut) -> Parsed {
         if !self.line_done {
-            // Empty lines before the request line are ignored (RFC 9112, 2.2).
+            // Empty lines before the request line are ignored (RFC 9112, 2.2), a few of them:
+            // a stream of them would otherwise be scanned again on every read.
             let skip = buf
                 .iter()
+                .take(MAX_LEADING_EMPTY + 1)
                 .take_while(|b| matches!(b, b'\r' | b'\n'))
                 .count();
+            if skip > MAX_LEADING_EMPTY {
+                return Parsed::Bad(
+                    StatusCode::BAD_REQUEST,
+                    "too many empty lines before the request line".into(),
+                );
+            }
             let from = self.line_from.max(skip);
             match buf[from..].iter().position(|b| *b == b'\n') {
                 Some(lf) if from + lf - skip > MAX_REQUEST_LINE => return too_long_target(),
@@ -554,7 +613,7 @@ async fn connection(
                     allowance: limits.body_timeout,
                     min_rate: limits.min_rate,
                 };
-                match wire.body(framing, limit, pace, Some(&mut held)).await {
+                match wire.body(framing, limit, Some(pace), Some(&mut held)).await {
                     Ok(body) => body,
                     Err(e) => {
                         let (status, why) = match &e {
@@ -743,12 +802,23 @@ async fn reply(
     if !head_only && !bodiless {
         out.extend_from_slice(&body);
     }
+    // Most answers fit the socket's buffer: written at once, with no timer. What is left
+    // waits for the client, by the send deadline.
+    let written = match wire.stream.try_write(out) {
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(e),
+    };
+    if written == out.len() {
+        return Ok(());
+    }
     let pace = Pace {
         start: tokio::time::Instant::now(),
         allowance: limits.send_timeout,
         min_rate: limits.min_rate,
     };
-    match tokio::time::timeout_at(pace.deadline(out.len()), wire.stream.write_all(out)).await {
+    let rest = &out[written..];
+    match tokio::time::timeout_at(pace.deadline(rest.len()), wire.stream.write_all(rest)).await {
         Ok(written) => written,
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

@@ -102,17 +102,13 @@ async fn exchange(
     request: &[u8],
     deadline: tokio::time::Instant,
 ) -> Result<(Answer, bool), Broken> {
-    match tokio::time::timeout_at(deadline, exchange_now(wire, request, deadline)).await {
+    match tokio::time::timeout_at(deadline, exchange_now(wire, request)).await {
         Ok(done) => done,
         Err(_) => Err(Broken::Late),
     }
 }
 
-async fn exchange_now(
-    wire: &mut Wire,
-    request: &[u8],
-    deadline: tokio::time::Instant,
-) -> Result<(Answer, bool), Broken> {
+async fn exchange_now(wire: &mut Wire, request: &[u8]) -> Result<(Answer, bool), Broken> {
     wire.stream
         .write_all(request)
         .await
@@ -152,7 +148,8 @@ async fn exchange_now(
                 Err(e) => return Err(Broken::DuringAnswer(format!("not HTTP/1.1: {e}"))),
             }
             let started = !wire.buf.is_empty();
-            match wire.fill_until(Some(deadline), 8 * 1024).await {
+            // The whole exchange is bounded by `deadline` (see `exchange`): no timer per read.
+            match wire.fill_until(None, 8 * 1024).await {
                 Ok(true) => {}
                 Ok(false) if !started => {
                     return Err(Broken::BeforeAnswer("the connection was closed".into()));
@@ -172,9 +169,8 @@ async fn exchange_now(
         } else {
             framing.unwrap_or(Framing::UntilClose)
         };
-        let pace = h1::Pace::fixed(deadline.saturating_duration_since(tokio::time::Instant::now()));
         let body = wire
-            .body(framing, MAX_ANSWER, pace, None)
+            .body(framing, MAX_ANSWER, None, None)
             .await
             .map_err(|e| match e {
                 BodyError::TooLarge => Broken::DuringAnswer(format!(

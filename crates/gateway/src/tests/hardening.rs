@@ -316,6 +316,12 @@ async fn heads_are_checked_as_rfc_9112_says() {
     big.push_str("\r\n");
     let (status, _, closed) = one(&served, big.as_bytes()).await;
     assert_eq!((status, closed), (431, true));
+    // Empty lines before a request are ignored, a few of them; a stream of them is refused.
+    let (status, _, _) = one(&served, b"\r\n\r\nGET /v2 HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    assert_eq!(status, 200);
+    let (status, error, _) = one(&served, "\r\n".repeat(5000).as_bytes()).await;
+    assert_eq!(status, 400);
+    assert!(error.contains("empty lines"), "{error}");
     // Two Host headers.
     let (status, _, _) = one(&served, b"GET /v2 HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n").await;
     assert_eq!(status, 400);
