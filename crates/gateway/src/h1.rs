@@ -178,7 +178,7 @@ fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// accept, a bare LF.
 pub(crate) fn head_end(buf: &[u8], from: &mut usize) -> Option<usize> {
     let mut i = (*from).min(buf.len());
-    while let Some(lf) = buf[i..].iter().position(|b| *b == b'\n') {
+    while let Some(lf) = memchr::memchr(b'\n', &buf[i..]) {
         let at = i + lf;
         match (buf.get(at + 1), buf.get(at + 2)) {
             (Some(b'\n'), _) => {

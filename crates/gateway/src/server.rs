@@ -58,15 +58,17 @@ enum Parsed {
 /// values and the target stay in the bytes read: a head costs no copy of them.
 fn parse_head(buf: &mut BytesMut, end: usize) -> Parsed {
     let bad = |why: String| Parsed::Bad(StatusCode::BAD_REQUEST, why);
-    // Where each kept header's name and value lie in `buf`.
-    let mut spans = [(0usize, 0usize, 0usize, 0usize); h1::MAX_HEADERS];
+    // Where each kept header's name and value lie in `buf` (a head is at most 64 KiB: the
+    // offsets fit in u32).
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); h1::MAX_HEADERS];
     let mut kept = 0;
     let (len, method, target, version, scan) = {
         let base = buf.as_ptr() as usize;
-        let at = |part: &[u8]| (part.as_ptr() as usize - base, part.len());
-        let mut headers = [httparse::EMPTY_HEADER; h1::MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(&buf[..end]) {
+        let at = |part: &[u8]| ((part.as_ptr() as usize - base) as u32, part.len() as u32);
+        // Left uninitialised: httparse writes the headers it finds (no 3 KiB memset per head).
+        let mut headers = [const { std::mem::MaybeUninit::uninit() }; h1::MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(&buf[..end], &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(httparse::Error::TooManyHeaders) => {
@@ -98,6 +100,12 @@ fn parse_head(buf: &mut BytesMut, end: usize) -> Parsed {
     let raw = buf.split_to(len).freeze();
     let mut map = HeaderMap::with_capacity(kept);
     for &(name, name_len, value, value_len) in &spans[..kept] {
+        let (name, name_len, value, value_len) = (
+            name as usize,
+            name_len as usize,
+            value as usize,
+            value_len as usize,
+        );
         let name_bytes = &raw[name..name + name_len];
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name_bytes),
@@ -128,7 +136,7 @@ fn parse_head(buf: &mut BytesMut, end: usize) -> Parsed {
     let keep_alive = if http10 { scan.keep_alive } else { !scan.close };
     Parsed::Head(Head {
         method,
-        target: raw.slice(target.0..target.0 + target.1),
+        target: raw.slice(target.0 as usize..(target.0 + target.1) as usize),
         http10,
         framing,
         keep_alive,
@@ -473,7 +481,7 @@ impl HeadScan {
                 );
             }
             let from = self.line_from.max(skip);
-            match buf[from..].iter().position(|b| *b == b'\n') {
+            match memchr::memchr(b'\n', &buf[from..]) {
                 Some(lf) if from + lf - skip > MAX_REQUEST_LINE => return too_long_target(),
                 Some(_) => self.line_done = true,
                 None if buf.len() - skip > MAX_REQUEST_LINE => return too_long_target(),
