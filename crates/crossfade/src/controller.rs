@@ -943,7 +943,9 @@ impl Controller {
                     .and_then(|r| r.canary.as_deref())
                     .and_then(index);
                 let mut route = gateway::Route::new(id.to_string(), revisions, split);
-                route.tag_routing = state.desired.iter().any(|d| &d.id == id && d.tag_routing);
+                let desired = state.desired.iter().find(|d| &d.id == id);
+                route.tag_routing = desired.is_some_and(|d| d.tag_routing);
+                route.answer_timeout = desired.and_then(|d| d.request_timeout);
                 route.latest = latest;
                 route.prev = prev;
                 // A rollout's header and mirror routes go to its canary while it is served.

@@ -38,6 +38,8 @@ pub struct DesiredService {
     /// KServe's `canaryTrafficPercent` (ignored when a Rollout drives the service).
     pub canary_traffic_percent: Option<Percent>,
     pub tag_routing: bool,
+    /// KServe's `spec.predictor.timeout`: how long its model server may take per request.
+    pub request_timeout: Option<std::time::Duration>,
     /// The Rollout that drives the service, if any.
     pub rollout: Option<String>,
     /// The canary's share the Rollout sets now (see [`crate::rollout`]); with a Rollout and
@@ -67,6 +69,7 @@ pub fn desired_state(manifests: &Manifests) -> Vec<DesiredService> {
                 model: isvc.predictor.model.clone(),
                 canary_traffic_percent: isvc.predictor.canary_traffic_percent,
                 tag_routing: isvc.tag_routing,
+                request_timeout: isvc.predictor.timeout,
                 rollout,
                 rollout_weight: None,
                 id,

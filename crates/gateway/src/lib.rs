@@ -314,6 +314,7 @@ async fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response 
                 &format!("/v2/models/{model}"),
                 &HeaderMap::new(),
                 Bytes::new(),
+                route.answer_timeout,
             )
             .await
             .unwrap_or_else(|(s, m)| error(s, m)),
@@ -375,6 +376,8 @@ struct Routed<'t> {
     metrics: &'t metrics::RevisionMetrics,
     /// The revision to mirror to, when this request is one of the mirrored share.
     mirror: Option<(&'t Arc<Revision>, &'t metrics::RevisionMetrics)>,
+    /// The route's answer timeout for a proxied revision.
+    answer_timeout: Option<std::time::Duration>,
 }
 
 /// Routes a request: the revision, or why there is none.
@@ -453,6 +456,7 @@ fn route_request<'t>(
         rev: &route.revisions[idx],
         metrics: &route.metrics[idx],
         mirror,
+        answer_timeout: route.answer_timeout,
     })
 }
 
@@ -548,7 +552,16 @@ async fn infer(
         .and_then(|v| v.trim().parse::<usize>().ok());
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v2/models/{model}/infer");
-        return proxy_infer(up, &path, headers, body, measure, rev).await;
+        return proxy_infer(
+            up,
+            &path,
+            headers,
+            body,
+            measure,
+            rev,
+            routed.answer_timeout,
+        )
+        .await;
     }
     let computed = offload(gw, body.len(), {
         let (model, rev) = (model.to_owned(), Arc::clone(rev));
@@ -730,7 +743,16 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     let mut measure = Measure::start(gw, routed.metrics);
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v1/models/{model}:predict");
-        return proxy_infer(up, &path, headers, body, measure, rev).await;
+        return proxy_infer(
+            up,
+            &path,
+            headers,
+            body,
+            measure,
+            rev,
+            routed.answer_timeout,
+        )
+        .await;
     }
     let computed = offload(gw, body.len(), {
         let rev = Arc::clone(rev);
@@ -860,9 +882,10 @@ async fn proxy_infer(
     body: Bytes,
     mut measure: Measure<'_>,
     revision: &Revision,
+    timeout: Option<std::time::Duration>,
 ) -> Response {
     let mut resp = up
-        .forward(Method::POST, path, headers, body)
+        .forward(Method::POST, path, headers, body, timeout)
         .await
         .unwrap_or_else(|(s, m)| error(s, m));
     measure.finish(resp.status());

@@ -88,6 +88,9 @@ pub struct Route {
     /// A share of the requests the split routes is also sent to another revision, whose answer
     /// is compared with the primary's and dropped.
     pub mirror: Option<Mirror>,
+    /// How long a proxied revision's model server may take to answer a request (KServe's
+    /// `spec.predictor.timeout`); `None`: the upstream's own answer timeout.
+    pub answer_timeout: Option<std::time::Duration>,
     /// Per-revision metric handles, parallel to `revisions`; filled by `Gateway::publish`.
     pub(crate) metrics: Vec<crate::metrics::RevisionMetrics>,
 }
@@ -160,6 +163,7 @@ impl Route {
             prev: None,
             header_routes: Vec::new(),
             mirror: None,
+            answer_timeout: None,
             metrics: Vec::new(),
         }
     }

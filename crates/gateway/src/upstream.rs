@@ -227,13 +227,15 @@ impl Upstream {
         }
     }
 
-    /// Sends the request on and returns the answer as it came (status, content type, body).
+    /// Sends the request on and returns the answer as it came (status, content type, body),
+    /// waiting at most `timeout` for all of it (`None`: the upstream's answer timeout).
     pub async fn forward(
         &self,
         method: Method,
         path: &str,
         headers: &HeaderMap,
         body: Bytes,
+        timeout: Option<Duration>,
     ) -> Result<Response<Body>, Failure> {
         let mut request = Vec::with_capacity(256 + body.len());
         request.extend_from_slice(method.as_str().as_bytes());
@@ -257,7 +259,8 @@ impl Upstream {
         request.extend_from_slice(b"\r\n");
         request.extend_from_slice(&body);
 
-        let deadline = tokio::time::Instant::now() + self.timeouts.answer;
+        let allowed = timeout.unwrap_or(self.timeouts.answer);
+        let deadline = tokio::time::Instant::now() + allowed;
         let answer = match self.checkout() {
             Some(mut wire) => match exchange(&mut wire, &request, deadline).await {
                 Ok((answer, reusable)) => {
@@ -267,11 +270,13 @@ impl Upstream {
                     answer
                 }
                 // A kept-alive connection the model server had closed: once more, afresh.
-                Err(Broken::BeforeAnswer(_)) => self.exchange_fresh(&request, deadline).await?,
+                Err(Broken::BeforeAnswer(_)) => {
+                    self.exchange_fresh(&request, deadline, allowed).await?
+                }
                 Err(Broken::DuringAnswer(e)) => return Err(broke_off(e)),
-                Err(Broken::Late) => return Err(self.late()),
+                Err(Broken::Late) => return Err(self.late(allowed)),
             },
-            None => self.exchange_fresh(&request, deadline).await?,
+            None => self.exchange_fresh(&request, deadline, allowed).await?,
         };
         let mut out = Response::builder().status(answer.status);
         if let Some(ct) = answer.content_type {
@@ -281,13 +286,13 @@ impl Upstream {
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
-    fn late(&self) -> Failure {
+    fn late(&self, allowed: Duration) -> Failure {
         (
             StatusCode::GATEWAY_TIMEOUT,
             format!(
                 "the model server at {} did not answer within {} s",
                 self.authority,
-                self.timeouts.answer.as_secs_f64()
+                allowed.as_secs_f64()
             ),
         )
     }
@@ -296,6 +301,7 @@ impl Upstream {
         &self,
         request: &[u8],
         deadline: tokio::time::Instant,
+        allowed: Duration,
     ) -> Result<Answer, Failure> {
         let not_answering = |e: String| {
             (
@@ -330,7 +336,7 @@ impl Upstream {
             }
             Err(Broken::BeforeAnswer(e)) => Err(not_answering(e)),
             Err(Broken::DuringAnswer(e)) => Err(broke_off(e)),
-            Err(Broken::Late) => Err(self.late()),
+            Err(Broken::Late) => Err(self.late(allowed)),
         }
     }
 }
@@ -392,7 +398,7 @@ mod tests {
 
     async fn get(up: &Upstream) -> Result<(StatusCode, Bytes), Failure> {
         let resp = up
-            .forward(Method::GET, "/x", &HeaderMap::new(), Bytes::new())
+            .forward(Method::GET, "/x", &HeaderMap::new(), Bytes::new(), None)
             .await?;
         let status = resp.status();
         let body = resp.into_body().collect().await.unwrap().to_bytes();

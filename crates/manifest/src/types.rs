@@ -126,6 +126,9 @@ pub struct Predictor {
     /// `spec.predictor.canaryTrafficPercent`: the share of the newest revision while it is not
     /// yet rolled out. `None` promotes it.
     pub canary_traffic_percent: Option<Percent>,
+    /// `spec.predictor.timeout` (seconds): how long a model server may take to answer one
+    /// request. Not part of the revision: changing it changes no model.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// The model a predictor serves, from `spec.predictor.model` or from the older per-framework

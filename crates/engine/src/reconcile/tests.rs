@@ -30,6 +30,7 @@ fn want(name: &str, uri: &str, canary: Option<u8>) -> DesiredService {
         model,
         canary_traffic_percent: canary.map(|p| Percent::new(p).unwrap()),
         tag_routing: false,
+        request_timeout: None,
         rollout: None,
         rollout_weight: None,
     }

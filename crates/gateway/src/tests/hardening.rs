@@ -401,3 +401,46 @@ mod never_panics {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_model_server_that_hangs_is_a_504_at_the_routes_timeout_counted_as_a_server_error() {
+    // A model server that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let at = silent.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((sock, _)) = silent.accept().await {
+            held.push(sock);
+        }
+    });
+    let gw = Gateway::new(Config::default());
+    let mut route = Route::new(
+        "default/slow",
+        vec![Arc::new(Revision::proxy(
+            "slow-predictor-00001",
+            Upstream::new(at),
+        ))],
+        vec![(0, 100)],
+    );
+    // KServe's `spec.predictor.timeout: 2`.
+    route.answer_timeout = Some(Duration::from_secs(2));
+    let mut table = RouteTable::default();
+    table.models.insert("slow".into(), route);
+    gw.publish(table);
+    let start = tokio::time::Instant::now();
+    let (s, rev, v) = send(&gw, infer("/v2/models/slow/infer", &iris_body(), &[])).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(rev.as_deref(), Some("slow-predictor-00001"));
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer within 2 s"),
+        "{v}"
+    );
+    assert_eq!(start.elapsed().as_secs(), 2);
+    let summary = gw
+        .summary("default/slow", "slow-predictor-00001", 60)
+        .unwrap();
+    assert_eq!(summary.server_errors, 1);
+}

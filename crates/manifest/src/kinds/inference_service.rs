@@ -17,7 +17,6 @@ const COMPONENT_TOLERATED: &[&str] = &[
     "scaleMetricType",
     "autoScaling",
     "containerConcurrency",
-    "timeout",
     "batcher",
     "logger",
     "labels",
@@ -103,6 +102,7 @@ fn predictor(doc: &mut Doc<'_, '_>, name: &str, at: &At<'_>) -> Option<Predictor
     const KNOWN: &[&str] = &[
         "model",
         "canaryTrafficPercent",
+        "timeout",
         "containers",
         "sklearn",
         "xgboost",
@@ -126,6 +126,11 @@ fn predictor(doc: &mut Doc<'_, '_>, name: &str, at: &At<'_>) -> Option<Predictor
     )?;
     let canary_at = m.get("canaryTrafficPercent");
     let canary_traffic_percent = canary_at.as_ref().and_then(|a| cx.percent(a));
+    // KServe's per-request timeout, in whole seconds.
+    let timeout = m
+        .get("timeout")
+        .and_then(|a| cx.int_in(&a, 1, 86_400))
+        .map(|s| std::time::Duration::from_secs(s as u64));
     if let Some(a) = &canary_at {
         doc.index.canary_percents.push(NamedSpan {
             namespace: doc.namespace.clone(),
@@ -196,6 +201,7 @@ fn predictor(doc: &mut Doc<'_, '_>, name: &str, at: &At<'_>) -> Option<Predictor
     Some(Predictor {
         model,
         canary_traffic_percent,
+        timeout,
     })
 }
 
