@@ -248,6 +248,35 @@ fn kill_group(child: &mut Child) {
     let _ = kill_process_group(group, Signal::KILL);
     let _ = child.kill();
     let _ = child.wait();
+    // A signal is delivered when its process next runs: return once nothing of the group
+    // runs any more (at most 2 s), so that "stopped" means stopped.
+    let mut waited = Duration::ZERO;
+    while group_runs(group.as_raw_nonzero().get()) && waited < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+        waited += Duration::from_millis(10);
+    }
+}
+
+/// Whether a process of process group `pgid` still runs (zombies, dead but not yet reaped, do
+/// not count), from `/proc`.
+fn group_runs(pgid: i32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        // `pid (comm) state ppid pgrp ...`; comm may hold spaces and parentheses.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        matches!(fields.as_slice(), [state, _ppid, pgrp, ..] if *state != "Z" && *state != "X" && pgrp.parse() == Ok(pgid))
+    })
 }
 
 fn free_port() -> Result<u16, Error> {
