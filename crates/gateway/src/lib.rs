@@ -552,16 +552,7 @@ async fn infer(
         .and_then(|v| v.trim().parse::<usize>().ok());
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v2/models/{model}/infer");
-        return proxy_infer(
-            up,
-            &path,
-            headers,
-            body,
-            measure,
-            rev,
-            routed.answer_timeout,
-        )
-        .await;
+        return proxy_infer(up, &path, headers, body, measure, &routed).await;
     }
     let computed = offload(gw, body.len(), {
         let (model, rev) = (model.to_owned(), Arc::clone(rev));
@@ -743,16 +734,7 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     let mut measure = Measure::start(gw, routed.metrics);
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v1/models/{model}:predict");
-        return proxy_infer(
-            up,
-            &path,
-            headers,
-            body,
-            measure,
-            rev,
-            routed.answer_timeout,
-        )
-        .await;
+        return proxy_infer(up, &path, headers, body, measure, &routed).await;
     }
     let computed = offload(gw, body.len(), {
         let rev = Arc::clone(rev);
@@ -881,11 +863,11 @@ async fn proxy_infer(
     headers: &HeaderMap,
     body: Bytes,
     mut measure: Measure<'_>,
-    revision: &Revision,
-    timeout: Option<std::time::Duration>,
+    routed: &Routed<'_>,
 ) -> Response {
+    let revision = routed.rev;
     let mut resp = up
-        .forward(Method::POST, path, headers, body, timeout)
+        .forward(Method::POST, path, headers, body, routed.answer_timeout)
         .await
         .unwrap_or_else(|(s, m)| error(s, m));
     measure.finish(resp.status());
