@@ -37,8 +37,9 @@ pub use run::{MetricStatus, Run};
 use serde::{Deserialize, Serialize};
 
 /// The phase of a measurement, a metric or a run (Argo's `AnalysisPhase`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Phase {
+    #[default]
     Pending,
     Running,
     Successful,
@@ -94,8 +95,9 @@ pub enum Reading {
     Error(String),
 }
 
-/// One measurement, as kept and shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One measurement, as kept and shown (stored in a rollout's status; fields default when absent).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Measurement {
     /// The value as text (`0.97`, `[0.97]`), when there was one.
     pub value: Option<String>,

@@ -11,8 +11,10 @@ use crate::{Measurement, MetricSpec, Phase, Reading};
 /// A measurement asked for that has not come back after this long is counted as an error.
 pub const MEASUREMENT_TIMEOUT_SECS: i64 = 600;
 
-/// An analysis run and its measurements.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// An analysis run and its measurements. Stored inside a rollout's status: every field
+/// defaults when absent, so runs written before a field was added decode.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Run {
     pub name: String,
     /// Unix seconds.
@@ -26,7 +28,8 @@ pub struct Run {
 }
 
 /// One metric of a run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MetricStatus {
     pub name: String,
     pub phase: Phase,

@@ -239,7 +239,7 @@ impl Controller {
                     .iter()
                     .find(|(ns, name, _)| *ns == id.namespace && *name == id.name)
                 {
-                    match serde_json::from_slice::<engine::rollout::RolloutStatus>(bytes) {
+                    match engine::rollout::RolloutStatus::from_json(bytes) {
                         Ok(mut status) => {
                             status.forget_in_flight();
                             state.rollouts.insert(id.clone(), status);

@@ -81,9 +81,10 @@ pub fn rollout_specs(manifests: &Manifests) -> Vec<RolloutSpec> {
 }
 
 /// Argo's rollout phases.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RolloutPhase {
     /// The stable revision serves everything; nothing is being rolled out.
+    #[default]
     Healthy,
     /// A canary is loading, or its steps and analysis are running.
     Progressing,
@@ -105,7 +106,8 @@ impl RolloutPhase {
 }
 
 /// A header match of a `setHeaderRoute`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HeaderMatchStatus {
     pub header: String,
     /// `exact`, `prefix` or `regex`.
@@ -114,14 +116,16 @@ pub struct HeaderMatchStatus {
 }
 
 /// A named header route to the canary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct HeaderRouteStatus {
     pub name: String,
     pub matches: Vec<HeaderMatchStatus>,
 }
 
 /// A named mirror route to the canary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MirrorStatus {
     pub name: String,
     pub percent: u8,
@@ -137,15 +141,37 @@ pub enum PauseReason {
 }
 
 /// The revision an abort was for: it is not tried again until Git changes or `retry`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Aborted {
     pub revision: String,
     pub reason: String,
 }
 
-/// Where a rollout stands: everything a restart needs.
+/// The format of a stored [`RolloutStatus`]: 0 is what builds before the field existed wrote
+/// (2026-12-01 and earlier). Fields are only ever added, each with a default, so every older
+/// format decodes; a status from a newer format than this build knows is refused, not misread.
+pub const STATUS_FORMAT: u32 = 1;
+
+/// Why a stored status cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("the stored rollout status is not valid JSON of a status: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error(
+        "the stored rollout status has format {found}, newer than this build's {STATUS_FORMAT}: \
+         it was written by a newer crossfade"
+    )]
+    Newer { found: u32 },
+}
+
+/// Where a rollout stands: everything a restart needs. Stored as JSON (see [`STATUS_FORMAT`]):
+/// every field defaults when absent, so statuses written before a field was added decode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RolloutStatus {
+    /// [`STATUS_FORMAT`] when written by this build; 0 when written before formats existed.
+    pub format: u32,
     pub phase: RolloutPhase,
     pub message: String,
     pub stable: Option<String>,
@@ -174,6 +200,7 @@ pub struct RolloutStatus {
 impl RolloutStatus {
     pub fn new() -> Self {
         RolloutStatus {
+            format: STATUS_FORMAT,
             phase: RolloutPhase::Healthy,
             message: String::new(),
             stable: None,
@@ -191,6 +218,30 @@ impl RolloutStatus {
             aborted: None,
             run_seq: 0,
         }
+    }
+
+    /// Decodes a stored status, of this format or any older one.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, StatusError> {
+        #[derive(Deserialize)]
+        struct Format {
+            #[serde(default)]
+            format: u32,
+        }
+        let found = serde_json::from_slice::<Format>(bytes)?.format;
+        if found > STATUS_FORMAT {
+            return Err(StatusError::Newer { found });
+        }
+        let mut status: Self = serde_json::from_slice(bytes)?;
+        status.format = STATUS_FORMAT;
+        Ok(status)
+    }
+
+    /// The status as it is stored.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut status = self.clone();
+        status.format = STATUS_FORMAT;
+        // A status is plain data (strings, numbers, lists): it always serializes.
+        serde_json::to_vec(&status).unwrap_or_default()
     }
 
     /// The split: (revision, percent), summing to 100; empty when nothing is stable.

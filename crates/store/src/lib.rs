@@ -67,8 +67,10 @@ db_err!(
     redb::CommitError
 );
 
-/// One attempt to sync the desired state from Git.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One attempt to sync the desired state from Git. Stored records decode whatever build wrote
+/// them: fields are only added, and every field defaults when absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SyncRecord {
     /// Assigned by [`Store::record_sync`]: 1, 2, 3, ...
     #[serde(default)]
@@ -94,9 +96,10 @@ pub struct SyncRecord {
     pub services: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncOutcome {
     /// The commit's manifests are the desired state now.
+    #[default]
     Applied,
     /// The commit's signature is missing, invalid or from an untrusted key.
     Untrusted,
@@ -106,8 +109,9 @@ pub enum SyncOutcome {
     FetchFailed,
 }
 
-/// A revision of a service's predictor.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A revision of a service's predictor (fields default when absent, as in [`SyncRecord`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct RevisionRecord {
     pub namespace: String,
     pub service: String,
@@ -132,8 +136,10 @@ fn onnx() -> String {
     "onnx".into()
 }
 
-/// How a service routes traffic, kept so that a restart resumes where it stood.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// How a service routes traffic, kept so that a restart resumes where it stood (fields
+/// default when absent, as in [`SyncRecord`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ServiceRecord {
     pub namespace: String,
     pub name: String,
@@ -147,9 +153,10 @@ pub struct ServiceRecord {
     pub overridden: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RevisionState {
     /// Known, not yet loaded.
+    #[default]
     Pending,
     /// Loaded and warmed up: may take traffic.
     Ready,

@@ -247,3 +247,25 @@ fn the_audit_log_reads_a_page_at_a_time() {
     assert_eq!(seqs(store.audit_page(Some(3), 5).unwrap()), [1, 2]);
     assert_eq!(store.audit_page(Some(1), 5).unwrap(), vec![]);
 }
+
+#[test]
+fn records_from_older_builds_decode_with_defaults() {
+    // A revision as builds before `model_format` and `reason` wrote it.
+    let old = br#"{"namespace": "default", "service": "iris", "name": "iris-predictor-00001",
+        "number": 1, "spec_hash": "ab", "storage_uri": "file:///m.onnx", "digest": null,
+        "state": "Ready", "created_at": 5}"#;
+    let r: RevisionRecord = serde_json::from_slice(old).unwrap();
+    assert_eq!(
+        (r.model_format.as_str(), r.state, r.reason),
+        ("onnx", RevisionState::Ready, None)
+    );
+    // A sync record without the later `services` and `seq`.
+    let old = br#"{"time": 1, "repo": "r", "revision": "HEAD", "commit": null, "author": null,
+        "commit_time": null, "signer": null, "signer_key": null, "outcome": "Invalid",
+        "message": "m", "diagnostics": []}"#;
+    let s: SyncRecord = serde_json::from_slice(old).unwrap();
+    assert_eq!(
+        (s.outcome, s.services.len(), s.seq),
+        (SyncOutcome::Invalid, 0, 0)
+    );
+}

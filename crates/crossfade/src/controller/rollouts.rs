@@ -113,12 +113,8 @@ impl Controller {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             if t.status != status {
-                match serde_json::to_vec(&t.status) {
-                    Ok(bytes) => {
-                        self.log_store(self.store.put_rollout(&id.namespace, &id.name, &bytes))
-                    }
-                    Err(e) => tracing::error!(error = %e, "cannot encode a rollout status"),
-                }
+                let bytes = t.status.to_json();
+                self.log_store(self.store.put_rollout(&id.namespace, &id.name, &bytes));
             }
             if let Some(d) = state.desired.iter_mut().find(|d| &d.id == id) {
                 d.rollout_weight = manifest::Percent::new(
