@@ -952,29 +952,29 @@ impl Controller {
                 if let Some(r) = state.rollouts.get(id)
                     && let Some(canary) = canary_index
                 {
+                    // A match that cannot be built (a regex that does not compile) drops its
+                    // whole route: a route with fewer conditions would take more requests.
                     route.header_routes = r
                         .header_routes
                         .iter()
-                        .map(|h| gateway::HeaderRoute {
-                            matches: h
-                                .matches
-                                .iter()
-                                .filter_map(|m| {
-                                    let value = match m.kind.as_str() {
-                                        "exact" => gateway::Match::Exact(m.value.clone()),
-                                        "prefix" => gateway::Match::Prefix(m.value.clone()),
-                                        _ => gateway::Match::Regex(regex_lite(&m.value)?),
-                                    };
-                                    Some((m.header.to_ascii_lowercase(), value))
-                                })
-                                .collect(),
-                            revision: canary,
+                        .filter_map(|h| {
+                            Some(gateway::HeaderRoute {
+                                matches: header_matches(id, &h.name, &h.matches)?,
+                                revision: canary,
+                            })
                         })
                         .collect();
-                    route.mirror = r.mirrors.last().map(|m| gateway::Mirror {
-                        revision: canary,
-                        percent: m.percent,
-                    });
+                    route.mirrors = r
+                        .mirrors
+                        .iter()
+                        .filter_map(|m| {
+                            Some(gateway::Mirror {
+                                revision: canary,
+                                percent: m.percent,
+                                matches: header_matches(id, &m.name, &m.matches)?,
+                            })
+                        })
+                        .collect();
                 }
                 if table.models.insert(id.name.clone(), route).is_some() {
                     tracing::warn!(service = %id, "another namespace serves a model of the same name; this one wins");
@@ -1414,6 +1414,32 @@ fn load_model(
         .warm_up()
         .map_err(|e| format!("the warm-up inference failed: {e}"))?;
     Ok((Loaded::Onnx(loaded), fetched.digest))
+}
+
+/// A route's header matches for the gateway; `None` (and an error in the log) when one cannot
+/// be built, so that the caller drops the route rather than widen it.
+fn header_matches(
+    service: &ServiceId,
+    route: &str,
+    matches: &[engine::rollout::HeaderMatchStatus],
+) -> Option<Vec<(String, gateway::Match)>> {
+    matches
+        .iter()
+        .map(|m| {
+            let value = match m.kind.as_str() {
+                "exact" => gateway::Match::Exact(m.value.clone()),
+                "prefix" => gateway::Match::Prefix(m.value.clone()),
+                _ => match regex_lite(&m.value) {
+                    Some(re) => gateway::Match::Regex(re),
+                    None => {
+                        tracing::error!(%service, route, regex = %m.value, "a header route's regex does not compile: the route is not served");
+                        return None;
+                    }
+                },
+            };
+            Some((m.header.to_ascii_lowercase(), value))
+        })
+        .collect()
 }
 
 /// The model file of an artifact: the file itself, or the one `.onnx` file of a directory

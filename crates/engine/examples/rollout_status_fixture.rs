@@ -78,6 +78,7 @@ fn main() {
         mirrors: vec![MirrorStatus {
             name: "shadow".into(),
             percent: 50,
+            matches: Vec::new(),
         }],
         pause_started_at: Some(1_795_694_425),
         pause_reason: Some(PauseReason::Step),

@@ -129,6 +129,23 @@ pub struct HeaderRouteStatus {
 pub struct MirrorStatus {
     pub name: String,
     pub percent: u8,
+    /// Only requests whose headers all match are mirrored (every request when empty).
+    pub matches: Vec<HeaderMatchStatus>,
+}
+
+/// The stored form of a route's header matches.
+fn match_statuses(matches: &[manifest::HeaderMatch]) -> Vec<HeaderMatchStatus> {
+    matches
+        .iter()
+        .map(|m| {
+            let (kind, value) = string_match(&m.value);
+            HeaderMatchStatus {
+                header: m.header_name.clone(),
+                kind,
+                value,
+            }
+        })
+        .collect()
 }
 
 /// Why a rollout is paused.
@@ -768,18 +785,7 @@ impl Machine<'_> {
                     if !r.matches.is_empty() {
                         self.s.header_routes.push(HeaderRouteStatus {
                             name: r.name.clone(),
-                            matches: r
-                                .matches
-                                .iter()
-                                .map(|m| {
-                                    let (kind, value) = string_match(&m.value);
-                                    HeaderMatchStatus {
-                                        header: m.header_name.clone(),
-                                        kind,
-                                        value,
-                                    }
-                                })
-                                .collect(),
+                            matches: match_statuses(&r.matches),
                         });
                     }
                 }
@@ -789,6 +795,7 @@ impl Machine<'_> {
                         self.s.mirrors.push(MirrorStatus {
                             name: r.name.clone(),
                             percent: p.get(),
+                            matches: match_statuses(&r.matches),
                         });
                     }
                 }

@@ -51,3 +51,10 @@ fn missing_fields_take_their_defaults_and_a_newer_format_is_refused() {
     assert!(matches!(err, StatusError::Newer { .. }), "{err}");
     assert!(err.to_string().contains("newer crossfade"), "{err}");
 }
+
+#[test]
+fn a_mirror_route_keeps_its_header_matches_in_the_status() {
+    // The fixture's mirror had no match: an older status decodes with none.
+    let status = RolloutStatus::from_json(&fixture("rollout-status-2026-12-01.json")).unwrap();
+    assert!(status.mirrors[0].matches.is_empty());
+}

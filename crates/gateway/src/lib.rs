@@ -440,11 +440,18 @@ fn route_request<'t>(
             ),
         });
     };
-    // Only the split's requests are mirrored, never a pinned, tagged or header-routed one.
+    // Only the split's requests are mirrored, never a pinned, tagged or header-routed one; the
+    // first mirror route whose header matches all hold takes the request.
     let mirror = route
-        .mirror
-        .filter(|m| matches!(how, Chosen::Split | Chosen::Sticky) && m.revision != idx)
-        .filter(|m| fastrand::u8(0..100) < m.percent)
+        .mirrors
+        .iter()
+        .filter(|_| matches!(how, Chosen::Split | Chosen::Sticky))
+        .find(|m| {
+            m.matches
+                .iter()
+                .all(|(name, want)| header(name).is_some_and(|v| want.matches(v)))
+        })
+        .filter(|m| m.revision != idx && fastrand::u8(0..100) < m.percent)
         .and_then(|m| {
             Some((
                 route.revisions.get(m.revision)?,

@@ -85,9 +85,10 @@ pub struct Route {
     pub prev: Option<usize>,
     /// Requests whose headers all match go to the given revision (Argo's `setHeaderRoute`).
     pub header_routes: Vec<HeaderRoute>,
-    /// A share of the requests the split routes is also sent to another revision, whose answer
-    /// is compared with the primary's and dropped.
-    pub mirror: Option<Mirror>,
+    /// Shares of the requests the split routes also sent to another revision, whose answer is
+    /// compared with the primary's and dropped: the first mirror whose header matches all hold
+    /// (every request, for one without matches) decides.
+    pub mirrors: Vec<Mirror>,
     /// How long a proxied revision's model server may take to answer a request (KServe's
     /// `spec.predictor.timeout`); `None`: the upstream's own answer timeout.
     pub answer_timeout: Option<std::time::Duration>,
@@ -95,11 +96,13 @@ pub struct Route {
     pub(crate) metrics: Vec<crate::metrics::RevisionMetrics>,
 }
 
-/// Mirroring: `percent` of the split's requests also go to `revision`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Mirroring: `percent` of the split's requests whose headers all match `matches` also go to
+/// `revision`.
+#[derive(Clone, Debug)]
 pub struct Mirror {
     pub revision: usize,
     pub percent: u8,
+    pub matches: Vec<(String, Match)>,
 }
 
 #[derive(Clone, Debug)]
@@ -162,7 +165,7 @@ impl Route {
             latest: None,
             prev: None,
             header_routes: Vec::new(),
-            mirror: None,
+            mirrors: Vec::new(),
             answer_timeout: None,
             metrics: Vec::new(),
         }

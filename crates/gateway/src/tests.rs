@@ -454,10 +454,11 @@ async fn metrics_statistics_and_mirroring() {
         vec![(0, 100)],
     );
     // Every split request is mirrored to revision 2.
-    route.mirror = Some(Mirror {
+    route.mirrors = vec![Mirror {
         revision: 1,
         percent: 100,
-    });
+        matches: Vec::new(),
+    }];
     let mut table = RouteTable::default();
     table.models.insert("iris".into(), route);
     gw.publish(table);

@@ -486,3 +486,31 @@ impl World {
         self.feed(ev);
     }
 }
+
+/// A mirror route's header match reaches the status the gateway's route is built from, and
+/// survives a restart.
+#[test]
+fn a_mirror_route_keeps_its_header_match() {
+    let steps = "
+        - setMirrorRoute:
+            name: shadow
+            percentage: 50
+            match:
+              - headers: {x-team: {exact: ml}}
+        - pause: {}
+";
+    let mut world = World::new(spec(steps, ""));
+    for ev in canary_ready([Ev::Restart]) {
+        world.feed(ev);
+    }
+    let mirror = &world.status.mirrors[0];
+    assert_eq!((mirror.name.as_str(), mirror.percent), ("shadow", 50));
+    assert_eq!(
+        mirror.matches,
+        [HeaderMatchStatus {
+            header: "x-team".into(),
+            kind: "exact".into(),
+            value: "ml".into(),
+        }]
+    );
+}

@@ -301,3 +301,45 @@ async fn a_large_batch_is_answered_off_the_async_workers_with_the_same_answer() 
         assert_eq!(w["outputs"][0]["data"][0], labels[i]);
     }
 }
+
+#[tokio::test]
+async fn a_mirror_route_with_a_header_match_mirrors_only_matching_requests() {
+    let gw = Gateway::new(Config::default());
+    let mut route = Route::new(
+        "models/iris",
+        vec![
+            revision("iris-predictor-00001", "iris-logreg-v1"),
+            revision("iris-predictor-00002", "iris-mlp-v1"),
+        ],
+        vec![(0, 100)],
+    );
+    // Argo's `setMirrorRoute: {percentage: 100, match: [{headers: {x-team: {exact: ml}}}]}`.
+    route.mirrors = vec![Mirror {
+        revision: 1,
+        percent: 100,
+        matches: vec![("x-team".into(), Match::Exact("ml".into()))],
+    }];
+    let mut table = RouteTable::default();
+    table.models.insert("iris".into(), route);
+    gw.publish(table);
+    for team in ["ml", "web", "ml", "ops"] {
+        let (s, _, _) = send(
+            &gw,
+            infer("/v2/models/iris/infer", &iris_body(), &[("x-team", team)]),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    // And requests without the header at all.
+    for _ in 0..3 {
+        send(&gw, infer("/v2/models/iris/infer", &iris_body(), &[])).await;
+    }
+    gw.mirrors_idle().await;
+    let canary = gw
+        .summary("models/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    assert_eq!(
+        canary.mirrored, 2,
+        "only the two x-team: ml requests are mirrored"
+    );
+}

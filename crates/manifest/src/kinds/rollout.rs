@@ -281,6 +281,26 @@ fn step(doc: &mut Doc<'_, '_>, at: &At<'_>) -> Option<Step> {
             )?;
             let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
             let percentage = m.get("percentage").and_then(|a| cx.percent(&a));
+            // Argo mirrors a request that matches any one entry; the data plane matches one
+            // set of headers, all of which must match: refused rather than widened or narrowed.
+            if let Some(list) = m.get("match")
+                && let NodeKind::Seq(items) = &list.node.kind
+                && items.len() > 1
+            {
+                let d = cx.error(
+                    Code::Unsupported,
+                    &list,
+                    format!(
+                        "setMirrorRoute with {} `match` entries (a request matching any one) is not \
+                         supported",
+                        items.len()
+                    ),
+                );
+                d.hint = Some(
+                    "give one entry whose headers must all match, or one mirror route per entry"
+                        .into(),
+                );
+            }
             let mut matches = Vec::new();
             for rm in cx.maps_in(
                 m.get("match"),
