@@ -88,13 +88,63 @@ pub struct RevisionStatus {
     pub reason: Option<String>,
 }
 
+/// What a sync did, as the API, the CLI, the history and notifications name it. The names are a
+/// contract: add, never rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SyncOutcome {
+    /// The commit's manifests are the desired state now.
+    Applied,
+    /// The commit was synced before: nothing to do (a sync result, never a history entry).
+    Unchanged,
+    /// The commit's signature is missing, invalid or from an untrusted key.
+    Untrusted,
+    /// The commit's manifests have errors: nothing of it was applied.
+    Invalid,
+    /// Fetching failed or timed out.
+    FetchFailed,
+}
+
+impl SyncOutcome {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "Applied",
+            Self::Unchanged => "Unchanged",
+            Self::Untrusted => "Untrusted",
+            Self::Invalid => "Invalid",
+            Self::FetchFailed => "FetchFailed",
+        }
+    }
+
+    /// Whether what Git holds is served (applied now, or before).
+    pub fn is_ok(self) -> bool {
+        matches!(self, Self::Applied | Self::Unchanged)
+    }
+}
+
+impl std::fmt::Display for SyncOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<store::SyncOutcome> for SyncOutcome {
+    fn from(o: store::SyncOutcome) -> Self {
+        match o {
+            store::SyncOutcome::Applied => Self::Applied,
+            store::SyncOutcome::Untrusted => Self::Untrusted,
+            store::SyncOutcome::Invalid => Self::Invalid,
+            store::SyncOutcome::FetchFailed => Self::FetchFailed,
+        }
+    }
+}
+
 /// What one Application's sync did (`POST /api/v1/sync`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SyncResult {
     pub application: String,
-    /// `Applied`, `Unchanged`, `Untrusted`, `Invalid` or `FetchFailed`.
-    pub outcome: String,
+    pub outcome: SyncOutcome,
     pub commit: Option<String>,
     pub message: Option<String>,
 }
@@ -114,7 +164,7 @@ pub struct SyncEntry {
     pub signer: Option<String>,
     pub signer_key: Option<String>,
     /// `Applied`, `Untrusted`, `Invalid` or `FetchFailed`.
-    pub outcome: String,
+    pub outcome: SyncOutcome,
     pub message: Option<String>,
     pub diagnostics: Vec<String>,
 }
@@ -163,7 +213,7 @@ impl From<&store::SyncRecord> for SyncEntry {
             commit_time: r.commit_time.map(|s| rfc3339_millis(s * 1000)),
             signer: r.signer.clone(),
             signer_key: r.signer_key.clone(),
-            outcome: format!("{:?}", r.outcome),
+            outcome: r.outcome.into(),
             message: r.message.clone(),
             diagnostics: r.diagnostics.clone(),
         }

@@ -52,7 +52,7 @@ impl Backend for Recorder {
         Box::pin(async move {
             vec![dto::SyncResult {
                 application: "models".into(),
-                outcome: "Applied".into(),
+                outcome: dto::SyncOutcome::Applied,
                 commit: Some("abc".into()),
                 message: Some(why),
             }]
@@ -168,7 +168,7 @@ async fn sync_needs_the_token() {
     let (s, body) = call(&b, post("/api/v1/sync", &auth, "")).await;
     assert_eq!(s, StatusCode::OK);
     let results: Vec<dto::SyncResult> = serde_json::from_str(&body).unwrap();
-    assert_eq!(results[0].outcome, "Applied");
+    assert_eq!(results[0].outcome, dto::SyncOutcome::Applied);
     let (s, _) = call(&b, post("/api/v1/sync?wait=false", &auth, "")).await;
     assert_eq!(s, StatusCode::ACCEPTED);
     assert_eq!(

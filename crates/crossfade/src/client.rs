@@ -220,7 +220,7 @@ pub fn sync(c: &Connection, wait: bool, refresh: bool) -> anyhow::Result<ExitCod
         if let Some(m) = &r.message {
             println!("  {m}");
         }
-        failed |= !matches!(r.outcome.as_str(), "Applied" | "Unchanged");
+        failed |= !r.outcome.is_ok();
     }
     Ok(if failed {
         ExitCode::from(1)

@@ -379,7 +379,7 @@ impl Controller {
                 }
             }
         }
-        if result.outcome != "Unchanged" {
+        if result.outcome != dto::SyncOutcome::Unchanged {
             tracing::info!(
                 application = %slot.app.name,
                 outcome = %result.outcome,
@@ -400,7 +400,7 @@ impl Controller {
         let mut state = slot.state.lock().expect("state");
         let mut result = dto::SyncResult {
             application: app.name.clone(),
-            outcome: String::new(),
+            outcome: dto::SyncOutcome::Unchanged,
             commit: None,
             message: None,
         };
@@ -432,7 +432,7 @@ impl Controller {
                     });
                 }
                 state.error = Some(message.clone());
-                result.outcome = "FetchFailed".into();
+                result.outcome = dto::SyncOutcome::FetchFailed;
                 result.message = Some(message);
                 return result;
             }
@@ -470,7 +470,11 @@ impl Controller {
                     }
                     state.examined = Some(fetched.info.id.clone());
                     state.error = Some(message.clone());
-                    result.outcome = if unchanged { "Unchanged" } else { "Untrusted" }.into();
+                    result.outcome = if unchanged {
+                        dto::SyncOutcome::Unchanged
+                    } else {
+                        dto::SyncOutcome::Untrusted
+                    };
                     result.message = Some(message);
                     return result;
                 }
@@ -527,7 +531,11 @@ impl Controller {
                 }
                 state.examined = Some(fetched.info.id.clone());
                 state.error = Some(message.clone());
-                result.outcome = if unchanged { "Unchanged" } else { "Invalid" }.into();
+                result.outcome = if unchanged {
+                    dto::SyncOutcome::Unchanged
+                } else {
+                    dto::SyncOutcome::Invalid
+                };
                 result.message = Some(message);
                 return result;
             }
@@ -542,7 +550,7 @@ impl Controller {
                 short(&fetched.info.id)
             );
             state.error = Some(message.clone());
-            result.outcome = "Unchanged".into();
+            result.outcome = dto::SyncOutcome::Unchanged;
             result.message = Some(message);
             return result;
         }
@@ -606,7 +614,11 @@ impl Controller {
             self.log_store(self.store.remove_rollout(&id.namespace, &id.name));
         }
         self.reconcile(i, &mut state, now);
-        result.outcome = if unchanged { "Unchanged" } else { "Applied" }.into();
+        result.outcome = if unchanged {
+            dto::SyncOutcome::Unchanged
+        } else {
+            dto::SyncOutcome::Applied
+        };
         result
     }
 
@@ -998,7 +1010,7 @@ impl Controller {
                 record
                     .message
                     .clone()
-                    .unwrap_or_else(|| format!("{:?}", record.outcome)),
+                    .unwrap_or_else(|| dto::SyncOutcome::from(record.outcome).to_string()),
             ),
         };
         self.notifier.send(crate::notify::Event::new(
@@ -1010,7 +1022,7 @@ impl Controller {
                 "commit": record.commit,
                 "author": record.author,
                 "signer": record.signer,
-                "outcome": format!("{:?}", record.outcome),
+                "outcome": dto::SyncOutcome::from(record.outcome).as_str(),
                 "diagnostics": record.diagnostics,
             }),
         ));
