@@ -26,7 +26,10 @@ use tokio::sync::watch;
 
 use crate::clock;
 
+mod audit;
 mod rollouts;
+
+pub use audit::AuditAction;
 
 /// An Application as crossfade runs it.
 #[derive(Debug, Clone)]
@@ -463,7 +466,7 @@ impl Controller {
                         self.audit(
                             now,
                             &format!("git:{}", fetched.info.id),
-                            "reject-commit",
+                            AuditAction::RejectCommit,
                             &app.name,
                             serde_json::json!({"reason": rejection.to_string()}),
                         );
@@ -564,7 +567,7 @@ impl Controller {
                 self.audit(
                     now,
                     &format!("git:{}", fetched.info.id),
-                    "sync",
+                    AuditAction::Sync,
                     &app.name,
                     serde_json::json!({
                         "commit": fetched.info.id,
@@ -652,7 +655,7 @@ impl Controller {
                                 record.state = store::RevisionState::Pending;
                                 self.log_store(self.store.update_revision(&record));
                             }
-                            self.audit(now, "controller", "create-revision", &service.to_string(), serde_json::json!({"revision": record.name, "storageUri": manifest::redact_uri(&record.storage_uri)}));
+                            self.audit(now, "controller", AuditAction::CreateRevision, &service.to_string(), serde_json::json!({"revision": record.name, "storageUri": manifest::redact_uri(&record.storage_uri)}));
                             let _ = self.loads.send(LoadJob {
                                 app,
                                 service: service.clone(),
@@ -689,7 +692,7 @@ impl Controller {
                     self.audit(
                         now,
                         "controller",
-                        "set-traffic",
+                        AuditAction::SetTraffic,
                         &service.to_string(),
                         detail,
                     );
@@ -702,7 +705,7 @@ impl Controller {
                     self.audit(
                         now,
                         "controller",
-                        "rolled-out",
+                        AuditAction::RolledOut,
                         &service.to_string(),
                         serde_json::json!({"revision": revision}),
                     );
@@ -718,7 +721,7 @@ impl Controller {
                     self.audit(
                         now,
                         "controller",
-                        "retire-revision",
+                        AuditAction::RetireRevision,
                         &service.to_string(),
                         serde_json::json!({"revision": revision}),
                     );
@@ -733,7 +736,7 @@ impl Controller {
                     self.audit(
                         now,
                         "controller",
-                        "remove-service",
+                        AuditAction::RemoveService,
                         &service.to_string(),
                         serde_json::json!({"application": application}),
                     );
@@ -903,7 +906,7 @@ impl Controller {
         self.audit(
             now,
             "api:admin",
-            "override-traffic",
+            AuditAction::OverrideTraffic,
             &id.to_string(),
             serde_json::json!(splits),
         );
@@ -1029,10 +1032,17 @@ impl Controller {
         self.log_store(self.store.record_sync(record).map(|_| ()));
     }
 
-    fn audit(&self, now: i64, actor: &str, action: &str, subject: &str, detail: serde_json::Value) {
+    fn audit(
+        &self,
+        now: i64,
+        actor: &str,
+        action: AuditAction,
+        subject: &str,
+        detail: serde_json::Value,
+    ) {
         self.log_store(
             self.store
-                .audit(now, actor, action, subject, detail)
+                .audit(now, actor, action.as_str(), subject, detail)
                 .map(|_| ()),
         );
     }

@@ -11,6 +11,8 @@ use engine::ServiceId;
 use engine::rollout::{self, Command, Effect as RolloutEffect, Input, Observed, RolloutStatus};
 use manifest::RevisionSelector;
 
+use super::AuditAction;
+
 use super::{AppState, Controller};
 use crate::clock;
 
@@ -67,7 +69,7 @@ impl Controller {
                         self.audit(
                             now_ms,
                             "controller",
-                            "rolled-out",
+                            AuditAction::RolledOut,
                             &id.to_string(),
                             serde_json::json!({"revision": revision, "rollout": spec.name}),
                         );
@@ -102,7 +104,7 @@ impl Controller {
                         self.audit(
                             now_ms,
                             "controller",
-                            &format!("rollout-{}", event_name(kind)),
+                            AuditAction::Rollout(kind),
                             &id.to_string(),
                             serde_json::json!({"rollout": spec.name, "message": message}),
                         );
@@ -312,7 +314,7 @@ impl Controller {
         self.audit(
             clock::now_ms(),
             actor,
-            &format!("rollout-{}", command_name(command)),
+            AuditAction::Command(command),
             &service.to_string(),
             serde_json::json!({"rollout": name, "reason": reason}),
         );
@@ -320,18 +322,6 @@ impl Controller {
             .into_iter()
             .find(|(s, _)| s.service == service)
             .ok_or_else(|| api::CommandError::NotFound(format!("no rollout {name}")))
-    }
-}
-
-fn event_name(kind: rollout::EventKind) -> &'static str {
-    use rollout::EventKind::*;
-    match kind {
-        StepStarted => "step",
-        Paused => "paused",
-        Promoted => "promoted",
-        Aborted => "aborted",
-        AnalysisFinished => "analysis-succeeded",
-        AnalysisFailed => "analysis-failed",
     }
 }
 
@@ -344,15 +334,6 @@ fn notification_name(kind: rollout::EventKind) -> &'static str {
         Aborted => "rollout.aborted",
         AnalysisFinished => "analysis.succeeded",
         AnalysisFailed => "analysis.failed",
-    }
-}
-
-pub fn command_name(command: Command) -> &'static str {
-    match command {
-        Command::Promote => "promote",
-        Command::PromoteFull => "promote-full",
-        Command::Abort => "abort",
-        Command::Retry => "retry",
     }
 }
 
