@@ -44,6 +44,20 @@ pub enum Trigger {
     Refresh,
     /// A push webhook, described for the log.
     Webhook(String),
+    /// The Application's own poll.
+    Poll,
+}
+
+impl Trigger {
+    /// What started the sync, for the log.
+    pub fn describe(&self) -> &str {
+        match self {
+            Trigger::Manual => "manual sync",
+            Trigger::Refresh => "refresh",
+            Trigger::Webhook(w) => w,
+            Trigger::Poll => "poll",
+        }
+    }
 }
 
 /// A command to a Rollout.

@@ -47,6 +47,7 @@ impl Backend for Recorder {
             Trigger::Manual => "requested through the API".to_owned(),
             Trigger::Refresh => "refresh".to_owned(),
             Trigger::Webhook(w) => w,
+            Trigger::Poll => "poll".to_owned(),
         };
         self.triggers.lock().unwrap().push(why.clone());
         Box::pin(async move {

@@ -320,8 +320,7 @@ impl Controller {
                         () = tokio::time::sleep(wait) => {}
                         _ = stop.changed() => break,
                     }
-                    this.sync_app(i, &api::Trigger::Webhook("poll".into()))
-                        .await;
+                    this.sync_app(i, &api::Trigger::Poll).await;
                 }
             }));
         }
@@ -354,11 +353,7 @@ impl Controller {
     async fn sync_app(&self, i: usize, trigger: &api::Trigger) -> dto::SyncResult {
         let manual = *trigger == api::Trigger::Manual;
         let wait = matches!(trigger, api::Trigger::Manual | api::Trigger::Refresh);
-        let why = match trigger {
-            api::Trigger::Manual => "manual sync",
-            api::Trigger::Refresh => "refresh",
-            api::Trigger::Webhook(w) => w.as_str(),
-        };
+        let why = trigger.describe();
         let slot = &self.apps[i];
         let _running = slot.running.lock().await;
         let mirror = slot.mirror.clone();
