@@ -244,7 +244,7 @@ impl Controller {
                 {
                     match engine::rollout::RolloutStatus::from_json(bytes) {
                         Ok(mut status) => {
-                            status.forget_in_flight();
+                            status.restarted();
                             state.rollouts.insert(id.clone(), status);
                         }
                         Err(e) => {

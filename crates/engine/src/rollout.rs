@@ -289,6 +289,14 @@ impl RolloutStatus {
         }
     }
 
+    /// The status as a restarted controller takes it up: what was being measured is asked
+    /// for again, and nothing is loaded yet, so the canary has no share until it is Ready
+    /// again (its share then follows from the progress, see [`step`]).
+    pub fn restarted(&mut self) {
+        self.forget_in_flight();
+        self.weight = 0;
+    }
+
     /// Every analysis run, finished ones first, then the current ones.
     pub fn all_runs(&self) -> impl Iterator<Item = &Run> {
         self.runs
@@ -629,6 +637,19 @@ impl Machine<'_> {
                 return;
             }
             RevisionState::Ready => {}
+        }
+        // Back from a reload (a restart, a canary loaded again): the share the progress gives,
+        // which the last `setWeight` before the current step set.
+        if self.s.weight == 0 {
+            self.s.weight = self.spec.steps
+                [..(self.s.step_index as usize).min(self.spec.steps.len())]
+                .iter()
+                .rev()
+                .find_map(|step| match step {
+                    Step::SetWeight(p) => Some(p.get()),
+                    _ => None,
+                })
+                .unwrap_or(0);
         }
         self.advance();
     }

@@ -260,8 +260,8 @@ impl World {
                     writeln!(self.trace, "restart").unwrap();
                     let json = serde_json::to_string(&self.status).unwrap();
                     self.status = serde_json::from_str(&json).unwrap();
-                    // What was being measured is asked for again.
-                    self.status.forget_in_flight();
+                    // What was being measured is asked for again; nothing is loaded yet.
+                    self.status.restarted();
                     self.asked.clear();
                     Input::Tick
                 }
@@ -513,4 +513,27 @@ fn a_mirror_route_keeps_its_header_match() {
             value: "ml".into(),
         }]
     );
+}
+
+/// A restart while the canary is paused at 50%: the canary has no share while it loads again,
+/// and its 50% comes back, at the same step, once it is Ready.
+#[test]
+fn after_a_restart_the_canary_gets_its_share_back_once_it_is_loaded_again() {
+    use Ev::*;
+    let mut world = World::new(spec(STEPS, ""));
+    for ev in canary_ready([Advance(30), Advance(30)]) {
+        world.feed(ev);
+    }
+    let before = (world.status.step_index, world.status.weight);
+    assert!(before.1 > 0, "{before:?}");
+    // The controller restarts: the revisions load again.
+    world.feed(Restart);
+    world.latest = Some(("iris-predictor-00002".into(), RevisionState::Pending));
+    world.feed(Advance(1));
+    assert_eq!(
+        world.status.weight, 0,
+        "a canary that is not loaded has no share"
+    );
+    world.feed(Ready);
+    assert_eq!((world.status.step_index, world.status.weight), before);
 }
