@@ -80,12 +80,54 @@ pub struct RevisionStatus {
     pub name: String,
     pub storage_uri: String,
     pub digest: Option<String>,
-    /// `Pending`, `Ready`, `Failed` or `Retired`.
-    pub state: String,
+    pub state: RevisionState,
     pub traffic_percent: u8,
     /// `latest` or `prev` when tag routing exposes it.
     pub tag: Option<String>,
     pub reason: Option<String>,
+}
+
+/// Where a revision stands, as the API and the CLI name it. The names are a contract: add,
+/// never rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevisionState {
+    /// Being fetched, verified or loaded.
+    Pending,
+    /// Loaded and warmed up: may take traffic.
+    Ready,
+    /// Failed to fetch, verify or load: never takes traffic.
+    Failed,
+    /// No longer part of the desired state.
+    Retired,
+}
+
+impl RevisionState {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Ready => "Ready",
+            Self::Failed => "Failed",
+            Self::Retired => "Retired",
+        }
+    }
+}
+
+impl std::fmt::Display for RevisionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<store::RevisionState> for RevisionState {
+    fn from(s: store::RevisionState) -> Self {
+        match s {
+            store::RevisionState::Pending => Self::Pending,
+            store::RevisionState::Ready => Self::Ready,
+            store::RevisionState::Failed => Self::Failed,
+            store::RevisionState::Retired => Self::Retired,
+        }
+    }
 }
 
 /// What a sync did, as the API, the CLI, the history and notifications name it. The names are a

@@ -101,7 +101,7 @@ pub trait Backend: Send + Sync + 'static {
         namespace: &str,
         name: &str,
         splits: &std::collections::BTreeMap<String, u8>,
-    ) -> Result<(), String>;
+    ) -> BoxFuture<Result<(), String>>;
     /// Every Rollout and where it stands.
     fn rollouts(&self) -> Vec<dto::Rollout>;
     /// An operator's command to a Rollout: `promote` (with `full`), `abort` or `retry`.
@@ -111,7 +111,7 @@ pub trait Backend: Send + Sync + 'static {
         name: &str,
         action: RolloutCommand,
         body: &dto::RolloutAction,
-    ) -> Result<dto::Rollout, CommandError>;
+    ) -> BoxFuture<Result<dto::Rollout, CommandError>>;
     /// The admin bearer token.
     fn admin_token(&self) -> &str;
     /// The webhook secret, or `None` when webhooks are off.
@@ -362,7 +362,7 @@ async fn set_traffic(
             );
         }
     };
-    match b.set_traffic(&namespace, &name, &body.splits) {
+    match b.set_traffic(&namespace, &name, &body.splits).await {
         Ok(()) => (
             StatusCode::OK,
             axum::Json(serde_json::json!({"service": format!("{namespace}/{name}"), "splits": body.splits})),
@@ -458,7 +458,10 @@ async fn rollout_action(
     if let Err(resp) = find_rollout(b.as_ref(), q.namespace.as_deref(), &name) {
         return *resp;
     }
-    match b.rollout_command(q.namespace.as_deref(), &name, command, &body) {
+    match b
+        .rollout_command(q.namespace.as_deref(), &name, command, &body)
+        .await
+    {
         Ok(r) => axum::Json(r).into_response(),
         Err(CommandError::NotFound(e)) => error(StatusCode::NOT_FOUND, e),
         Err(CommandError::Rejected(e)) => error(StatusCode::CONFLICT, e),

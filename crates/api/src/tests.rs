@@ -64,8 +64,8 @@ impl Backend for Recorder {
         namespace: &str,
         name: &str,
         splits: &std::collections::BTreeMap<String, u8>,
-    ) -> Result<(), String> {
-        if splits.values().map(|p| u32::from(*p)).sum::<u32>() == 100 {
+    ) -> BoxFuture<Result<(), String>> {
+        let result = if splits.values().map(|p| u32::from(*p)).sum::<u32>() == 100 {
             self.triggers
                 .lock()
                 .unwrap()
@@ -73,7 +73,8 @@ impl Backend for Recorder {
             Ok(())
         } else {
             Err("the percents must sum to 100".into())
-        }
+        };
+        Box::pin(async move { result })
     }
     fn rollouts(&self) -> Vec<dto::Rollout> {
         vec![dto::Rollout {
@@ -90,15 +91,17 @@ impl Backend for Recorder {
         name: &str,
         action: RolloutCommand,
         body: &dto::RolloutAction,
-    ) -> Result<dto::Rollout, CommandError> {
+    ) -> BoxFuture<Result<dto::Rollout, CommandError>> {
         self.triggers.lock().unwrap().push(format!(
             "{action:?} {namespace:?}/{name} full={} reason={:?}",
             body.full, body.reason
         ));
-        if action == RolloutCommand::Retry {
-            return Err(CommandError::Rejected("the rollout is not aborted".into()));
-        }
-        Ok(self.rollouts().remove(0))
+        let result = if action == RolloutCommand::Retry {
+            Err(CommandError::Rejected("the rollout is not aborted".into()))
+        } else {
+            Ok(self.rollouts().remove(0))
+        };
+        Box::pin(async move { result })
     }
     fn admin_token(&self) -> &str {
         "s3cret-token"

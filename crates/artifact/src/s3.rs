@@ -367,11 +367,8 @@ fn unescape_xml(s: String) -> String {
 }
 
 /// `x-amz-date` (`20261126T133000Z`), from the wall clock: S3 checks it.
-#[allow(clippy::disallowed_methods)]
 fn amz_now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let secs = clock::Clock::system().now().as_secs();
     let t = civil::DateTime::from_unix(secs);
     format!(
         "{:04}{:02}{:02}T{:02}{:02}{:02}Z",

@@ -197,6 +197,7 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
         runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
         load_timeout: Duration::from_secs(300),
         admin_hosts: Vec::new(),
+        clock: clock::Clock::system(),
     };
     let app = Application {
         name: "demo".into(),

@@ -2,7 +2,6 @@
 
 mod artifact_cmd;
 mod client;
-mod clock;
 mod controller;
 mod datadir;
 mod demo;

@@ -19,11 +19,39 @@ const QUEUE: usize = 10_000;
 /// Attempts per event and URL.
 const ATTEMPTS: u32 = 6;
 
+/// What an event is about. The names are a contract with the receivers: add, never rename.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    SyncSucceeded,
+    SyncFailed,
+    RolloutStep,
+    RolloutPaused,
+    RolloutPromoted,
+    RolloutAborted,
+    AnalysisSucceeded,
+    AnalysisFailed,
+}
+
+impl Kind {
+    /// The stable name, as the `event` field carries it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::SyncSucceeded => "sync.succeeded",
+            Kind::SyncFailed => "sync.failed",
+            Kind::RolloutStep => "rollout.step",
+            Kind::RolloutPaused => "rollout.paused",
+            Kind::RolloutPromoted => "rollout.promoted",
+            Kind::RolloutAborted => "rollout.aborted",
+            Kind::AnalysisSucceeded => "analysis.succeeded",
+            Kind::AnalysisFailed => "analysis.failed",
+        }
+    }
+}
+
 /// One event, as POSTed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// `sync.succeeded`, `sync.failed`, `rollout.step`, `rollout.paused`, `rollout.promoted`,
-    /// `rollout.aborted`, `analysis.succeeded`, `analysis.failed`.
+    /// [`Kind::as_str`].
     pub event: String,
     /// The Application or the service (`namespace/name`) it is about.
     pub subject: String,
@@ -37,18 +65,18 @@ pub struct Event {
 
 impl Event {
     pub fn new(
-        event: &str,
+        kind: Kind,
         subject: &str,
         message: &str,
-        time_ms: i64,
+        time: clock::Timestamp,
         detail: serde_json::Value,
     ) -> Self {
         Self {
             text: format!("crossfade: {subject}: {message}"),
-            event: event.to_owned(),
+            event: kind.as_str().to_owned(),
             subject: subject.to_owned(),
             message: message.to_owned(),
-            time: api::dto::rfc3339_millis(time_ms),
+            time: api::dto::rfc3339_millis(time.as_millis()),
             detail,
         }
     }

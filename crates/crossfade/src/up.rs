@@ -282,10 +282,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         admin_token,
         webhook_secret: webhook_secret.map(String::into_bytes),
         admin_hosts: args.admin_hosts.clone(),
+        clock: clock::Clock::system(),
         notify: args.notify.clone(),
         gateway: gateway::Gateway::new(gateway::Config {
             body_limit: args.max_body_bytes,
             limits,
+            clock: clock::Clock::system(),
         }),
         admin_limits,
         upstream: args.limits.upstream(),

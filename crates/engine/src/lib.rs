@@ -11,5 +11,5 @@ pub mod rollout;
 pub use desired::{DesiredService, ServiceId, desired_state, spec_hash};
 pub use reconcile::{
     Decision, Effect, Live, LiveRevision, LiveService, RevisionState, Split, SyncPolicy, Tags,
-    reconcile,
+    reconcile, reconcile_one,
 };

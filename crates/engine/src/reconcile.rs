@@ -17,7 +17,6 @@
 //! - Weights of a split always sum to 100, or the split is empty (nothing is ready).
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use manifest::{ModelSpec, Percent};
 
@@ -115,30 +114,47 @@ pub enum Effect {
     ReportOutOfSync { service: ServiceId, reason: String },
 }
 
-/// The effects to carry out, and when to reconcile again at the latest.
+/// The effects to carry out. Nothing is left for a timer: a revision that is loading is
+/// announced by its load's result, which reconciles again.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Decision {
     pub effects: Vec<Effect>,
-    /// `Some` while something is in progress that no event will announce.
-    pub requeue_after: Option<Duration>,
 }
-
-/// How often to look again while revisions are loading.
-const PENDING_RECHECK: Duration = Duration::from_secs(5);
 
 /// Computes the effects that bring `live` to `desired`.
 pub fn reconcile(desired: &[DesiredService], live: &Live, policy: SyncPolicy) -> Decision {
     let mut decision = Decision::default();
-    let empty = LiveService::default();
+    let declared: std::collections::BTreeSet<&ServiceId> = desired.iter().map(|d| &d.id).collect();
     for want in desired {
-        let have = live.services.get(&want.id).unwrap_or(&empty);
-        reconcile_service(want, have, policy, &mut decision);
+        merge(
+            &mut decision,
+            reconcile_one(&want.id, Some(want), live.services.get(&want.id), policy),
+        );
     }
-    for id in live.services.keys() {
-        if desired.iter().any(|d| &d.id == id) {
-            continue;
+    for (id, have) in &live.services {
+        if !declared.contains(id) {
+            merge(&mut decision, reconcile_one(id, None, Some(have), policy));
         }
-        decision.effects.push(if policy.prune {
+    }
+    decision
+}
+
+/// The effects for one service: `want` is what Git declares (`None`: deleted from Git), `have`
+/// what runs (`None`: nothing yet). [`reconcile`] is this over every service; a caller that
+/// knows which services an event touched runs it for those only.
+pub fn reconcile_one(
+    id: &ServiceId,
+    want: Option<&DesiredService>,
+    have: Option<&LiveService>,
+    policy: SyncPolicy,
+) -> Decision {
+    let mut decision = Decision::default();
+    match (want, have) {
+        (Some(want), have) => {
+            let empty = LiveService::default();
+            reconcile_service(want, have.unwrap_or(&empty), policy, &mut decision);
+        }
+        (None, Some(_)) => decision.effects.push(if policy.prune {
             Effect::RemoveService {
                 service: id.clone(),
             }
@@ -148,9 +164,14 @@ pub fn reconcile(desired: &[DesiredService], live: &Live, policy: SyncPolicy) ->
                 reason: "deleted from Git; still serving because the sync policy does not prune"
                     .into(),
             }
-        });
+        }),
+        (None, None) => {}
     }
     decision
+}
+
+fn merge(into: &mut Decision, one: Decision) {
+    into.effects.extend(one.effects);
 }
 
 fn reconcile_service(
@@ -177,13 +198,9 @@ fn reconcile_service(
         .and_then(|name| have.revisions.iter().find(|r| r.name == name));
     let rolled_out = rolled_out_any.filter(|r| r.state == RevisionState::Ready);
     let latest_ready = latest.filter(|r| r.state == RevisionState::Ready);
-    if latest.is_none_or(|r| r.state == RevisionState::Pending) {
-        decision.requeue_after = Some(PENDING_RECHECK);
-    }
     // The rolled-out revision is loading again (after a restart): the split it had stands
     // until it is back, so that nothing is promoted or dropped on a loading order.
     if rolled_out_any.is_some_and(|r| r.state == RevisionState::Pending) {
-        decision.requeue_after = Some(PENDING_RECHECK);
         return;
     }
 

@@ -628,12 +628,8 @@ pub(crate) fn date() -> [u8; 29] {
 }
 
 /// Unix seconds from the system clock: the one wall-clock read of the data plane.
-#[allow(clippy::disallowed_methods)]
 fn wall_clock() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    clock::Clock::system().now().as_secs()
 }
 
 /// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110, 5.6.7).

@@ -66,6 +66,8 @@ pub struct Config {
     pub body_limit: usize,
     /// Connections, deadlines and buffered bytes of the data listener.
     pub limits: Limits,
+    /// Where the statistics' seconds and request latencies come from.
+    pub clock: clock::Clock,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ impl Default for Config {
         Self {
             body_limit: 16 << 20,
             limits: Limits::default(),
+            clock: clock::Clock::system(),
         }
     }
 }
@@ -82,7 +85,7 @@ pub struct Gateway {
     table: ArcSwap<RouteTable>,
     config: Config,
     metrics: metrics::Metrics,
-    started: std::time::Instant,
+    started: clock::Instant,
     /// Mirrored requests still running in the background.
     mirrors: std::sync::atomic::AtomicUsize,
     mirrors_done: tokio::sync::Notify,
@@ -94,21 +97,21 @@ pub struct Gateway {
 /// Request bodies larger than this are decoded, run and encoded off the async workers.
 const OFFLOAD_BYTES: usize = 64 * 1024;
 
-/// The one place the gateway reads the clock: request latency and the statistics' seconds.
-#[allow(clippy::disallowed_methods)]
-fn now() -> std::time::Instant {
-    std::time::Instant::now()
+/// The monotonic now of deadlines and idle times: tokio's clock (paused in tests).
+pub(crate) fn instant() -> clock::Instant {
+    clock::Clock::system().instant()
 }
 
 // === impl Gateway ===
 
 impl Gateway {
     pub fn new(config: Config) -> Arc<Self> {
+        let started = config.clock.instant();
         Arc::new(Self {
             table: ArcSwap::from_pointee(RouteTable::default()),
             config,
             metrics: metrics::Metrics::new(),
-            started: now(),
+            started,
             mirrors: std::sync::atomic::AtomicUsize::new(0),
             mirrors_done: tokio::sync::Notify::new(),
             heavy: tokio::sync::Semaphore::new(
@@ -118,34 +121,45 @@ impl Gateway {
     }
 
     /// Replaces the route table; requests in flight finish on the revisions they started on.
+    /// Routes not [`prepare`](Self::prepare)d yet are prepared here.
     pub fn publish(&self, mut table: RouteTable) {
         for route in table.models.values_mut() {
-            route.metrics = route
-                .revisions
-                .iter()
-                .map(|r| self.metrics.revision(&route.service, &r.name))
-                .collect();
-            let weights: Vec<(String, u8)> = route
-                .revisions
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    let pct = route
-                        .split
-                        .iter()
-                        .find(|(j, _)| *j == i)
-                        .map_or(0, |(_, p)| *p);
-                    (r.name.clone(), pct)
-                })
-                .collect();
-            self.metrics.set_weights(&route.service, &weights);
+            if route.metrics.len() != route.revisions.len() {
+                let prepared = self.prepare(Route::clone(route));
+                *route = prepared;
+            }
         }
         self.table.store(Arc::new(table));
     }
 
+    /// Resolves a route's metric handles and sets its weight gauges: done once per route
+    /// built, so that publishing a table of many routes costs one pointer copy per route.
+    pub fn prepare(&self, mut route: Route) -> Arc<Route> {
+        route.metrics = route
+            .revisions
+            .iter()
+            .map(|r| self.metrics.revision(&route.service, &r.name))
+            .collect();
+        let weights: Vec<(String, u8)> = route
+            .revisions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let pct = route
+                    .split
+                    .iter()
+                    .find(|(j, _)| *j == i)
+                    .map_or(0, |(_, p)| *p);
+                (r.name.clone(), pct)
+            })
+            .collect();
+        self.metrics.set_weights(&route.service, &weights);
+        Arc::new(route)
+    }
+
     /// Seconds since the gateway started: the clock of its statistics.
     pub fn second(&self) -> u64 {
-        now().duration_since(self.started).as_secs()
+        self.config.clock.since(self.started).as_secs()
     }
 
     /// A revision's statistics over the last `seconds` seconds, or `None` if it never served.
@@ -472,7 +486,7 @@ fn route_request<'t>(
 struct Measure<'a> {
     gw: &'a Gateway,
     metrics: &'a metrics::RevisionMetrics,
-    start: std::time::Instant,
+    start: clock::Instant,
     outcome: Outcome,
 }
 
@@ -482,7 +496,7 @@ impl<'a> Measure<'a> {
         Self {
             gw,
             metrics,
-            start: now(),
+            start: gw.config.clock.instant(),
             outcome: Outcome::ServerError,
         }
     }
@@ -500,7 +514,7 @@ impl<'a> Measure<'a> {
 
 impl Drop for Measure<'_> {
     fn drop(&mut self) {
-        let elapsed = self.start.elapsed();
+        let elapsed = self.gw.config.clock.since(self.start);
         self.metrics.in_flight.dec();
         match self.outcome {
             Outcome::Ok => self.metrics.ok.inc(),

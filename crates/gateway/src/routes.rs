@@ -121,7 +121,14 @@ pub enum Match {
 /// All routes, by model name.
 #[derive(Clone, Default)]
 pub struct RouteTable {
-    pub models: HashMap<String, Route>,
+    pub models: HashMap<String, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Adds (or replaces) the route of `model`.
+    pub fn insert(&mut self, model: String, route: Route) -> Option<Arc<Route>> {
+        self.models.insert(model, Arc::new(route))
+    }
 }
 
 /// Why a request went where it went.

@@ -222,7 +222,7 @@ impl Conns {
     async fn sweep(&self, mut stopping: watch::Receiver<bool>) {
         loop {
             let next = {
-                let now = tokio::time::Instant::now();
+                let now = crate::instant();
                 let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                 while let Some(entry) = idle.first_entry() {
                     if entry.key().0 > now {
@@ -264,9 +264,9 @@ impl Conns {
     }
 
     fn warn_full(&self) {
-        let now = tokio::time::Instant::now();
+        let now = crate::instant();
         let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
-        if warned.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(10)) {
+        if warned.is_none_or(|at| now.saturating_duration_since(at) >= Duration::from_secs(10)) {
             *warned = Some(now);
             tracing::warn!(
                 listener = self.name,
@@ -545,7 +545,7 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     let limits = &conns.limits;
-    let accepted = tokio::time::Instant::now();
+    let accepted = crate::instant();
     let me = Arc::new(Notify::new());
     let mut wire = Wire::new(stream);
     let mut out = Vec::with_capacity(1024);
@@ -557,15 +557,13 @@ async fn connection(
         let mut scan = HeadScan::default();
         let head = loop {
             if wire.buf.is_empty() {
-                let until =
-                    head_due.unwrap_or_else(|| tokio::time::Instant::now() + limits.idle_timeout);
+                let until = head_due.unwrap_or_else(|| crate::instant() + limits.idle_timeout);
                 match idle(&mut wire, &conns, &me, until, &mut stopping).await {
                     Idle::Data => {}
                     Idle::Close => return,
                 }
             }
-            let due = *head_due
-                .get_or_insert_with(|| tokio::time::Instant::now() + limits.header_timeout);
+            let due = *head_due.get_or_insert_with(|| crate::instant() + limits.header_timeout);
             match scan.poll(&mut wire.buf) {
                 Parsed::Head(head) => break head,
                 Parsed::Bad(status, why) => {
@@ -617,7 +615,7 @@ async fn connection(
                     }
                 }
                 let pace = Pace {
-                    start: tokio::time::Instant::now(),
+                    start: crate::instant(),
                     allowance: limits.body_timeout,
                     min_rate: limits.min_rate,
                 };
@@ -821,7 +819,7 @@ async fn reply(
         return Ok(());
     }
     let pace = Pace {
-        start: tokio::time::Instant::now(),
+        start: crate::instant(),
         allowance: limits.send_timeout,
         min_rate: limits.min_rate,
     };

@@ -46,7 +46,7 @@ fn gateway_with(config: Config) -> Arc<Gateway> {
         revision: 1,
     }];
     let mut table = RouteTable::default();
-    table.models.insert("iris".into(), route);
+    table.insert("iris".into(), route);
     gw.publish(table);
     gw
 }
@@ -250,7 +250,7 @@ async fn client_errors_name_the_input() {
 async fn a_model_failing_on_an_input_is_a_500_not_a_crash() {
     let gw = Gateway::new(Config::default());
     let mut table = RouteTable::default();
-    table.models.insert(
+    table.insert(
         "fails".into(),
         Route::new(
             "default/fails",
@@ -460,7 +460,7 @@ async fn metrics_statistics_and_mirroring() {
         matches: Vec::new(),
     }];
     let mut table = RouteTable::default();
-    table.models.insert("iris".into(), route);
+    table.insert("iris".into(), route);
     gw.publish(table);
 
     for _ in 0..20 {
@@ -624,7 +624,7 @@ async fn proxy_to_model_server_processes() {
         vec![(0, 90), (1, 10)],
     );
     let mut table = RouteTable::default();
-    table.models.insert("iris".into(), route);
+    table.insert("iris".into(), route);
     gw.publish(table);
 
     let body = json!({"instances": [[5.1, 3.5, 1.4, 0.2]]});
@@ -663,7 +663,7 @@ async fn proxy_to_model_server_processes() {
     // A server that is gone is a 502 naming it.
     let gone = Gateway::new(Config::default());
     let mut table = RouteTable::default();
-    table.models.insert(
+    table.insert(
         "iris".into(),
         Route::new(
             "models/iris",

@@ -214,16 +214,16 @@ impl Upstream {
     /// The connection idle the shortest, if one is younger than the idle timeout; older ones
     /// are closed.
     fn checkout(&self) -> Option<Wire> {
-        let now = tokio::time::Instant::now();
+        let now = crate::instant();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        idle.retain(|(_, since)| now.duration_since(*since) < self.timeouts.idle);
+        idle.retain(|(_, since)| now.saturating_duration_since(*since) < self.timeouts.idle);
         idle.pop().map(|(wire, _)| wire)
     }
 
     fn checkin(&self, wire: Wire) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < MAX_IDLE {
-            idle.push((wire, tokio::time::Instant::now()));
+            idle.push((wire, crate::instant()));
         }
     }
 
@@ -260,7 +260,7 @@ impl Upstream {
         request.extend_from_slice(&body);
 
         let allowed = timeout.unwrap_or(self.timeouts.answer);
-        let deadline = tokio::time::Instant::now() + allowed;
+        let deadline = crate::instant() + allowed;
         let answer = match self.checkout() {
             Some(mut wire) => match exchange(&mut wire, &request, deadline).await {
                 Ok((answer, reusable)) => {

@@ -12,7 +12,8 @@ use crate::tensor::{DataType, Tensor, TensorData, TensorSpec};
 type Plan = Arc<TypedRunnableModel>;
 
 /// A loaded, optimised ONNX model. Cheap to share; `infer` may be called from many threads at
-/// once (each call runs with its own state).
+/// once (each call runs with its own state). A clone shares the loaded model.
+#[derive(Clone)]
 pub struct OnnxModel {
     plan: Plan,
     inputs: Vec<TensorSpec>,
@@ -145,6 +146,11 @@ impl OnnxModel {
 
     /// Runs the model once on zeros (one row where the batch is symbolic), so that a revision
     /// is known to work before it takes traffic.
+    /// How many handles share this loaded model (clones, and revisions serving it).
+    pub fn holders(&self) -> usize {
+        Arc::strong_count(&self.plan)
+    }
+
     pub fn warm_up(&self) -> Result<(), Error> {
         let inputs: Vec<Tensor> = self.inputs.iter().map(TensorSpec::zeros).collect();
         self.infer(&inputs).map(|_| ())

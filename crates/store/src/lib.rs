@@ -193,6 +193,40 @@ pub struct BrokenChain {
     pub reason: String,
 }
 
+/// One write of a [`Store::commit`] batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Append to the sync history (the record's `seq` is assigned).
+    Sync(SyncRecord),
+    /// Insert or replace a revision (its number is the caller's: the next after the service's
+    /// highest, for a new one).
+    Revision(RevisionRecord),
+    /// Insert or replace a service's routing.
+    Service(ServiceRecord),
+    RemoveService {
+        namespace: String,
+        name: String,
+    },
+    /// Insert or replace the rollout status of a service (the engine's encoding).
+    Rollout {
+        namespace: String,
+        service: String,
+        status: Vec<u8>,
+    },
+    RemoveRollout {
+        namespace: String,
+        service: String,
+    },
+    /// Append to the audit log, chained to the entry before.
+    Audit {
+        time: i64,
+        actor: String,
+        action: String,
+        subject: String,
+        detail: serde_json::Value,
+    },
+}
+
 /// The database.
 pub struct Store {
     db: Database,
@@ -262,6 +296,98 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    // --- batches ---
+
+    /// Carries out every write in one transaction: after a crash the database holds all of
+    /// them or none. An empty batch writes nothing.
+    pub fn commit(&self, writes: &[Write]) -> Result<(), Error> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut syncs = txn.open_table(SYNCS)?;
+            let mut revisions = txn.open_table(REVISIONS)?;
+            let mut services = txn.open_table(SERVICES)?;
+            let mut rollouts = txn.open_table(ROLLOUTS)?;
+            let mut audit = txn.open_table(AUDIT)?;
+            let mut next_sync = syncs.last()?.map_or(0, |(k, _)| k.value()) + 1;
+            let mut last_audit = match audit.last()? {
+                Some((k, v)) => {
+                    let last: AuditEntry = decode(v.value())?;
+                    (k.value(), last.hash)
+                }
+                None => (0, GENESIS.to_owned()),
+            };
+            for write in writes {
+                match write {
+                    Write::Sync(record) => {
+                        let mut record = record.clone();
+                        record.seq = next_sync;
+                        next_sync += 1;
+                        syncs.insert(record.seq, encode(&record).as_slice())?;
+                    }
+                    Write::Revision(r) => {
+                        revisions.insert(revision_key(r).as_str(), encode(r).as_slice())?;
+                    }
+                    Write::Service(r) => {
+                        let key = format!("{}/{}", r.namespace, r.name);
+                        services.insert(key.as_str(), encode(r).as_slice())?;
+                    }
+                    Write::RemoveService { namespace, name } => {
+                        services.remove(format!("{namespace}/{name}").as_str())?;
+                    }
+                    Write::Rollout {
+                        namespace,
+                        service,
+                        status,
+                    } => {
+                        rollouts
+                            .insert(format!("{namespace}/{service}").as_str(), status.as_slice())?;
+                    }
+                    Write::RemoveRollout { namespace, service } => {
+                        rollouts.remove(format!("{namespace}/{service}").as_str())?;
+                    }
+                    Write::Audit {
+                        time,
+                        actor,
+                        action,
+                        subject,
+                        detail,
+                    } => {
+                        let mut entry = AuditEntry {
+                            seq: last_audit.0 + 1,
+                            time: *time,
+                            actor: actor.clone(),
+                            action: action.clone(),
+                            subject: subject.clone(),
+                            detail: detail.clone(),
+                            prev: last_audit.1.clone(),
+                            hash: String::new(),
+                        };
+                        entry.hash = entry_hash(&entry);
+                        audit.insert(entry.seq, encode(&entry).as_slice())?;
+                        last_audit = (entry.seq, entry.hash);
+                    }
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Every stored revision of every service, oldest first per service.
+    pub fn all_revisions(&self) -> Result<Vec<RevisionRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REVISIONS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (_, v) = row?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
     }
 
     // --- sync history ---

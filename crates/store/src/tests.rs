@@ -269,3 +269,91 @@ fn records_from_older_builds_decode_with_defaults() {
         (SyncOutcome::Invalid, 0, 0)
     );
 }
+
+#[test]
+fn a_batch_is_written_whole_and_chains_its_audit_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .audit(1, "test", "before", "s", serde_json::json!({}))
+        .unwrap();
+    let revision = RevisionRecord {
+        namespace: "default".into(),
+        service: "iris".into(),
+        name: "iris-predictor-00001".into(),
+        number: 1,
+        spec_hash: "ab".into(),
+        storage_uri: "file:///m.onnx".into(),
+        ..RevisionRecord::default()
+    };
+    let audit = |action: &str| Write::Audit {
+        time: 2,
+        actor: "controller".into(),
+        action: action.into(),
+        subject: "default/iris".into(),
+        detail: serde_json::json!({"n": action}),
+    };
+    store
+        .commit(&[
+            Write::Sync(SyncRecord {
+                repo: "r".into(),
+                ..SyncRecord::default()
+            }),
+            Write::Revision(revision.clone()),
+            audit("create-revision"),
+            Write::Service(ServiceRecord {
+                namespace: "default".into(),
+                name: "iris".into(),
+                ..ServiceRecord::default()
+            }),
+            Write::Rollout {
+                namespace: "default".into(),
+                service: "iris".into(),
+                status: b"{}".to_vec(),
+            },
+            audit("set-traffic"),
+            Write::Sync(SyncRecord {
+                repo: "r2".into(),
+                ..SyncRecord::default()
+            }),
+        ])
+        .unwrap();
+    let syncs = store.syncs(10).unwrap();
+    assert_eq!(
+        syncs
+            .iter()
+            .map(|s| (s.seq, s.repo.as_str()))
+            .collect::<Vec<_>>(),
+        [(2, "r2"), (1, "r")]
+    );
+    assert_eq!(
+        store.revisions("default", "iris").unwrap(),
+        store.all_revisions().unwrap()
+    );
+    assert_eq!(store.all_revisions().unwrap(), [revision]);
+    assert_eq!(store.services().unwrap().len(), 1);
+    assert_eq!(store.rollouts().unwrap().len(), 1);
+    let log = store.audit_log().unwrap();
+    assert_eq!(
+        log.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+        ["before", "create-revision", "set-traffic"]
+    );
+    assert_eq!(store.verify_audit().unwrap(), Ok(3));
+
+    store
+        .commit(&[
+            Write::RemoveService {
+                namespace: "default".into(),
+                name: "iris".into(),
+            },
+            Write::RemoveRollout {
+                namespace: "default".into(),
+                service: "iris".into(),
+            },
+        ])
+        .unwrap();
+    assert!(store.services().unwrap().is_empty());
+    assert!(store.rollouts().unwrap().is_empty());
+    store.commit(&[]).unwrap();
+    assert_eq!(store.verify_audit().unwrap(), Ok(3));
+}

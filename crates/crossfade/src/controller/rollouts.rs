@@ -1,51 +1,41 @@
-//! The rollout driver: runs each Rollout's state machine ([`engine::rollout::step`]) on the
-//! controller's state, carries out its effects (promotion, measurements, events), keeps its
-//! status in the store after every transition, and wakes it when its next measurement or the
-//! end of its pause is due.
+//! The rollouts of an Application: each Rollout's state machine ([`engine::rollout::step`])
+//! run on the Application's state, its effects turned into the plan (promotion, measurements
+//! to take, events), its status written whenever it changes, and its next wake-up kept.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{BTreeMap, BTreeSet};
 
-use analysis::ProviderSpec;
+use clock::Timestamp;
 use engine::ServiceId;
 use engine::rollout::{self, Command, Effect as RolloutEffect, Input, Observed, RolloutStatus};
-use manifest::RevisionSelector;
 
 use super::AuditAction;
+use super::plan::{MeasureJob, Plan};
+use super::state::AppState;
+use crate::notify::{self, Kind};
 
-use super::{AppState, Controller};
-use crate::clock;
-
-/// A reading that came back, for the rollout of `service` in Application `app`.
-pub struct Measured {
-    pub app: usize,
-    pub service: ServiceId,
-    pub input: Input,
-}
-
-impl Controller {
-    /// Steps every rollout of Application `app` (with `input` for the one of `target`, a
-    /// tick for the others), carries out the effects and stores the statuses. Sets each
-    /// driven service's canary weight for reconcile. Returns why `input` was rejected, if it
-    /// was a command that does not apply.
+impl AppState {
+    /// Steps every rollout (with `input` for the one of `target`, a tick for the others) and
+    /// sets each driven service's canary weight for reconcile. Returns why `input` was
+    /// rejected, if it was a command that does not apply, and the services whose rollout
+    /// moved (to reconcile).
     pub(super) fn drive_rollouts(
-        &self,
-        app: usize,
-        state: &mut AppState,
+        &mut self,
         target: Option<(&ServiceId, &Input)>,
-        now_ms: i64,
-    ) -> Option<String> {
-        let now = now_ms / 1000;
+        now_ts: Timestamp,
+        plan: &mut Plan,
+    ) -> (Option<String>, BTreeSet<ServiceId>) {
+        let now = now_ts.as_secs();
         let mut rejected = None;
+        let mut touched = BTreeSet::new();
         let mut wake: Option<i64> = None;
-        let specs = state.rollout_specs.clone();
+        let specs = std::mem::take(&mut self.rollout_specs);
         for spec in &specs {
             let id = &spec.service;
-            let Some(desired) = state.desired.iter().find(|d| &d.id == id) else {
+            let Some(desired) = self.desired.get(id) else {
                 continue;
             };
             let spec_hash = desired.spec_hash.clone();
-            let live = state.live.services.get(id);
+            let live = self.live.services.get(id);
             let latest = live
                 .and_then(|l| l.revisions.iter().find(|r| r.spec_hash == spec_hash))
                 .map(|r| (r.name.clone(), r.state.clone()));
@@ -58,7 +48,7 @@ impl Controller {
                 Some((t, input)) if t == id => input.clone(),
                 _ => Input::Tick,
             };
-            let status = state.rollouts.get(id).cloned().unwrap_or_default();
+            let status = self.rollouts.get(id).cloned().unwrap_or_default();
             let t = rollout::step(spec, &status, observed, &input, now);
             if matches!(input, Input::Command(_)) {
                 rejected = t.rejected.clone();
@@ -66,19 +56,15 @@ impl Controller {
             for effect in t.effects {
                 match effect {
                     RolloutEffect::Promote { revision } => {
-                        self.audit(
-                            now_ms,
+                        plan.audit(
+                            now_ts,
                             "controller",
                             AuditAction::RolledOut,
                             &id.to_string(),
                             serde_json::json!({"revision": revision, "rollout": spec.name}),
                         );
-                        state
-                            .live
-                            .services
-                            .entry(id.clone())
-                            .or_default()
-                            .rolled_out = Some(revision);
+                        self.live.services.entry(id.clone()).or_default().rolled_out =
+                            Some(revision);
                     }
                     RolloutEffect::Measure {
                         run,
@@ -86,23 +72,34 @@ impl Controller {
                         provider,
                         canary,
                         stable,
-                    } => self.measure(app, id.clone(), run, metric, provider, canary, stable, now),
+                    } => plan.measures.push(MeasureJob {
+                        service: id.clone(),
+                        run,
+                        metric,
+                        provider,
+                        canary,
+                        stable,
+                        started_at: now,
+                    }),
                     RolloutEffect::Event { kind, message } => {
-                        tracing::info!(rollout = %spec.name, service = %id, ?kind, "{message}");
-                        self.notifier.send(crate::notify::Event::new(
-                            notification_name(kind),
+                        plan.logs.push((
+                            tracing::Level::INFO,
+                            format!("rollout {} ({id}): {message}", spec.name),
+                        ));
+                        plan.notices.push(notify::Event::new(
+                            notification_kind(kind),
                             &id.to_string(),
                             &message,
-                            now_ms,
+                            now_ts,
                             serde_json::json!({
                                 "rollout": spec.name,
                                 "canary": t.status.canary,
                                 "stable": t.status.stable,
-                                "weights": t.status.weights().into_iter().collect::<std::collections::BTreeMap<_, _>>(),
+                                "weights": t.status.weights().into_iter().collect::<BTreeMap<_, _>>(),
                             }),
                         ));
-                        self.audit(
-                            now_ms,
+                        plan.audit(
+                            now_ts,
                             "controller",
                             AuditAction::Rollout(kind),
                             &id.to_string(),
@@ -115,225 +112,100 @@ impl Controller {
                 wake = Some(wake.map_or(w, |x| x.min(w)));
             }
             if t.status != status {
-                let bytes = t.status.to_json();
-                self.log_store(self.store.put_rollout(&id.namespace, &id.name, &bytes));
+                plan.writes.push(store::Write::Rollout {
+                    namespace: id.namespace.clone(),
+                    service: id.name.clone(),
+                    status: t.status.to_json(),
+                });
+                self.mark_dirty(id.clone());
             }
-            if let Some(d) = state.desired.iter_mut().find(|d| &d.id == id) {
-                d.rollout_weight = manifest::Percent::new(
-                    if t.status.canary.as_deref() == latest.as_ref().map(|(n, _)| n.as_str()) {
-                        t.status.weight
-                    } else {
-                        0
-                    },
-                );
-            }
-            state.rollouts.insert(id.clone(), t.status);
-        }
-        state.rollout_wake = wake;
-        self.rollout_wake.notify_one();
-        rejected
-    }
-
-    /// Takes a reading in the background and hands it back to the rollout.
-    #[allow(clippy::too_many_arguments)]
-    fn measure(
-        &self,
-        app: usize,
-        service: ServiceId,
-        run: String,
-        metric: String,
-        provider: ProviderSpec,
-        canary: String,
-        stable: Option<String>,
-        now: i64,
-    ) {
-        let tx = self.measured_tx.clone();
-        let gateway = Arc::clone(&self.settings.gateway);
-        let http = self.http.clone();
-        tokio::spawn(async move {
-            let reading = match &provider {
-                ProviderSpec::Builtin(b) => {
-                    let revision = match b.revision {
-                        RevisionSelector::Canary => canary,
-                        RevisionSelector::Stable => stable.unwrap_or(canary),
-                    };
-                    let seconds = b.window.as_secs().max(1);
-                    let traffic = gateway
-                        .summary(&service.to_string(), &revision, seconds)
-                        .map(|s| analysis::builtin::Traffic {
-                            seconds,
-                            requests: s.requests,
-                            ok: s.ok,
-                            server_errors: s.server_errors,
-                            latency: s.quantile(b.quantile),
-                            mirrored: s.mirrored,
-                            agreed: s.agreed,
-                            mean_distance: s.mean_distance,
-                        });
-                    analysis::builtin::reading(b, &revision, traffic)
-                }
-                ProviderSpec::Prometheus {
-                    address,
-                    query,
-                    timeout,
-                } => analysis::providers::prometheus(&http.0, address, query, *timeout).await,
-                ProviderSpec::Web {
-                    url,
-                    method,
-                    headers,
-                    body,
-                    json_path,
-                    timeout,
-                    insecure,
-                } => {
-                    analysis::providers::web(
-                        &http.0,
-                        &http.1,
-                        url,
-                        *method,
-                        headers,
-                        body.as_deref(),
-                        json_path.as_deref(),
-                        *timeout,
-                        *insecure,
-                    )
-                    .await
-                }
-            };
-            let finished_at = clock::now_ms() / 1000;
-            let _ = tx.send(Measured {
-                app,
-                service,
-                input: Input::Measured {
-                    run,
-                    metric,
-                    reading,
-                    started_at: now,
-                    finished_at,
+            let weight = manifest::Percent::new(
+                if t.status.canary.as_deref() == latest.as_ref().map(|(n, _)| n.as_str()) {
+                    t.status.weight
+                } else {
+                    0
                 },
-            });
-        });
-    }
-
-    /// Runs the rollouts' clock: wakes each Application's rollouts when due, and feeds back
-    /// readings as they come.
-    pub(super) async fn rollout_loop(
-        self: Arc<Self>,
-        mut measured: tokio::sync::mpsc::UnboundedReceiver<Measured>,
-        mut stop: tokio::sync::watch::Receiver<bool>,
-    ) {
-        loop {
-            let now = clock::now_ms();
-            let next = self
-                .apps
-                .iter()
-                .filter_map(|s| s.state.lock().expect("state").rollout_wake)
-                .min();
-            let wait = next.map_or(Duration::from_secs(3600), |w| {
-                Duration::from_millis((w * 1000 - now).clamp(0, 3_600_000) as u64)
-            });
-            tokio::select! {
-                () = tokio::time::sleep(wait) => {
-                    let now = clock::now_ms();
-                    for app in 0..self.apps.len() {
-                        let due = self.apps[app]
-                            .state
-                            .lock()
-                            .expect("state")
-                            .rollout_wake
-                            .is_some_and(|w| w * 1000 <= now);
-                        if due {
-                            self.step_app(app, None);
-                        }
-                    }
-                }
-                Some(m) = measured.recv() => {
-                    self.step_app(m.app, Some((&m.service, &m.input)));
-                }
-                () = self.rollout_wake.notified() => {}
-                _ = stop.changed() => break,
+            );
+            if let Some(d) = self.desired.get_mut(id)
+                && (d.rollout_weight != weight || t.status != status)
+            {
+                d.rollout_weight = weight;
+                touched.insert(id.clone());
             }
+            self.rollouts.insert(id.clone(), t.status);
         }
+        self.rollout_specs = specs;
+        self.rollout_wake = wake;
+        (rejected, touched)
     }
 
-    /// Drives the rollouts of one Application and applies what follows (traffic, routes).
-    fn step_app(&self, app: usize, target: Option<(&ServiceId, &Input)>) -> Option<String> {
-        let now = clock::now_ms();
-        let rejected = {
-            let mut state = self.apps[app].state.lock().expect("state");
-            let rejected = self.drive_rollouts(app, &mut state, target, now);
-            self.reconcile_only(app, &mut state, now);
-            rejected
-        };
-        self.publish();
-        rejected
-    }
-
-    /// The rollouts, with where each stands.
-    pub fn rollouts(&self) -> Vec<(engine::rollout::RolloutSpec, RolloutStatus)> {
-        let mut out = Vec::new();
-        for slot in &self.apps {
-            let state = slot.state.lock().expect("state");
-            for spec in &state.rollout_specs {
-                let status = state
-                    .rollouts
-                    .get(&spec.service)
-                    .cloned()
-                    .unwrap_or_default();
-                out.push((spec.clone(), status));
-            }
-        }
-        out
-    }
-
-    /// An operator's command to the rollout `name` (`name` or `namespace/name`). Recorded in
-    /// the audit log with who and why.
-    pub fn rollout_command(
-        &self,
-        namespace: Option<&str>,
-        name: &str,
+    /// An operator's command to the rollout driving `service`, recorded in the audit log with
+    /// who and why.
+    pub(super) fn rollout_command(
+        &mut self,
+        service: &ServiceId,
         command: Command,
         actor: &str,
-        reason: Option<&str>,
-    ) -> Result<(engine::rollout::RolloutSpec, RolloutStatus), api::CommandError> {
-        let found = self.apps.iter().enumerate().find_map(|(i, slot)| {
-            let state = slot.state.lock().expect("state");
-            state
-                .rollout_specs
-                .iter()
-                .find(|s| name == s.name && namespace.is_none_or(|ns| ns == s.namespace))
-                .map(|s| (i, s.service.clone()))
-        });
-        let Some((app, service)) = found else {
-            return Err(api::CommandError::NotFound(format!("no rollout {name}")));
+        reason: Option<String>,
+        now: Timestamp,
+        plan: &mut Plan,
+    ) -> Result<Box<api::dto::Rollout>, api::CommandError> {
+        let Some(spec) = self.rollout_specs.iter().find(|s| &s.service == service) else {
+            return Err(api::CommandError::NotFound(format!(
+                "no rollout drives {service}"
+            )));
         };
+        let name = spec.name.clone();
         let input = Input::Command(command);
-        if let Some(why) = self.step_app(app, Some((&service, &input))) {
+        let (rejected, mut touched) = self.drive_rollouts(Some((service, &input)), now, plan);
+        if let Some(why) = rejected {
+            touched.insert(service.clone());
+            self.reconcile(touched, now, plan);
             return Err(api::CommandError::Rejected(why));
         }
-        self.audit(
-            clock::now_ms(),
+        plan.audit(
+            now,
             actor,
             AuditAction::Command(command),
             &service.to_string(),
             serde_json::json!({"rollout": name, "reason": reason}),
         );
-        self.rollouts()
-            .into_iter()
-            .find(|(s, _)| s.service == service)
-            .ok_or_else(|| api::CommandError::NotFound(format!("no rollout {name}")))
+        touched.insert(service.clone());
+        self.reconcile(touched, now, plan);
+        let spec = self
+            .rollout_specs
+            .iter()
+            .find(|s| &s.service == service)
+            .ok_or_else(|| api::CommandError::NotFound(format!("no rollout {name}")))?;
+        let status = self.rollouts.get(service).cloned().unwrap_or_default();
+        Ok(Box::new(rollout_dto(spec, &status)))
+    }
+
+    /// The rollouts, with where each stands.
+    pub(super) fn rollout_list(&self) -> Vec<(rollout::RolloutSpec, RolloutStatus)> {
+        self.rollout_specs
+            .iter()
+            .map(|spec| {
+                let status = self
+                    .rollouts
+                    .get(&spec.service)
+                    .cloned()
+                    .unwrap_or_default();
+                (spec.clone(), status)
+            })
+            .collect()
     }
 }
 
-fn notification_name(kind: rollout::EventKind) -> &'static str {
+fn notification_kind(kind: rollout::EventKind) -> Kind {
     use rollout::EventKind::*;
     match kind {
-        StepStarted => "rollout.step",
-        Paused => "rollout.paused",
-        Promoted => "rollout.promoted",
-        Aborted => "rollout.aborted",
-        AnalysisFinished => "analysis.succeeded",
-        AnalysisFailed => "analysis.failed",
+        StepStarted => Kind::RolloutStep,
+        Paused => Kind::RolloutPaused,
+        Promoted => Kind::RolloutPromoted,
+        Aborted => Kind::RolloutAborted,
+        AnalysisFinished => Kind::AnalysisSucceeded,
+        AnalysisFailed => Kind::AnalysisFailed,
     }
 }
 

@@ -60,7 +60,7 @@ fn main() {
     rt.block_on(async move {
         let gw = Gateway::new(Config::default());
         let mut table = RouteTable::default();
-        table.models.insert("iris".into(), route);
+        table.insert("iris".into(), route);
         gw.publish(table);
         let listener = tokio::net::TcpListener::bind(&args[2]).await.expect("bind");
         eprintln!(

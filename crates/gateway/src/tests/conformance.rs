@@ -12,7 +12,7 @@ fn serving(name: &str, file: &str) -> Arc<Gateway> {
         vec![(0, 100)],
     );
     let mut table = RouteTable::default();
-    table.models.insert(name.into(), route);
+    table.insert(name.into(), route);
     gw.publish(table);
     gw
 }
@@ -320,7 +320,7 @@ async fn a_mirror_route_with_a_header_match_mirrors_only_matching_requests() {
         matches: vec![("x-team".into(), Match::Exact("ml".into()))],
     }];
     let mut table = RouteTable::default();
-    table.models.insert("iris".into(), route);
+    table.insert("iris".into(), route);
     gw.publish(table);
     for team in ["ml", "web", "ml", "ops"] {
         let (s, _, _) = send(

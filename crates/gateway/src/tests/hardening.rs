@@ -61,9 +61,9 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     .await;
     // Connected, nothing sent: closed at the head deadline, with no answer.
     let mut silent = connect(&served).await;
-    let opened = tokio::time::Instant::now();
+    let opened = clock::Clock::system().instant();
     assert!(closed_silently(&mut silent).await);
-    assert_eq!(opened.elapsed().as_secs(), 60);
+    assert_eq!(clock::Clock::system().since(opened).as_secs(), 60);
     // After an answer, the keep-alive connection may wait 75 s for the next request.
     let mut sock = connect(&served).await;
     write(&mut sock, LIVE).await;
@@ -72,16 +72,16 @@ async fn idle_connections_are_closed_after_the_idle_timeout() {
     write(&mut sock, LIVE).await;
     let (got, _) = answers(&mut sock, 1, false).await;
     assert_eq!(got[0].status, 200);
-    let idle_since = tokio::time::Instant::now();
+    let idle_since = clock::Clock::system().instant();
     assert!(closed_silently(&mut sock).await);
-    assert_eq!(idle_since.elapsed().as_secs(), 75);
+    assert_eq!(clock::Clock::system().since(idle_since).as_secs(), 75);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_head_sent_slowly_is_cut_at_its_deadline_not_at_a_pause() {
     let served = serve(limits(|l| l.header_timeout = Duration::from_secs(60))).await;
     let mut sock = connect(&served).await;
-    let start = tokio::time::Instant::now();
+    let start = clock::Clock::system().instant();
     // A byte every 10 s: no pause is long, but the head is never done.
     let head = b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaa";
     let mut got = None;
@@ -90,7 +90,7 @@ async fn a_head_sent_slowly_is_cut_at_its_deadline_not_at_a_pause() {
             break;
         }
         tokio::time::sleep(Duration::from_secs(10)).await;
-        if start.elapsed() > Duration::from_secs(61) {
+        if clock::Clock::system().since(start) > Duration::from_secs(61) {
             got = Some(answers(&mut sock, 1, false).await);
             break;
         }
@@ -114,7 +114,7 @@ async fn a_body_trickled_a_byte_every_29_s_is_cut_at_its_deadline() {
         b"POST /v2/models/iris/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n",
     )
     .await;
-    let start = tokio::time::Instant::now();
+    let start = clock::Clock::system().instant();
     // A byte every 29 s, looking each second whether the server has answered.
     for second in 1..=120 {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -129,7 +129,12 @@ async fn a_body_trickled_a_byte_every_29_s_is_cut_at_its_deadline() {
         }
     }
     // Cut at 60 s plus the time its two bytes earned (well under a second), not later.
-    assert_eq!(start.elapsed().as_secs(), 60, "{:?}", start.elapsed());
+    assert_eq!(
+        clock::Clock::system().since(start).as_secs(),
+        60,
+        "{:?}",
+        clock::Clock::system().since(start)
+    );
     let (got, closed) = answers(&mut sock, 1, false).await;
     assert_eq!((got[0].status, closed), (408, true));
     // A client that keeps the minimum rate gets as long as its body needs.
@@ -178,13 +183,13 @@ async fn an_answer_the_client_does_not_read_is_given_up_at_the_send_deadline() {
         .unwrap();
     // Never read: the server's write fills the socket buffers and then waits. On the paused
     // clock its deadline (60 s + 64 s at 1 MiB/s) comes as soon as everything waits.
-    let start = tokio::time::Instant::now();
+    let start = clock::Clock::system().instant();
     tokio::time::sleep(Duration::from_secs(125)).await;
     // Now read: the answer broke off, the connection is closed.
     let mut all = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), sock.read_to_end(&mut all)).await;
     assert!(all.len() < 64 << 20, "the whole answer was written");
-    assert!(start.elapsed() >= Duration::from_secs(124));
+    assert!(clock::Clock::system().since(start) >= Duration::from_secs(124));
     done.abort();
 }
 
@@ -425,9 +430,9 @@ async fn a_model_server_that_hangs_is_a_504_at_the_routes_timeout_counted_as_a_s
     // KServe's `spec.predictor.timeout: 2`.
     route.answer_timeout = Some(Duration::from_secs(2));
     let mut table = RouteTable::default();
-    table.models.insert("slow".into(), route);
+    table.insert("slow".into(), route);
     gw.publish(table);
-    let start = tokio::time::Instant::now();
+    let start = clock::Clock::system().instant();
     let (s, rev, v) = send(&gw, infer("/v2/models/slow/infer", &iris_body(), &[])).await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT, "{v}");
     assert_eq!(rev.as_deref(), Some("slow-predictor-00001"));
@@ -438,7 +443,7 @@ async fn a_model_server_that_hangs_is_a_504_at_the_routes_timeout_counted_as_a_s
             .contains("did not answer within 2 s"),
         "{v}"
     );
-    assert_eq!(start.elapsed().as_secs(), 2);
+    assert_eq!(clock::Clock::system().since(start).as_secs(), 2);
     let summary = gw
         .summary("default/slow", "slow-predictor-00001", 60)
         .unwrap();

@@ -1,0 +1,218 @@
+//! Loading revisions: which runtime serves a predictor, fetching and verifying its artifact,
+//! loading and warming up the model, a bounded number at a time.
+//!
+//! # Guarantees
+//!
+//! - At most [`Loader::concurrency`] loads run at once, on blocking threads; the rest wait in
+//!   order. A load that does not finish within `--load-timeout` fails; its thread is left to
+//!   finish on its own.
+//! - One artifact digest is loaded into memory once: revisions of the same model (the same
+//!   verified bytes) share the loaded ONNX model while any of them serves.
+//! - Nothing from Git runs unless the operator allowed it; checked before any download.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::plan::{LoadJob, LoadedRevision};
+
+/// Loads revisions for every Application.
+pub struct Loader {
+    cache: artifact::Cache,
+    policy: crate::runtime_policy::RuntimeCommands,
+    upstream: gateway::Timeouts,
+    deadline: Duration,
+    permits: Arc<tokio::sync::Semaphore>,
+    concurrency: usize,
+    /// Loaded ONNX models by artifact digest.
+    shared: Mutex<HashMap<String, runtime::OnnxModel>>,
+}
+
+impl Loader {
+    pub fn new(
+        cache: artifact::Cache,
+        policy: crate::runtime_policy::RuntimeCommands,
+        upstream: gateway::Timeouts,
+        deadline: Duration,
+    ) -> Arc<Self> {
+        // Loads are mostly CPU (hashing, optimising the model) with some waiting on
+        // downloads: twice the cores keeps both busy.
+        let concurrency =
+            2 * std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        Arc::new(Self {
+            cache,
+            policy,
+            upstream,
+            deadline,
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            concurrency,
+            shared: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// How many loads run at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    /// Fetches, verifies, loads and warms up a revision. The error is fit to show (no URI
+    /// secrets in it).
+    pub async fn load(self: Arc<Self>, job: LoadJob) -> Result<LoadedRevision, String> {
+        let Ok(_permit) = Arc::clone(&self.permits).acquire_owned().await else {
+            return Err("the loader is shut down".into());
+        };
+        let this = Arc::clone(&self);
+        let revision = job.revision.clone();
+        let loading = tokio::task::spawn_blocking(move || this.load_blocking(&job));
+        let loaded = match tokio::time::timeout(self.deadline, loading).await {
+            Ok(done) => done.unwrap_or_else(|e| Err(format!("the load task failed: {e}"))),
+            Err(_) => Err(format!(
+                "the load did not finish within {} s (--load-timeout)",
+                self.deadline.as_secs()
+            )),
+        }
+        .map_err(|reason| manifest::redact_uris(&reason))?;
+        let (model, digest) = loaded;
+        let revision = match model {
+            Loaded::Onnx(m) => gateway::Revision::onnx(revision, m),
+            Loaded::Process(p) => {
+                let upstream = gateway::Upstream::with_timeouts(
+                    format!("127.0.0.1:{}", p.port()),
+                    self.upstream,
+                );
+                let mut r = gateway::Revision::proxy(revision, upstream);
+                // The process lives until the last request routed to it is done.
+                r.guard = Some(Box::new(p));
+                r
+            }
+        };
+        Ok(LoadedRevision {
+            revision: Arc::new(revision),
+            digest: digest.to_string(),
+        })
+    }
+
+    fn load_blocking(&self, job: &LoadJob) -> Result<(Loaded, manifest::Digest), String> {
+        let runtime = job.runtime.clone()?;
+        if let Some(rt) = &runtime {
+            let program = rt.container.command.first().map_or("", String::as_str);
+            self.policy.check(&rt.meta.name, program)?;
+        }
+        let fetched = self.cache.fetch(&job.uri).map_err(|e| e.to_string())?;
+        if let Some(rt) = runtime {
+            let model_dir = if fetched.path.is_dir() {
+                fetched.path.clone()
+            } else {
+                fetched.path.parent().unwrap_or(&fetched.path).to_owned()
+            };
+            let spec = runtime::ProcessSpec {
+                model_name: job.service.name.clone(),
+                command: rt.container.command.clone(),
+                args: rt.container.args.clone(),
+                env: rt.container.env.clone(),
+                model_dir,
+            };
+            let process = runtime::ProcessRuntime::start(spec, Duration::from_secs(120))
+                .map_err(|e| format!("runtime {}: {e}", rt.meta.name))?;
+            return Ok((Loaded::Process(process), fetched.digest));
+        }
+        if job.format != "onnx" {
+            return Err(format!(
+                "model format {} needs a ServingRuntime",
+                job.format
+            ));
+        }
+        let key = fetched.digest.to_string();
+        if let Some(model) = self.shared.lock().expect("models").get(&key) {
+            return Ok((Loaded::Onnx(model.clone()), fetched.digest));
+        }
+        let file = onnx_file(&fetched.path)?;
+        let model = runtime::OnnxModel::load(&file).map_err(|e| e.to_string())?;
+        model
+            .warm_up()
+            .map_err(|e| format!("the warm-up inference failed: {e}"))?;
+        let mut shared = self.shared.lock().expect("models");
+        // Models no revision holds any more are let go.
+        shared.retain(|_, m| m.holders() > 1);
+        let model = shared.entry(key).or_insert(model).clone();
+        Ok((Loaded::Onnx(model), fetched.digest))
+    }
+}
+
+/// A loaded model: in-process, or a model server process.
+enum Loaded {
+    Onnx(runtime::OnnxModel),
+    Process(Arc<runtime::ProcessRuntime>),
+}
+
+/// The model file of an artifact: the file itself, or the one `.onnx` file of a directory
+/// (`model.onnx` when there are several).
+fn onnx_file(path: &Path) -> Result<PathBuf, String> {
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "onnx"))
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err("the artifact has no .onnx file".into()),
+        many => many
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == "model.onnx"))
+            .cloned()
+            .ok_or_else(|| {
+                "the artifact has several .onnx files and none is named model.onnx".into()
+            }),
+    }
+}
+
+/// The runtime for a predictor: the one `runtime:` names, else, for ONNX, none (in-process),
+/// else the auto-selectable runtime of the highest priority that supports the format.
+pub fn choose_runtime(
+    runtimes: &[manifest::ServingRuntime],
+    namespace: &str,
+    model: &manifest::ModelSpec,
+) -> Result<Option<manifest::ServingRuntime>, String> {
+    let visible = |r: &&manifest::ServingRuntime| {
+        r.cluster_scoped || r.meta.namespace_or_default() == namespace
+    };
+    if let Some(name) = &model.runtime {
+        return match runtimes
+            .iter()
+            .filter(visible)
+            .find(|r| &r.meta.name == name)
+        {
+            Some(r) => Ok(Some(r.clone())),
+            None if model.format.name == "onnx" => Ok(None),
+            None => Err(format!("runtime {name} is not defined in the manifests")),
+        };
+    }
+    if model.format.name == "onnx" {
+        return Ok(None);
+    }
+    runtimes
+        .iter()
+        .filter(visible)
+        .filter(|r| !r.disabled)
+        .filter_map(|r| {
+            let f = r.supported_model_formats.iter().find(|f| {
+                f.auto_select
+                    && f.name == model.format.name
+                    && (model.format.version.is_none() || f.version == model.format.version)
+            })?;
+            Some((f.priority.unwrap_or(0), r))
+        })
+        .max_by_key(|(p, _)| *p)
+        .map(|(_, r)| Some(r.clone()))
+        .ok_or_else(|| {
+            format!(
+                "no ServingRuntime supports model format {}; crossfade runs ONNX in-process and other formats through a ServingRuntime",
+                model.format.name
+            )
+        })
+}

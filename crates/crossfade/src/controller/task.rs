@@ -1,0 +1,319 @@
+//! The task of one Application: receives events, decides with [`AppState::handle`], and
+//! carries the plans out.
+//!
+//! # Flow of one turn
+//!
+//! 1. Wait for an event (a message, a result coming back, or the wake-up the last plan asked
+//!    for), then take whatever else is already queued (up to [`BURST`]): events that arrive
+//!    together are decided one by one and committed together.
+//! 2. Commit the plans' writes in one store transaction. A write the store refuses is retried
+//!    with backoff, and the Application's status says so meanwhile; nothing of the plans is
+//!    carried out before the writes hold.
+//! 3. Start the fetch, loads and measurements; send the notifications.
+//! 4. Publish the new view (rebuilt for the services the events touched) and tell the route
+//!    publisher; the answers go out once the route table holds this view, so a caller that
+//!    was told "Ready" finds the data plane serving it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clock::{Clock, Timestamp};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::models::Loader;
+use super::plan::{Answer, Event, Fetched, MeasureJob, Plan, ReplyId};
+use super::state::AppState;
+use super::view::AppView;
+
+/// Events decided and committed together at most.
+pub const BURST: usize = 512;
+
+/// A message to an Application task.
+pub struct Msg {
+    pub event: Event,
+    pub reply: Option<(ReplyId, oneshot::Sender<Answer>)>,
+}
+
+impl From<Event> for Msg {
+    fn from(event: Event) -> Self {
+        Msg { event, reply: None }
+    }
+}
+
+/// What every Application task uses to carry out plans.
+pub struct Drivers {
+    pub store: Arc<store::Store>,
+    pub gateway: Arc<gateway::Gateway>,
+    pub clock: Clock,
+    pub notifier: crate::notify::Notifier,
+    pub loader: Arc<Loader>,
+    /// HTTP clients of the analysis providers: verifying certificates, and not (`insecure`).
+    pub http: (reqwest::Client, reqwest::Client),
+    pub fetch_timeout: Duration,
+    /// Told after every view published (the route publisher listens).
+    pub views_changed: watch::Sender<u64>,
+    /// The view generation of each Application the route table holds, by index.
+    pub routes_published: watch::Receiver<Vec<u64>>,
+}
+
+/// Where an Application fetches from.
+pub trait Fetcher: Send + Sync + 'static {
+    /// Fetch, resolve and read (blocking: runs on a blocking thread).
+    fn fetch(&self, timeout: Duration) -> Result<Fetched, String>;
+}
+
+/// One Application's task.
+pub struct AppTask {
+    pub index: usize,
+    pub state: AppState,
+    pub inbox: mpsc::UnboundedReceiver<Msg>,
+    /// Where results come back (the same inbox).
+    pub outbox: mpsc::UnboundedSender<Msg>,
+    pub view: watch::Sender<Arc<AppView>>,
+    pub fetcher: Arc<dyn Fetcher>,
+    pub drivers: Arc<Drivers>,
+    /// The first wake-up (the first poll, at once).
+    pub wake: Option<Timestamp>,
+    /// What resuming from the store left to do (the loads of the restored revisions).
+    pub initial: Option<Plan>,
+}
+
+impl AppTask {
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let mut replies: HashMap<ReplyId, oneshot::Sender<Answer>> = HashMap::new();
+        let clock = self.drivers.clock;
+        if let Some(plan) = self.initial.take() {
+            self.carry_out(plan, &mut replies);
+        }
+        loop {
+            let wake = self.wake;
+            let first = tokio::select! {
+                msg = self.inbox.recv() => match msg {
+                    Some(m) => m,
+                    None => break,
+                },
+                () = async { clock.sleep_until(wake.unwrap_or_default()).await }, if wake.is_some() => Event::Wake.into(),
+                _ = stop.changed() => break,
+            };
+            let mut msgs = vec![first];
+            while msgs.len() < BURST
+                && let Ok(m) = self.inbox.try_recv()
+            {
+                msgs.push(m);
+            }
+            let now = clock.now();
+            let mut plan = Plan::default();
+            for msg in msgs {
+                if let Some((id, tx)) = msg.reply {
+                    replies.insert(id, tx);
+                }
+                plan.merge(self.state.handle(msg.event, now));
+            }
+            self.wake = plan.wake;
+            if !self
+                .commit(std::mem::take(&mut plan.writes), &mut stop)
+                .await
+            {
+                break;
+            }
+            self.carry_out(plan, &mut replies);
+        }
+    }
+
+    /// Commits `writes` in one transaction, retrying with backoff while the store refuses
+    /// them. Returns `false` if asked to stop meanwhile.
+    async fn commit(
+        &mut self,
+        writes: Vec<store::Write>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> bool {
+        if writes.is_empty() {
+            return true;
+        }
+        let writes = Arc::new(writes);
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let store = Arc::clone(&self.drivers.store);
+            let batch = Arc::clone(&writes);
+            let result = tokio::task::spawn_blocking(move || store.commit(&batch))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(store::Error::Database(format!(
+                        "the write task failed: {e}"
+                    )))
+                });
+            match result {
+                Ok(()) => {
+                    if self.view.borrow().store_error.is_some() {
+                        self.view.send_modify(|v| {
+                            let mut next = AppView::clone(v);
+                            next.store_error = None;
+                            *v = Arc::new(next);
+                        });
+                    }
+                    return true;
+                }
+                Err(e) => {
+                    let message = format!(
+                        "the store refused a write ({e}); nothing of the last change is carried out until it is written, retrying in {} ms",
+                        backoff.as_millis()
+                    );
+                    tracing::error!(application = %self.state.rules().app.name, "{message}");
+                    self.view.send_modify(|v| {
+                        let mut next = AppView::clone(v);
+                        next.store_error = Some(message.clone());
+                        *v = Arc::new(next);
+                    });
+                    let clock = self.drivers.clock;
+                    tokio::select! {
+                        () = clock.sleep_until(clock.now() + backoff) => {}
+                        _ = stop.changed() => return false,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    fn carry_out(&mut self, plan: Plan, replies: &mut HashMap<ReplyId, oneshot::Sender<Answer>>) {
+        let app = self.state.rules().app.name.clone();
+        for (level, line) in &plan.logs {
+            match *level {
+                tracing::Level::ERROR => tracing::error!(application = %app, "{line}"),
+                tracing::Level::WARN => tracing::warn!(application = %app, "{line}"),
+                _ => tracing::info!(application = %app, "{line}"),
+            }
+        }
+        if plan.fetch {
+            let fetcher = Arc::clone(&self.fetcher);
+            let timeout = self.drivers.fetch_timeout;
+            let back = self.outbox.clone();
+            tokio::spawn(async move {
+                // Git work is blocking: keep it off the async threads.
+                let fetched = tokio::task::spawn_blocking(move || fetcher.fetch(timeout))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
+                let _ = back.send(Event::Fetched(fetched).into());
+            });
+        }
+        for job in plan.loads {
+            let loader = Arc::clone(&self.drivers.loader);
+            let back = self.outbox.clone();
+            tokio::spawn(async move {
+                let (service, revision) = (job.service.clone(), job.revision.clone());
+                let outcome = loader.load(job).await;
+                let _ = back.send(
+                    Event::Loaded {
+                        service,
+                        revision,
+                        outcome,
+                    }
+                    .into(),
+                );
+            });
+        }
+        for job in plan.measures {
+            tokio::spawn(measure(Arc::clone(&self.drivers), job, self.outbox.clone()));
+        }
+        for notice in plan.notices {
+            self.drivers.notifier.send(notice);
+        }
+        // The view, then the answers once the route table holds it.
+        let (services, source) = self.state.take_dirty();
+        let next = self
+            .view
+            .borrow()
+            .update(&self.state, &services, source, &self.drivers.gateway);
+        let generation = next.generation;
+        self.view.send_replace(Arc::new(next));
+        self.drivers.views_changed.send_modify(|n| *n += 1);
+        let answers: Vec<(oneshot::Sender<Answer>, Answer)> = plan
+            .replies
+            .into_iter()
+            .filter_map(|(id, answer)| Some((replies.remove(&id)?, answer)))
+            .collect();
+        if !answers.is_empty() {
+            let mut published = self.drivers.routes_published.clone();
+            let index = self.index;
+            tokio::spawn(async move {
+                let _ = published
+                    .wait_for(|g| g.get(index).is_some_and(|g| *g >= generation))
+                    .await;
+                for (tx, answer) in answers {
+                    let _ = tx.send(answer);
+                }
+            });
+        }
+    }
+}
+
+/// Takes a reading and hands it back to the rollout.
+async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSender<Msg>) {
+    use analysis::ProviderSpec;
+    use manifest::RevisionSelector;
+    let reading = match &job.provider {
+        ProviderSpec::Builtin(b) => {
+            let revision = match b.revision {
+                RevisionSelector::Canary => job.canary.clone(),
+                RevisionSelector::Stable => job.stable.clone().unwrap_or(job.canary.clone()),
+            };
+            let seconds = b.window.as_secs().max(1);
+            let traffic = drivers
+                .gateway
+                .summary(&job.service.to_string(), &revision, seconds)
+                .map(|s| analysis::builtin::Traffic {
+                    seconds,
+                    requests: s.requests,
+                    ok: s.ok,
+                    server_errors: s.server_errors,
+                    latency: s.quantile(b.quantile),
+                    mirrored: s.mirrored,
+                    agreed: s.agreed,
+                    mean_distance: s.mean_distance,
+                });
+            analysis::builtin::reading(b, &revision, traffic)
+        }
+        ProviderSpec::Prometheus {
+            address,
+            query,
+            timeout,
+        } => analysis::providers::prometheus(&drivers.http.0, address, query, *timeout).await,
+        ProviderSpec::Web {
+            url,
+            method,
+            headers,
+            body,
+            json_path,
+            timeout,
+            insecure,
+        } => {
+            analysis::providers::web(
+                &drivers.http.0,
+                &drivers.http.1,
+                url,
+                *method,
+                headers,
+                body.as_deref(),
+                json_path.as_deref(),
+                *timeout,
+                *insecure,
+            )
+            .await
+        }
+    };
+    let finished_at = drivers.clock.now().as_secs();
+    let _ = back.send(
+        Event::Measured {
+            service: job.service,
+            input: engine::rollout::Input::Measured {
+                run: job.run,
+                metric: job.metric,
+                reading,
+                started_at: job.started_at,
+                finished_at,
+            },
+        }
+        .into(),
+    );
+}
