@@ -2,6 +2,7 @@
 //! the gateway against its peers.
 
 mod bench;
+mod scale;
 
 use std::process::Command;
 
