@@ -118,6 +118,16 @@ struct MirrorFetcher {
 }
 
 impl task::Fetcher for MirrorFetcher {
+    fn url(&self) -> &str {
+        self.mirror.url()
+    }
+
+    fn manifests_at(&self, commit: &str) -> Result<manifest::Sources, String> {
+        self.mirror
+            .read_manifests(commit, &self.app.path)
+            .map_err(|e| e.to_string())
+    }
+
     fn fetch(&self, timeout: Duration) -> Result<Fetched, String> {
         self.mirror.fetch(timeout).map_err(|e| e.to_string())?;
         let id = self
@@ -145,12 +155,18 @@ impl Controller {
     /// its revisions loading) and publishes the restored routes, before any listener answers.
     pub fn new(
         store: store::Store,
-        mut settings: Settings,
+        settings: Settings,
         apps: Vec<Application>,
     ) -> anyhow::Result<Self> {
-        let store = Arc::new(store);
-        let clock = settings.clock;
-        let now = clock.now();
+        let mut sources: Vec<(Application, Arc<dyn task::Fetcher>)> = Vec::new();
+        for app in apps {
+            let dir = settings
+                .data_dir
+                .join("git")
+                .join(mirror_dir_name(&app.repo));
+            let mirror = Mirror::open(&app.repo, &dir)?;
+            sources.push((app.clone(), Arc::new(MirrorFetcher { mirror, app })));
+        }
         let loader = models::Loader::new(
             settings.artifacts.clone(),
             settings.runtime_commands.clone(),
@@ -158,6 +174,23 @@ impl Controller {
             settings.load_timeout,
         );
         tracing::debug!(concurrent_loads = loader.concurrency(), "loader");
+        let store = Arc::new(store);
+        let persist: Arc<dyn task::Persist> = Arc::clone(&store) as _;
+        Ok(Self::assemble(store, persist, settings, sources, loader)?)
+    }
+
+    /// Wires the Applications' tasks to their drivers: `apps` with where their commits come
+    /// from, `loader` loads revisions, `persist` takes the plans' writes (`store` is what the
+    /// API reads). The scenario tests give their own.
+    pub(crate) fn assemble(
+        store: Arc<store::Store>,
+        persist: Arc<dyn task::Persist>,
+        mut settings: Settings,
+        apps: Vec<(Application, Arc<dyn task::Fetcher>)>,
+        loader: Arc<dyn task::Load>,
+    ) -> Result<Self, store::Error> {
+        let clock = settings.clock;
+        let now = clock.now();
         let insecure = reqwest::Client::builder()
             .danger_accept_invalid_certs(true)
             .build()
@@ -165,7 +198,7 @@ impl Controller {
         let (views_changed, _) = watch::channel(0u64);
         let (published_tx, published_rx) = watch::channel(vec![0u64; apps.len()]);
         let drivers = Arc::new(Drivers {
-            store: Arc::clone(&store),
+            store: persist,
             gateway: Arc::clone(&settings.gateway),
             clock,
             notifier: crate::notify::Notifier::start(&settings.notify),
@@ -180,20 +213,15 @@ impl Controller {
         let mut handles = Vec::new();
         let mut tasks = Vec::new();
         let mut views = Vec::new();
-        for (index, app) in apps.into_iter().enumerate() {
-            let dir = settings
-                .data_dir
-                .join("git")
-                .join(mirror_dir_name(&app.repo));
-            let mirror = Mirror::open(&app.repo, &dir)?;
+        for (index, (app, fetcher)) in apps.into_iter().enumerate() {
             let rules = Rules {
-                app: app.clone(),
-                repo: mirror.url().to_owned(),
+                app,
+                repo: fetcher.url().to_owned(),
                 trust: trust.clone(),
                 require_digest: settings.require_digest,
                 poll_interval: settings.poll_interval,
             };
-            let (mut state, loads) = resume(rules, &stored, &mirror, now);
+            let (mut state, loads) = resume(rules, &stored, fetcher.as_ref(), now);
             let (services, source) = state.take_dirty();
             let view = AppView::default().update(&state, &services, source, &settings.gateway);
             let (view_tx, view_rx) = watch::channel(Arc::new(view));
@@ -209,7 +237,7 @@ impl Controller {
                 inbox: inbox_rx,
                 outbox: inbox_tx.clone(),
                 view: view_tx,
-                fetcher: Arc::new(MirrorFetcher { mirror, app }),
+                fetcher,
                 drivers: Arc::clone(&drivers),
                 wake: Some(now),
                 initial: Some(plan),
@@ -528,7 +556,7 @@ impl Stored {
 fn resume(
     rules: Rules,
     stored: &Stored,
-    mirror: &Mirror,
+    fetcher: &dyn task::Fetcher,
     now: clock::Timestamp,
 ) -> (AppState, Vec<LoadJob>) {
     let mut state = AppState::new(rules, now);
@@ -540,7 +568,7 @@ fn resume(
         .iter()
         .find(mine)
         .and_then(|s| s.commit.clone());
-    let resumed = resumed_manifests(&stored.syncs, &rules, mirror);
+    let resumed = resumed_manifests(&stored.syncs, &rules, fetcher);
     if let Some(r) = &resumed {
         state.commit = r.record.commit.clone();
         state.verified = r.record.signer.is_some();
@@ -658,7 +686,7 @@ struct Resumed {
 fn resumed_manifests(
     syncs: &[store::SyncRecord],
     rules: &Rules,
-    mirror: &Mirror,
+    fetcher: &dyn task::Fetcher,
 ) -> Option<Resumed> {
     let record = syncs.iter().find(|s| {
         s.repo == rules.repo
@@ -666,7 +694,7 @@ fn resumed_manifests(
             && s.outcome == store::SyncOutcome::Applied
     })?;
     let commit = record.commit.as_ref()?;
-    let sources = match mirror.read_manifests(commit, &rules.app.path) {
+    let sources = match fetcher.manifests_at(commit) {
         Ok(sources) => sources,
         Err(e) => {
             tracing::warn!(commit = %commit, error = %e, "cannot read the last applied commit from the mirror");
@@ -916,3 +944,6 @@ impl api::Backend for SharedController {
 fn regex_lite(pattern: &str) -> Option<regex::Regex> {
     regex::Regex::new(pattern).ok()
 }
+
+#[cfg(test)]
+mod tests;

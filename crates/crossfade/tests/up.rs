@@ -1,237 +1,18 @@
 //! `crossfade up` as a user runs it: a real Git repository (local path and smart HTTP), commits
 //! pushed while it runs, the CLI and the HTTP API, signed-only mode, `kill -9` and restart.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use serde_json::Value;
+use support::rollouts::*;
+use support::*;
 use test_support::{GitHttpServer, GitRepo, SigningKey, bare_clone};
-
-const BIN: &str = env!("CARGO_BIN_EXE_crossfade");
-const TOKEN: &str = "test-admin-token";
-const HOOK_SECRET: &str = "hook-secret-for-the-tests";
-
-/// A running `crossfade up`, killed when dropped.
-struct Up {
-    child: Option<Child>,
-    server: String,
-    /// The inference endpoint.
-    data: String,
-}
-
-impl Up {
-    /// Starts `crossfade up` with `args` and waits for its "crossfade is up" log line, which
-    /// names the port it bound (the tests ask for port 0).
-    fn start(data_dir: &Path, args: &[&str]) -> Self {
-        Self::start_in(Command::new(BIN), data_dir, args)
-    }
-
-    /// [`Up::start`], from a command prepared by the caller (environment, a shell wrapper).
-    fn start_in(mut command: Command, data_dir: &Path, args: &[&str]) -> Self {
-        let mut child = command
-            // Its own process group, so that dropping it also stops the model servers it
-            // started, even after `kill -9`.
-            .process_group(0)
-            .arg("up")
-            .args(args)
-            .args(["--data-dir", data_dir.to_str().unwrap()])
-            .args(["--admin-listen", "127.0.0.1:0", "--listen", "127.0.0.1:0"])
-            .args(["--log-format", "json"])
-            .args(["--admin-token", TOKEN, "--webhook-secret", HOOK_SECRET])
-            // Polls stay out of the way: the tests trigger every sync themselves.
-            .args(["--poll-interval", "1h"])
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start crossfade up");
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        let (admin, data) = loop {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                panic!("crossfade up exited before it was up:\n{}", seen.join("\n"));
-            };
-            let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
-            if v["fields"]["message"] == "crossfade is up" {
-                let field = |k: &str| v["fields"][k].as_str().unwrap().to_owned();
-                break (field("admin"), field("listen"));
-            }
-            seen.push(line);
-        };
-        // Keep draining the log so the child never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child: Some(child),
-            server: format!("http://{admin}"),
-            data: format!("http://{data}"),
-        }
-    }
-
-    /// Runs a client command against this server; returns (exit code, stdout).
-    fn cli(&self, args: &[&str]) -> (i32, String) {
-        let out = Command::new(BIN)
-            .args(args)
-            .args(["--server", &self.server, "--token", TOKEN])
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let (code, out) = self.cli(&all);
-        assert_eq!(code, 0, "{args:?}: {out}");
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
-    }
-
-    fn sync(&self) -> Value {
-        self.json(&["sync"])
-    }
-
-    fn status(&self) -> Value {
-        self.json(&["status"])
-    }
-
-    /// Sends a raw HTTP POST to the control API; returns the status code.
-    fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> u16 {
-        http_post(&self.server, path, headers, body).0
-    }
-
-    /// Sends a raw HTTP POST to the inference endpoint; returns (status, headers, body).
-    fn infer(&self, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
-        http_post(&self.data, path, headers, body)
-    }
-
-    /// `kill -9` (of the whole group: model servers go too).
-    fn kill(mut self) {
-        let mut child = self.child.take().unwrap();
-        kill_group(child.id());
-        child.wait().unwrap();
-    }
-
-    /// SIGTERM; returns how the process exited, or `None` if it is still running after
-    /// `timeout` (then it is killed).
-    fn terminate(mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
-        let mut child = self.child.take().unwrap();
-        let pid = child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || {
-            let status = child.wait();
-            let _ = tx.send(());
-            (child, status)
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(()) => waiter.join().unwrap().1.ok(),
-            Err(_) => {
-                let _ = Command::new("kill").args(["-KILL", &pid]).status();
-                None
-            }
-        }
-    }
-}
-
-/// A raw HTTP/1.1 GET; returns the body.
-fn http_get(base: &str, path: &str) -> String {
-    let addr = base.trim_start_matches("http://");
-    let mut stream = TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    stream.read_to_string(&mut resp).unwrap();
-    resp.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
-/// A raw HTTP/1.1 POST; returns (status, header block, body).
-fn http_post(
-    base: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (u16, String, String) {
-    {
-        let addr = base.trim_start_matches("http://");
-        let mut stream = TcpStream::connect(addr).unwrap();
-        let mut req = format!(
-            "POST {path} HTTP/1.1\r\nContent-Length: {}\r\nConnection: close\r\n",
-            body.len()
-        );
-        // A caller-supplied Host replaces the default; two Host headers would
-        // leave routing to whichever one the server reads first.
-        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
-            req.push_str(&format!("Host: {addr}\r\n"));
-        }
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        req.push_str(body);
-        stream.write_all(req.as_bytes()).unwrap();
-        let mut resp = String::new();
-        stream.read_to_string(&mut resp).unwrap();
-        let status = resp.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        (status, head.to_ascii_lowercase(), body.to_owned())
-    }
-}
-
-impl Drop for Up {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            kill_group(child.id());
-            let _ = child.wait();
-        }
-    }
-}
-
-/// SIGKILL to a whole process group.
-fn kill_group(pgid: u32) {
-    let _ = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
-        .status();
-}
-
-fn isvc(name: &str, uri: &str) -> String {
-    format!(
-        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: {name}, namespace: models}}\nspec:\n  predictor:\n    model: {{modelFormat: {{name: onnx}}, storageUri: \"{uri}\"}}\n"
-    )
-}
-
-fn service<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["services"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no service {name} in {status:#}"))
-}
-
-fn revision_names(status: &Value, svc: &str) -> Vec<String> {
-    service(status, svc)["revisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap().to_owned())
-        .collect()
-}
 
 #[test]
 fn local_repository_sync_history_restart() {
@@ -589,34 +370,6 @@ fn an_argo_cd_application_file() {
     );
 }
 
-/// Copies a fixture model into `store/<name>/sha256-<digest>/model.onnx` and returns its
-/// pinned `file://` URI.
-fn publish_model(store: &Path, fixture: &str) -> String {
-    let src =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/models/{fixture}.onnx"));
-    let digest = artifact::digest_path(&src).unwrap();
-    let dir = store.join(fixture).join(format!("sha256-{digest}"));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::copy(&src, dir.join("model.onnx")).unwrap();
-    format!("file://{}/model.onnx", dir.display())
-}
-
-fn isvc_with(name: &str, uri: &str, extra: &str) -> String {
-    format!(
-        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: {name}\n  annotations: {{serving.kserve.io/enable-tag-routing: \"true\"}}\nspec:\n  predictor:\n{extra}    model: {{modelFormat: {{name: onnx}}, storageUri: \"{uri}\"}}\n"
-    )
-}
-
-const IRIS_V2: &str = r#"{"id": "q1", "inputs": [{"name": "X", "shape": [2, 4], "datatype": "FP32", "data": [[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]}]}"#;
-
-fn revision_of(head: &str) -> String {
-    head.lines()
-        .find_map(|l| l.strip_prefix("x-crossfade-revision: "))
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
-}
-
 #[test]
 fn serves_the_synced_models_with_kserve_canary_semantics() {
     let store = tempfile::tempdir().unwrap();
@@ -825,54 +578,13 @@ fn serves_the_synced_models_with_kserve_canary_semantics() {
     assert!(metrics.contains(r#"crossfade_traffic_weight_percent{service="default/iris",revision="iris-predictor-00002"} 100"#), "{metrics}");
 }
 
-fn splits_of(status: &Value, svc: &str) -> Vec<(String, u64)> {
-    service(status, svc)["revisions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["name"].as_str().unwrap().to_owned(),
-                r["trafficPercent"].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Starts `up` on a repo whose iris is a 90/10 canary, with `extra` flags.
-fn canary_setup(extra: &[&str]) -> (tempfile::TempDir, tempfile::TempDir, GitRepo, Up) {
-    let store = tempfile::tempdir().unwrap();
-    let v1 = publish_model(store.path(), "iris-logreg-v1");
-    let v2 = publish_model(store.path(), "iris-logreg-v2");
-    let repo = GitRepo::new();
-    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
-    repo.commit("iris v1");
-    let data = tempfile::tempdir().unwrap();
-    let mut args = vec!["--repo", repo.path().to_str().unwrap()];
-    args.extend(extra);
-    let up = Up::start(data.path(), &args);
-    up.sync();
-    repo.write(
-        "iris.yaml",
-        &isvc_with("iris", &v2, "    canaryTrafficPercent: 10\n"),
-    );
-    repo.commit("iris v2, 10%");
-    up.sync();
-    (store, data, repo, up)
-}
-
-fn canary_split() -> Vec<(String, u64)> {
-    vec![
-        ("iris-predictor-00001".into(), 90),
-        ("iris-predictor-00002".into(), 10),
-    ]
-}
-
+/// What the policy does with an override is the controller's (its scenario tests); this is the
+/// way there and back: the CLI, the API, the data plane, and `--self-heal` reaching the policy.
 #[test]
-fn api_overrides_without_self_heal_are_kept_until_a_sync() {
-    let (_store, _data, _repo, up) = canary_setup(&[]);
+fn a_traffic_override_from_the_cli_serves_and_self_heal_reverts_it() {
+    let (_store, _data, _repo, up) = canary_setup(&["--self-heal"]);
     assert_eq!(splits_of(&up.status(), "iris"), canary_split());
-    let (code, out) = up.cli(&["traffic", "iris", "iris-predictor-00002=100"]);
+    let (code, out) = up.cli(&["traffic", "default/iris", "iris-predictor-00002=100"]);
     assert_eq!(code, 0, "{out}");
     let status = up.status();
     assert_eq!(
@@ -887,24 +599,6 @@ fn api_overrides_without_self_heal_are_kept_until_a_sync() {
         let (_, head, _) = up.infer("/v2/models/iris/infer", &[], IRIS_V2);
         assert_eq!(revision_of(&head), "iris-predictor-00002");
     }
-    // A reconcile under the policy keeps the change and reports the drift.
-    up.json(&["refresh"]);
-    let status = up.status();
-    assert_eq!(splits_of(&status, "iris")[1].1, 100);
-    let iris = service(&status, "iris");
-    assert_eq!(iris["syncStatus"], "OutOfSync");
-    assert!(
-        iris["message"]
-            .as_str()
-            .unwrap()
-            .contains("does not self-heal"),
-        "{iris}"
-    );
-    // An explicit sync applies Git again.
-    up.sync();
-    let status = up.status();
-    assert_eq!(splits_of(&status, "iris"), canary_split());
-    assert_eq!(service(&status, "iris")["syncStatus"], "Synced");
     // Bad overrides are refused with the reason.
     let (code, out) = up.cli(&["traffic", "iris", "iris-predictor-00001=60"]);
     assert_eq!(code, 1);
@@ -912,20 +606,13 @@ fn api_overrides_without_self_heal_are_kept_until_a_sync() {
     let (code, out) = up.cli(&["traffic", "iris", "iris-predictor-00009=100"]);
     assert_eq!(code, 1);
     assert!(out.contains("no revision iris-predictor-00009"), "{out}");
-    let audit = up.json(&["audit", "verify"]);
-    assert_eq!(audit["ok"], true);
-}
-
-#[test]
-fn self_heal_reverts_api_overrides_at_the_next_reconcile() {
-    let (_store, _data, _repo, up) = canary_setup(&["--self-heal"]);
-    let (code, out) = up.cli(&["traffic", "default/iris", "iris-predictor-00001=100"]);
-    assert_eq!(code, 0, "{out}");
-    assert_eq!(splits_of(&up.status(), "iris")[0].1, 100);
+    // The next reconcile puts Git's split back.
     up.json(&["refresh"]);
     let status = up.status();
     assert_eq!(splits_of(&status, "iris"), canary_split());
     assert_eq!(service(&status, "iris")["syncStatus"], "Synced");
+    let audit = up.json(&["audit", "verify"]);
+    assert_eq!(audit["ok"], true);
 }
 
 #[test]
@@ -1071,20 +758,6 @@ fn weight_changes_under_load_drop_no_request() {
     assert_eq!(revision_of(&head), "iris-predictor-00003");
 }
 
-/// A ServingRuntime that starts MLServer (from the test venv) for scikit-learn models.
-fn mlserver_runtime() -> String {
-    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let bin = Path::new(&python).parent().unwrap().join("mlserver");
-    assert!(
-        bin.exists(),
-        "MLServer is not installed next to {python}: run `cargo xtask test`"
-    );
-    format!(
-        "apiVersion: serving.kserve.io/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: mlserver-sklearn}}\nspec:\n  supportedModelFormats:\n    - {{name: sklearn, version: \"1\", autoSelect: true, priority: 1}}\n  protocolVersions: [v2]\n  containers:\n    - name: kserve-container\n      command: [\"{}\", start, /mnt/models]\n      env:\n        - {{name: MLSERVER_PARALLEL_WORKERS, value: \"0\"}}\n",
-        bin.display()
-    )
-}
-
 #[test]
 fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     let store = tempfile::tempdir().unwrap();
@@ -1157,158 +830,6 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
 }
 
 // === Progressive delivery ===
-
-/// Fixture models published under their digests (`publish_model`), kept while it lives.
-struct Models {
-    _store: tempfile::TempDir,
-    uris: Vec<String>,
-}
-
-impl Models {
-    fn publish(names: &[&str]) -> Self {
-        let store = tempfile::tempdir().unwrap();
-        let uris = names
-            .iter()
-            .map(|n| publish_model(store.path(), n))
-            .collect();
-        Self {
-            _store: store,
-            uris,
-        }
-    }
-
-    fn uris<const N: usize>(&self) -> [String; N] {
-        self.uris.clone().try_into().unwrap()
-    }
-}
-
-/// Points `iris` at `uri` and commits it.
-fn commit_model(repo: &GitRepo, uri: &str, message: &str) {
-    repo.write("iris.yaml", &isvc_with("iris", uri, ""));
-    repo.commit(message);
-}
-
-/// A Rollout of `iris` with an analysis step over `template`, and that template. The last step
-/// waits for `promote`.
-fn rollout_yaml(template: &str) -> String {
-    rollout_yaml_ending(template, "{}")
-}
-
-/// The same, with the last pause given (`{duration: 1s}`: promoted by itself).
-fn rollout_yaml_ending(template: &str, last_pause: &str) -> String {
-    format!(
-        r#"apiVersion: argoproj.io/v1alpha1
-kind: Rollout
-metadata: {{name: iris}}
-spec:
-  workloadRef: {{apiVersion: serving.kserve.io/v1beta1, kind: InferenceService, name: iris}}
-  strategy:
-    canary:
-      steps:
-        - setWeight: 20
-        - pause: {{duration: 2s}}
-        - analysis:
-            templates: [{{templateName: health}}]
-            args: [{{name: canary, valueFrom: {{podTemplateHashValue: Latest}}}}]
-        - setWeight: 50
-        - pause: {last_pause}
----
-{template}"#
-    )
-}
-
-/// The built-in provider: the canary's success rate over the last 3 s, three times.
-const BUILTIN_TEMPLATE: &str = r#"apiVersion: argoproj.io/v1alpha1
-kind: AnalysisTemplate
-metadata: {name: health}
-spec:
-  args: [{name: canary}]
-  metrics:
-    - name: success-rate
-      initialDelay: 1s
-      interval: 1s
-      count: 3
-      successCondition: result >= 0.95
-      provider:
-        crossfade: {metric: success-rate, window: 3s}
-"#;
-
-/// Requests from a thread until stopped: half of them flowers whose sepal length the
-/// `iris-fails` model cannot look up (it answers 500 for those), half it can.
-struct Load {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<std::collections::BTreeMap<(String, u16), usize>>,
-}
-
-impl Load {
-    fn start(base: &str) -> Self {
-        Self::sending(base, |i| {
-            let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
-            format!(
-                r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
-            )
-        })
-    }
-
-    /// Sends `body(i)` as the i-th request.
-    fn sending(base: &str, body: fn(u64) -> String) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
-        let base = base.to_owned();
-        let thread = std::thread::spawn(move || {
-            let mut seen = std::collections::BTreeMap::new();
-            let mut i = 0u64;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body(i));
-                *seen.entry((revision_of(&head), code)).or_default() += 1;
-                i += 1;
-            }
-            seen
-        });
-        Self { stop, thread }
-    }
-
-    fn finish(self) -> std::collections::BTreeMap<(String, u16), usize> {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
-
-/// Checks that the rollout `r` aborted its canary and gave `stable` all the traffic back;
-/// returns the analysis run that failed.
-fn aborted_back_to(r: &Value, stable: &str) -> Value {
-    assert_eq!(r["phase"], "Degraded", "{r:#}");
-    assert_eq!(r["weights"], serde_json::json!({ stable: 100 }), "{r:#}");
-    let run = r["analysisRuns"]
-        .as_array()
-        .unwrap()
-        .last()
-        .unwrap()
-        .clone();
-    assert_eq!(run["phase"], "Failed", "{r:#}");
-    run
-}
-
-impl Up {
-    fn rollout(&self) -> Value {
-        serde_json::from_str(&http_get(&self.server, "/api/v1/rollouts/iris")).unwrap()
-    }
-
-    /// Polls the rollout until `done` holds (30 s at most); returns it, with the largest
-    /// weight `canary` had on the way.
-    fn wait_rollout(&self, canary: &str, done: impl Fn(&Value) -> bool) -> (Value, u64) {
-        let mut max = 0;
-        for _ in 0..300 {
-            let r = self.rollout();
-            max = max.max(r["weights"][canary].as_u64().unwrap_or(0));
-            if done(&r) {
-                return (r, max);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!("the rollout did not get there: {:#}", self.rollout());
-    }
-}
 
 #[test]
 fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
@@ -1460,90 +981,6 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
     );
 }
 
-/// A Prometheus server on port 0 scraping `target` every second, stopped when dropped.
-struct Prometheus {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(target: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("prometheus.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: crossfade\n    static_configs: [{{targets: ['{}']}}]\n",
-                target.trim_start_matches("http://")
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg("--web.listen-address=127.0.0.1:0")
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("prometheus is not installed: run `cargo xtask test`, which installs it");
-        // It names the port it bound in its log: `msg="Listening on" address=127.0.0.1:NNNNN`.
-        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let mut seen = Vec::new();
-        let addr = loop {
-            let Some(Ok(line)) = lines.next() else {
-                panic!("prometheus exited:\n{}", seen.join("\n"));
-            };
-            if line.contains("msg=\"Listening on\"") {
-                let addr = line.rsplit("address=").next().unwrap().trim().to_owned();
-                break addr;
-            }
-            seen.push(line);
-        };
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            child,
-            url: format!("http://{addr}"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Argo's prometheus provider: the canary's share of failed requests over 5 s, as Prometheus
-/// computes it from crossfade's own `/metrics`.
-fn prometheus_template(address: &str) -> String {
-    format!(
-        r#"apiVersion: argoproj.io/v1alpha1
-kind: AnalysisTemplate
-metadata: {{name: health}}
-spec:
-  args: [{{name: canary}}]
-  metrics:
-    - name: error-ratio
-      initialDelay: 3s
-      interval: 2s
-      count: 3
-      successCondition: result[0] <= 0.05
-      failureCondition: result[0] > 0.2
-      provider:
-        prometheus:
-          address: {address}
-          query: >-
-            sum(rate(crossfade_requests_total{{service="default/iris",revision="{{{{args.canary}}}}",outcome="server_error"}}[5s]))
-            / sum(rate(crossfade_requests_total{{service="default/iris",revision="{{{{args.canary}}}}"}}[5s]))
-"#
-    )
-}
-
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails"]);
@@ -1666,89 +1103,6 @@ spec:
     );
 }
 
-/// A notification receiver on port 0: keeps every JSON body POSTed to it, answering 503 to the
-/// very first request (the sender must retry) and 200 to the rest.
-struct Receiver {
-    url: String,
-    events: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = std::sync::Arc::clone(&events);
-        let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let kept = std::sync::Arc::clone(&kept);
-                let first = std::sync::Arc::clone(&first);
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut stream = stream;
-                    loop {
-                        let mut length = 0;
-                        let mut line = String::new();
-                        loop {
-                            line.clear();
-                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            if let Some(v) =
-                                line.to_ascii_lowercase().strip_prefix("content-length:")
-                            {
-                                length = v.trim().parse().unwrap();
-                            }
-                        }
-                        let mut body = vec![0; length];
-                        reader.read_exact(&mut body).unwrap();
-                        let refuse = first.swap(false, std::sync::atomic::Ordering::SeqCst);
-                        if refuse {
-                            let _ = stream.write_all(
-                                b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n",
-                            );
-                            continue;
-                        }
-                        kept.lock()
-                            .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap());
-                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-                    }
-                });
-            }
-        });
-        Self { url, events }
-    }
-
-    fn count(&self, event: &str) -> usize {
-        self.events
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|e| e["event"] == event)
-            .count()
-    }
-
-    /// Waits (30 s at most) until `done` holds for the counts.
-    fn wait(&self, done: impl Fn(&Self) -> bool) {
-        for _ in 0..300 {
-            if done(self) {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        panic!(
-            "not all notifications arrived: {:#?}",
-            self.events.lock().unwrap()
-        );
-    }
-}
-
 #[test]
 fn notifications_follow_a_rollout_and_a_rollback() {
     let receiver = Receiver::start();
@@ -1856,68 +1210,6 @@ fn the_demo_tells_the_whole_story_and_leaves_nothing_behind() {
     );
 }
 
-/// A screenshot of `url` by headless Chromium, once the page's scripts have run.
-fn screenshot(url: &str, path: &Path) {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-        ])
-        .args(["--window-size=1200,900", "--virtual-time-budget=4000"])
-        .arg(format!("--screenshot={}", path.display()))
-        .arg(url)
-        .output()
-        .expect("chromium is not installed: run `cargo xtask test`, which installs it");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The page as Chromium has it after its scripts ran.
-fn dom(url: &str) -> String {
-    let out = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--virtual-time-budget=4000",
-        ])
-        .args(["--dump-dom", url])
-        .output()
-        .expect("chromium is not installed: run `cargo xtask test`, which installs it");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The dashboard's first two revision colours.
-const BLUE: [u8; 3] = [0x3b, 0x7d, 0xdd];
-const GREEN: [u8; 3] = [0x1f, 0x9d, 0x55];
-
-/// The first traffic bar in a screenshot (the first row of pixels with more than 400 in the
-/// revision colours): how many of its pixels are blue and green.
-fn first_bar(path: &Path) -> (usize, usize) {
-    let mut decoder =
-        png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
-    decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = decoder.read_info().unwrap();
-    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
-    let frame = reader.next_frame(&mut buf).unwrap();
-    let step = frame.color_type.samples();
-    let width = frame.width as usize * step;
-    for row in buf[..frame.buffer_size()].chunks(width) {
-        let px: Vec<[u8; 3]> = row.chunks(step).map(|c| [c[0], c[1], c[2]]).collect();
-        let blue = px.iter().filter(|p| **p == BLUE).count();
-        let green = px.iter().filter(|p| **p == GREEN).count();
-        if blue + green > 400 {
-            return (blue, green);
-        }
-    }
-    panic!("no traffic bar in {}", path.display());
-}
-
 #[test]
 fn the_dashboard_shows_the_split_change_during_a_rollout() {
     let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2"]);
@@ -1982,23 +1274,6 @@ fn the_dashboard_shows_the_split_change_during_a_rollout() {
 }
 
 // === Hardening: nothing from Git runs unasked ===
-
-/// A ServingRuntime that, once started, writes its environment and the pid of a process it
-/// forks to `$OUT`, then serves readiness: what an attacker with a commit would try.
-fn sneaky_runtime(python: &str, out: &Path) -> String {
-    let script = "import http.server, json, os, subprocess, sys\\n\
-        child = subprocess.Popen(['sleep', '1000'])\\n\
-        json.dump({'env': dict(os.environ), 'child': child.pid}, open(os.environ['OUT'], 'w'))\\n\
-        class H(http.server.BaseHTTPRequestHandler):\\n\
-        \\x20   def log_message(self, *a): pass\\n\
-        \\x20   def do_GET(self):\\n\
-        \\x20       self.send_response(200); self.send_header('Content-Length', '0'); self.end_headers()\\n\
-        http.server.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), H).serve_forever()\\n";
-    format!(
-        "apiVersion: serving.kserve.io/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: sneaky}}\nspec:\n  supportedModelFormats:\n    - {{name: sneaky, autoSelect: true}}\n  protocolVersions: [v2]\n  containers:\n    - name: kserve-container\n      command: [\"{python}\", -c, \"{script}\"]\n      env:\n        - {{name: OUT, value: \"{}\"}}\n",
-        out.display()
-    )
-}
 
 #[test]
 fn a_serving_runtime_from_git_runs_only_when_allowed_and_without_crossfades_secrets() {
@@ -2100,16 +1375,6 @@ fn a_serving_runtime_from_git_runs_only_when_allowed_and_without_crossfades_secr
     up.terminate(std::time::Duration::from_secs(20)).unwrap();
     assert!(!alive(child), "the runtime's child outlived crossfade");
 }
-
-/// Whether a process runs (a zombie no one has reaped runs no more).
-fn alive(pid: u64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
-// === Hardening: connections, stuck loads ===
 
 #[test]
 fn idle_connections_beyond_the_file_limit_do_not_take_serving_down() {

@@ -22,7 +22,7 @@ use clock::{Clock, Timestamp};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::models::Loader;
-use super::plan::{Answer, Event, Fetched, MeasureJob, Plan, ReplyId};
+use super::plan::{Answer, Event, Fetched, LoadJob, LoadedRevision, MeasureJob, Plan, ReplyId};
 use super::state::AppState;
 use super::view::AppView;
 
@@ -41,13 +41,41 @@ impl From<Event> for Msg {
     }
 }
 
+/// Where a plan's writes go: one transaction per call, all or nothing.
+pub trait Persist: Send + Sync + 'static {
+    fn commit(&self, writes: &[store::Write]) -> Result<(), store::Error>;
+}
+
+impl Persist for store::Store {
+    fn commit(&self, writes: &[store::Write]) -> Result<(), store::Error> {
+        store::Store::commit(self, writes)
+    }
+}
+
+/// What loads revisions.
+pub trait Load: Send + Sync + 'static {
+    fn load(
+        self: Arc<Self>,
+        job: LoadJob,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<LoadedRevision, String>> + Send>>;
+}
+
+impl Load for Loader {
+    fn load(
+        self: Arc<Self>,
+        job: LoadJob,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<LoadedRevision, String>> + Send>> {
+        Box::pin(Loader::load(self, job))
+    }
+}
+
 /// What every Application task uses to carry out plans.
 pub struct Drivers {
-    pub store: Arc<store::Store>,
+    pub store: Arc<dyn Persist>,
     pub gateway: Arc<gateway::Gateway>,
     pub clock: Clock,
     pub notifier: crate::notify::Notifier,
-    pub loader: Arc<Loader>,
+    pub loader: Arc<dyn Load>,
     /// HTTP clients of the analysis providers: verifying certificates, and not (`insecure`).
     pub http: (reqwest::Client, reqwest::Client),
     pub fetch_timeout: Duration,
@@ -57,10 +85,14 @@ pub struct Drivers {
     pub routes_published: watch::Receiver<Vec<u64>>,
 }
 
-/// Where an Application fetches from.
+/// Where an Application's commits come from.
 pub trait Fetcher: Send + Sync + 'static {
-    /// Fetch, resolve and read (blocking: runs on a blocking thread).
+    /// The repository's URL, as the history names it.
+    fn url(&self) -> &str;
+    /// Fetch, resolve and read the newest commit (blocking: runs on a blocking thread).
     fn fetch(&self, timeout: Duration) -> Result<Fetched, String>;
+    /// The manifests of a commit fetched before, read locally (at start-up, to resume).
+    fn manifests_at(&self, commit: &str) -> Result<manifest::Sources, String>;
 }
 
 /// One Application's task.
@@ -202,7 +234,7 @@ impl AppTask {
             let back = self.outbox.clone();
             tokio::spawn(async move {
                 let (service, revision) = (job.service.clone(), job.revision.clone());
-                let outcome = loader.load(job).await;
+                let outcome = Load::load(loader, job).await;
                 let _ = back.send(
                     Event::Loaded {
                         service,

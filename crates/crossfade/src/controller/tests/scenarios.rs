@@ -1,0 +1,374 @@
+//! Scenarios of one Application's decisions, as traces of plans.
+
+use std::time::Duration;
+
+use api::Trigger;
+use engine::SyncPolicy;
+
+use super::super::plan::Event;
+use super::support::{Repo, Scenario, V1, V2, app, id, isvc};
+
+const AUTOMATED: bool = true;
+
+fn policy(prune: bool, self_heal: bool) -> SyncPolicy {
+    SyncPolicy { prune, self_heal }
+}
+
+#[test]
+fn a_first_commit_is_recorded_then_served_once_its_revision_is_ready() {
+    let repo = Repo::new();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(AUTOMATED, SyncPolicy::default()));
+    assert_eq!(s.sync(Trigger::Manual), ["fetch"]);
+    // The commit is the desired state; the sync waits for its revision to load.
+    assert_eq!(
+        s.fetched(&repo),
+        [
+            "history Applied c01",
+            "audit sync models by git:c01",
+            "revision iris-predictor-00001 Pending",
+            "audit create-revision models/iris by controller",
+            "service models/iris []",
+            "load models/iris iris-predictor-00001",
+            "notify sync.succeeded file:///repo",
+        ]
+    );
+    // Ready: all traffic to it, rolled out, and the sync answered.
+    assert_eq!(
+        s.ready("iris", "iris-predictor-00001"),
+        [
+            "revision iris-predictor-00001 Ready",
+            "audit rolled-out models/iris by controller",
+            "audit set-traffic models/iris by controller",
+            "service models/iris [iris-predictor-00001=100]",
+            "reply 1: Applied",
+        ]
+    );
+    // The same commit again: nothing to write.
+    assert_eq!(s.sync(Trigger::Refresh), ["fetch"]);
+    assert_eq!(s.fetched(&repo), ["reply 2: Unchanged"]);
+}
+
+#[test]
+fn a_commit_with_errors_is_refused_once_and_the_last_good_one_keeps_serving() {
+    let repo = Repo::new();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(AUTOMATED, SyncPolicy::default()));
+    s.sync_and_load(Trigger::Manual, &repo);
+    repo.commit(&[(
+        "iris.yaml",
+        &isvc("iris", V2, "    canaryTrafficPercent: 300\n"),
+    )]);
+    let trace = s.sync_and_load(Trigger::Poll, &repo);
+    assert_eq!(trace.len(), 4, "{trace:#?}");
+    assert_eq!(trace[0], "fetch");
+    assert!(
+        trace[1].starts_with("history Invalid c02: commit c02000000000 is not synced: its manifests have errors; commit c01000000000 keeps serving"),
+        "{trace:#?}"
+    );
+    assert_eq!(trace[2], "notify sync.failed file:///repo");
+    assert!(
+        trace[3].starts_with("reply 2: Invalid: commit"),
+        "{trace:#?}"
+    );
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00001".to_owned(), 100)]
+    );
+    assert!(s.state.error.as_deref().unwrap().contains("is not synced"));
+    // Looked at again: not recorded twice, still refused.
+    assert_eq!(s.sync(Trigger::Refresh), ["fetch"]);
+    let again = s.fetched(&repo);
+    assert_eq!(again.len(), 1, "{again:#?}");
+    assert!(
+        again[0].starts_with("reply 3: Unchanged: commit"),
+        "{again:#?}"
+    );
+}
+
+#[test]
+fn without_an_automated_policy_a_new_commit_waits_for_crossfade_sync() {
+    let repo = Repo::new();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(!AUTOMATED, SyncPolicy::default()));
+    // A poll sees the commit and applies nothing.
+    assert_eq!(s.handle(Event::Wake), ["fetch"]);
+    assert_eq!(s.fetched(&repo), Vec::<String>::new());
+    assert!(
+        s.state
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("run `crossfade sync` to apply it")
+    );
+    assert!(s.traffic("iris").is_empty());
+    // `crossfade sync` applies it.
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        trace.contains(&"history Applied c01".to_owned()),
+        "{trace:#?}"
+    );
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00001".to_owned(), 100)]
+    );
+    assert_eq!(s.state.error, None);
+}
+
+/// Two revisions Ready under a 10% canary: `iris-predictor-00001=90`, `-00002=10`.
+fn canary(policy: SyncPolicy) -> (Repo, Scenario) {
+    let repo = Repo::default();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(AUTOMATED, policy));
+    s.sync_and_load(Trigger::Manual, &repo);
+    repo.commit(&[(
+        "iris.yaml",
+        &isvc("iris", V2, "    canaryTrafficPercent: 10\n"),
+    )]);
+    s.sync_and_load(Trigger::Manual, &repo);
+    assert_eq!(
+        s.traffic("iris"),
+        [
+            ("iris-predictor-00001".to_owned(), 90),
+            ("iris-predictor-00002".to_owned(), 10)
+        ]
+    );
+    (repo, s)
+}
+
+#[test]
+fn an_override_without_self_heal_is_kept_and_reported_until_a_sync() {
+    let (repo, mut s) = canary(policy(false, false));
+    assert_eq!(
+        s.set_traffic(
+            "iris",
+            &[("iris-predictor-00001", 0), ("iris-predictor-00002", 100)]
+        ),
+        [
+            "service models/iris [iris-predictor-00002=100] overridden",
+            "audit override-traffic models/iris by api:admin",
+            "reply 3: traffic set",
+        ]
+    );
+    // A refresh under the policy keeps it and says why.
+    assert_eq!(s.sync(Trigger::Refresh), ["fetch"]);
+    assert_eq!(
+        s.fetched(&repo),
+        [
+            "service models/iris [iris-predictor-00002=100] overridden",
+            "reply 4: Unchanged"
+        ]
+    );
+    assert!(
+        s.state.out_of_sync[&id("iris")].contains("does not self-heal"),
+        "{:?}",
+        s.state.out_of_sync
+    );
+    // An explicit sync applies Git again.
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        trace.contains(&"audit set-traffic models/iris by controller".to_owned()),
+        "{trace:#?}"
+    );
+    assert_eq!(
+        s.traffic("iris"),
+        [
+            ("iris-predictor-00001".to_owned(), 90),
+            ("iris-predictor-00002".to_owned(), 10)
+        ]
+    );
+    assert!(s.state.out_of_sync.is_empty());
+    // Bad overrides are refused with the reason, and change nothing.
+    assert_eq!(
+        s.set_traffic("iris", &[("iris-predictor-00001", 60)]),
+        ["reply 6: refused: the percents sum to 60, not 100"]
+    );
+    assert_eq!(
+        s.set_traffic("iris", &[("iris-predictor-00009", 100)]),
+        ["reply 7: refused: models/iris has no revision iris-predictor-00009"]
+    );
+}
+
+#[test]
+fn with_self_heal_an_override_is_reverted_at_the_next_reconcile() {
+    let (repo, mut s) = canary(policy(false, true));
+    s.set_traffic("iris", &[("iris-predictor-00001", 100)]);
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00001".to_owned(), 100)]
+    );
+    s.after(Duration::from_secs(180));
+    // The poll is due.
+    assert_eq!(s.handle(Event::Wake), ["fetch"]);
+    assert_eq!(
+        s.fetched(&repo),
+        [
+            "audit set-traffic models/iris by controller",
+            "service models/iris [iris-predictor-00001=90 iris-predictor-00002=10]",
+        ]
+    );
+    assert!(s.state.out_of_sync.is_empty());
+}
+
+#[test]
+fn prune_removes_a_service_deleted_from_git_and_without_it_the_service_keeps_serving() {
+    for prune in [true, false] {
+        let repo = Repo::new();
+        repo.commit(&[
+            ("iris.yaml", &isvc("iris", V1, "")),
+            ("wine.yaml", &isvc("wine", V1, "")),
+        ]);
+        let mut s = Scenario::new(app(AUTOMATED, policy(prune, false)));
+        s.sync_and_load(Trigger::Manual, &repo);
+        repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+        let trace = s.sync_and_load(Trigger::Poll, &repo);
+        if prune {
+            assert_eq!(
+                trace,
+                [
+                    "fetch",
+                    "history Applied c02",
+                    "audit sync models by git:c02",
+                    "remove service models/wine",
+                    "audit remove-service models/wine by controller",
+                    "notify sync.succeeded file:///repo",
+                    "reply 2: Applied",
+                ]
+            );
+            assert!(!s.state.live.services.contains_key(&id("wine")));
+        } else {
+            assert_eq!(
+                trace,
+                [
+                    "fetch",
+                    "history Applied c02",
+                    "audit sync models by git:c02",
+                    "service models/wine [wine-predictor-00001=100]",
+                    "notify sync.succeeded file:///repo",
+                    "reply 2: Applied",
+                ]
+            );
+            assert!(s.state.out_of_sync[&id("wine")].contains("deleted from Git"));
+            assert_eq!(
+                s.traffic("wine"),
+                [("wine-predictor-00001".to_owned(), 100)]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_traffic_override_that_comes_after_a_prune_is_refused() {
+    let repo = Repo::new();
+    repo.commit(&[
+        ("iris.yaml", &isvc("iris", V1, "")),
+        ("wine.yaml", &isvc("wine", V1, "")),
+    ]);
+    let mut s = Scenario::new(app(AUTOMATED, policy(true, false)));
+    s.sync_and_load(Trigger::Manual, &repo);
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    s.sync_and_load(Trigger::Poll, &repo);
+    // The operator's command was sent before the prune and arrives after it.
+    assert_eq!(
+        s.set_traffic("wine", &[("wine-predictor-00001", 100)]),
+        ["reply 3: refused: no service models/wine"]
+    );
+}
+
+#[test]
+fn syncs_never_overlap_and_a_request_during_a_fetch_gets_a_fetch_of_its_own() {
+    let repo = Repo::new();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(AUTOMATED, SyncPolicy::default()));
+    assert_eq!(s.sync(Trigger::Manual), ["fetch"]);
+    // A webhook while the fetch runs: no second fetch yet.
+    assert_eq!(
+        s.sync(Trigger::Webhook("push to main".into())),
+        Vec::<String>::new()
+    );
+    // The first fetch read commit 1; the webhook may be about a later one, so it is
+    // answered by the next fetch, which starts now.
+    repo.commit(&[("iris.yaml", &isvc("iris", V2, ""))]);
+    let first = s.handle(Event::Fetched(Ok(repo_at(&repo, 1))));
+    assert!(first.contains(&"fetch".to_owned()), "{first:#?}");
+    assert!(
+        !first.iter().any(|l| l.starts_with("reply 2")),
+        "{first:#?}"
+    );
+    let second = s.fetched(&repo);
+    assert!(
+        second.contains(&"history Applied c02".to_owned()),
+        "{second:#?}"
+    );
+    assert!(
+        second.contains(&"reply 2: Applied".to_owned()),
+        "{second:#?}"
+    );
+}
+
+/// Commit `n` (1-based) of `repo`, as a fetch would have read it then.
+fn repo_at(repo: &Repo, n: usize) -> super::super::plan::Fetched {
+    use super::super::task::Fetcher;
+    let mut head = repo.head().unwrap();
+    head.info.id = format!("c{n:02}{}", "0".repeat(37));
+    head.sources = Ok(repo.manifests_at(&head.info.id).unwrap());
+    head
+}
+
+#[test]
+fn fetch_failures_are_recorded_once_each_and_back_off() {
+    let repo = Repo::new();
+    repo.fail(Some("the remote hung up"));
+    let mut s = Scenario::new(app(AUTOMATED, SyncPolicy::default()));
+    assert_eq!(s.handle(Event::Wake), ["fetch"]);
+    let start = s.now;
+    let plan = s.state.handle(Event::Fetched(repo.head()), s.now);
+    assert_eq!(
+        super::support::render(&plan),
+        [
+            "history FetchFailed -: the remote hung up",
+            "notify sync.failed file:///repo",
+        ]
+    );
+    // 2 s after the first failure, then 4 s, 8 s, ...: the same error is not recorded again.
+    assert_eq!(plan.wake, Some(start + Duration::from_secs(2)));
+    s.after(Duration::from_secs(2));
+    assert_eq!(s.handle(Event::Wake), ["fetch"]);
+    let plan = s.state.handle(Event::Fetched(repo.head()), s.now);
+    assert!(plan.writes.is_empty());
+    assert_eq!(plan.wake, Some(s.now + Duration::from_secs(4)));
+    // A wake-up before the poll is due fetches nothing.
+    s.after(Duration::from_secs(1));
+    assert_eq!(s.handle(Event::Wake), Vec::<String>::new());
+    // Back: the poll interval again.
+    repo.fail(None);
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    s.after(Duration::from_secs(3));
+    assert_eq!(s.handle(Event::Wake), ["fetch"]);
+    let plan = s.state.handle(Event::Fetched(repo.head()), s.now);
+    assert_eq!(plan.wake, Some(s.now + Duration::from_secs(180)));
+    assert_eq!(s.state.error, None);
+}
+
+#[test]
+fn a_revision_that_fails_to_load_never_gets_traffic_and_the_sync_says_so() {
+    let repo = Repo::new();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(AUTOMATED, SyncPolicy::default()));
+    s.sync_and_load(Trigger::Manual, &repo);
+    repo.commit(&[("iris.yaml", &isvc("iris", V2, ""))]);
+    s.sync(Trigger::Manual);
+    s.fetched(&repo);
+    assert_eq!(
+        s.failed("iris", "iris-predictor-00002", "the digest does not match"),
+        [
+            "revision iris-predictor-00002 Failed",
+            "service models/iris [iris-predictor-00001=100]",
+            "reply 2: Applied",
+        ]
+    );
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00001".to_owned(), 100)]
+    );
+}
