@@ -843,10 +843,11 @@ fn header_matches(
     matches
         .iter()
         .map(|m| {
-            let value = match m.kind.as_str() {
-                "exact" => gateway::Match::Exact(m.value.clone()),
-                "prefix" => gateway::Match::Prefix(m.value.clone()),
-                _ => match regex_lite(&m.value) {
+            use engine::rollout::MatchKind;
+            let value = match m.kind {
+                MatchKind::Exact => gateway::Match::Exact(m.value.clone()),
+                MatchKind::Prefix => gateway::Match::Prefix(m.value.clone()),
+                MatchKind::Regex => match regex_lite(&m.value) {
                     Some(re) => gateway::Match::Regex(re),
                     None => {
                         tracing::error!(%service, route, regex = %m.value, "a header route's regex does not compile: the route is not served");

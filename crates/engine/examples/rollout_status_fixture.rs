@@ -71,7 +71,7 @@ fn main() {
             name: "team-ml".into(),
             matches: vec![HeaderMatchStatus {
                 header: "x-team".into(),
-                kind: "exact".into(),
+                kind: engine::rollout::MatchKind::Exact,
                 value: "ml".into(),
             }],
         }],

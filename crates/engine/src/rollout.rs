@@ -105,14 +105,35 @@ impl RolloutPhase {
     }
 }
 
-/// A header match of a `setHeaderRoute`.
+/// A header match of a `setHeaderRoute` or `setMirrorRoute`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HeaderMatchStatus {
     pub header: String,
-    /// `exact`, `prefix` or `regex`.
-    pub kind: String,
+    pub kind: MatchKind,
     pub value: String,
+}
+
+/// How a header's value is matched (Argo Rollouts' `headerValue` keys). Stored by its name: the
+/// names are a contract, add, never rename.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MatchKind {
+    #[default]
+    Exact,
+    Prefix,
+    Regex,
+}
+
+impl MatchKind {
+    /// The stable name: `exact`, `prefix` or `regex`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchKind::Exact => "exact",
+            MatchKind::Prefix => "prefix",
+            MatchKind::Regex => "regex",
+        }
+    }
 }
 
 /// A named header route to the canary.
@@ -406,7 +427,7 @@ pub fn steps_hash(spec: &RolloutSpec) -> String {
                 put(&format!("setHeaderRoute:{}", r.name));
                 for m in &r.matches {
                     put(&m.header_name);
-                    put(&string_match(&m.value).0);
+                    put(string_match(&m.value).0.as_str());
                     put(&string_match(&m.value).1);
                 }
             }
@@ -440,11 +461,11 @@ fn hash_analysis(put: &mut impl FnMut(&str), a: &AnalysisRef) {
     }
 }
 
-fn string_match(m: &StringMatch) -> (String, String) {
+fn string_match(m: &StringMatch) -> (MatchKind, String) {
     match m {
-        StringMatch::Exact(v) => ("exact".into(), v.clone()),
-        StringMatch::Prefix(v) => ("prefix".into(), v.clone()),
-        StringMatch::Regex(v) => ("regex".into(), v.clone()),
+        StringMatch::Exact(v) => (MatchKind::Exact, v.clone()),
+        StringMatch::Prefix(v) => (MatchKind::Prefix, v.clone()),
+        StringMatch::Regex(v) => (MatchKind::Regex, v.clone()),
     }
 }
 

@@ -509,7 +509,7 @@ fn a_mirror_route_keeps_its_header_match() {
         mirror.matches,
         [HeaderMatchStatus {
             header: "x-team".into(),
-            kind: "exact".into(),
+            kind: crate::rollout::MatchKind::Exact,
             value: "ml".into(),
         }]
     );

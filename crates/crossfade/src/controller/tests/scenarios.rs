@@ -372,3 +372,32 @@ fn a_revision_that_fails_to_load_never_gets_traffic_and_the_sync_says_so() {
         [("iris-predictor-00001".to_owned(), 100)]
     );
 }
+
+#[test]
+fn a_header_match_that_cannot_be_built_drops_its_route_rather_than_widen_it() {
+    use engine::rollout::{HeaderMatchStatus, MatchKind};
+    let m = |kind, value: &str| HeaderMatchStatus {
+        header: "X-Team".into(),
+        kind,
+        value: value.into(),
+    };
+    // The manifest refuses such a regex; should one reach the data plane anyway, the whole
+    // route goes: with the condition left out it would take every request.
+    assert!(
+        super::super::header_matches(
+            &id("iris"),
+            "testers",
+            &[m(MatchKind::Exact, "ml"), m(MatchKind::Regex, "ml[")]
+        )
+        .is_none()
+    );
+    let built = super::super::header_matches(
+        &id("iris"),
+        "testers",
+        &[m(MatchKind::Exact, "ml"), m(MatchKind::Regex, "^ml-.*")],
+    )
+    .unwrap();
+    assert_eq!(built.len(), 2);
+    assert_eq!(built[0].0, "x-team");
+    assert!(matches!(&built[1].1, gateway::Match::Regex(r) if r.is_match("ml-platform")));
+}
