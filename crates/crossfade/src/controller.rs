@@ -128,7 +128,12 @@ impl task::Fetcher for MirrorFetcher {
             .map_err(|e| e.to_string())
     }
 
-    fn fetch(&self, timeout: Duration) -> Result<Fetched, String> {
+    fn fetch(
+        &self,
+        timeout: Duration,
+        options: manifest::Options,
+        cache: &mut manifest::ParseCache,
+    ) -> Result<Fetched, String> {
         self.mirror.fetch(timeout).map_err(|e| e.to_string())?;
         let id = self
             .mirror
@@ -139,7 +144,7 @@ impl task::Fetcher for MirrorFetcher {
             .mirror
             .read_manifests(&id, &self.app.path)
             .map_err(|e| e.to_string());
-        Ok(Fetched { info, sources })
+        Ok(Fetched::new(info, sources, options, cache))
     }
 }
 
@@ -241,6 +246,7 @@ impl Controller {
                 drivers: Arc::clone(&drivers),
                 wake: Some(now),
                 initial: Some(plan),
+                parse_cache: Arc::default(),
             });
             handles.push(AppHandle {
                 inbox: inbox_tx,

@@ -103,5 +103,11 @@ pub fn spec_hash(model: &ModelSpec) -> String {
         h.update((f.len() as u64).to_le_bytes());
         h.update(f.as_bytes());
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }

@@ -155,10 +155,39 @@ impl Parsed {
 
 /// Parses and validates every document of every source.
 pub fn parse(sources: &Sources, options: Options) -> Parsed {
+    parse_cached(sources, options, &mut ParseCache::default())
+}
+
+/// What each file contributed to the last parse, kept so that parsing the next commit decodes
+/// only the files that changed (see [`parse_cached`]).
+#[derive(Default)]
+pub struct ParseCache {
+    files: std::collections::HashMap<FileId, FileOutput>,
+}
+
+/// One file's contribution: its documents decoded, before the checks that span files.
+#[derive(Clone)]
+struct FileOutput {
+    name: String,
+    text: String,
+    require_digest: bool,
+    manifests: Manifests,
+    resources: Vec<ResourceRef>,
+    diagnostics: Vec<Diagnostic>,
+    index: Index,
+}
+
+/// [`parse`], decoding again only the files whose name, place or text differ from the parse
+/// `cache` saw last. The result is the same as [`parse`]'s; the cache keeps the files of
+/// this parse only.
+pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache) -> Parsed {
     let mut parsed = Parsed::default();
     let mut index = Index::default();
+    let mut seen = std::collections::HashSet::new();
     for (file_id, file) in sources.files() {
-        if let Err(reason) = &file.text {
+        seen.insert(file_id);
+        let Ok(text) = &file.text else {
+            let reason = file.text.as_ref().err().cloned().unwrap_or_default();
             parsed.diagnostics.push(Diagnostic::error(
                 Code::UnreadableFile,
                 file_id,
@@ -167,18 +196,20 @@ pub fn parse(sources: &Sources, options: Options) -> Parsed {
                     column: 1,
                     ..Span::default()
                 },
-                reason.clone(),
+                reason,
             ));
             continue;
+        };
+        let fresh = cache.files.get(&file_id).is_some_and(|c| {
+            c.name == file.name && c.require_digest == options.require_digest && c.text == *text
+        });
+        if !fresh {
+            let out = decode_file(file_id, file, text, options);
+            cache.files.insert(file_id, out);
         }
-        let docs = yaml::parse_file(file_id, file, &mut parsed.diagnostics);
-        for doc in docs {
-            if doc.root.is_null() {
-                continue; // an empty document (`---` with nothing after it)
-            }
-            decode_document(file_id, &doc.root, options, &mut parsed, &mut index);
-        }
+        merge(&mut parsed, &mut index, &cache.files[&file_id]);
     }
+    cache.files.retain(|id, _| seen.contains(id));
     validate::check(&index, &parsed.manifests, &mut parsed.diagnostics);
     // Name the other place in the message too, for readers of the JSON output.
     for d in &mut parsed.diagnostics {
@@ -196,6 +227,58 @@ pub fn parse(sources: &Sources, options: Options) -> Parsed {
         .diagnostics
         .sort_by_key(|d| (d.file, d.span.line, d.span.column));
     parsed
+}
+
+/// Decodes every document of one file.
+fn decode_file(file_id: FileId, file: &SourceFile, text: &str, options: Options) -> FileOutput {
+    let mut parsed = Parsed::default();
+    let mut index = Index::default();
+    let docs = yaml::parse_file(file_id, file, &mut parsed.diagnostics);
+    for doc in docs {
+        if doc.root.is_null() {
+            continue; // an empty document (`---` with nothing after it)
+        }
+        decode_document(file_id, &doc.root, options, &mut parsed, &mut index);
+    }
+    FileOutput {
+        name: file.name.clone(),
+        text: text.to_owned(),
+        require_digest: options.require_digest,
+        manifests: parsed.manifests,
+        resources: parsed.resources,
+        diagnostics: parsed.diagnostics,
+        index,
+    }
+}
+
+/// Appends one file's contribution.
+fn merge(parsed: &mut Parsed, index: &mut Index, out: &FileOutput) {
+    let offset = parsed.diagnostics.len();
+    parsed.diagnostics.extend(out.diagnostics.iter().cloned());
+    parsed.resources.extend(out.resources.iter().cloned());
+    let m = &mut parsed.manifests;
+    m.applications
+        .extend(out.manifests.applications.iter().cloned());
+    m.inference_services
+        .extend(out.manifests.inference_services.iter().cloned());
+    m.serving_runtimes
+        .extend(out.manifests.serving_runtimes.iter().cloned());
+    m.rollouts.extend(out.manifests.rollouts.iter().cloned());
+    m.analysis_templates
+        .extend(out.manifests.analysis_templates.iter().cloned());
+    index.defs.extend(out.index.defs.iter().cloned());
+    index.refs.extend(out.index.refs.iter().cloned());
+    index
+        .canary_percents
+        .extend(out.index.canary_percents.iter().cloned());
+    index.formats.extend(out.index.formats.iter().cloned());
+    index
+        .unsupported_metrics
+        .extend(out.index.unsupported_metrics.iter().map(|u| {
+            let mut u = u.clone();
+            u.diagnostic += offset;
+            u
+        }));
 }
 
 fn decode_document(

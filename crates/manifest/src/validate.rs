@@ -7,7 +7,7 @@ use crate::source::{FileId, Span};
 use crate::{Kind, Manifests};
 
 /// Every definition and reference seen while decoding, with where it was written.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
     pub defs: Vec<Def>,
     pub refs: Vec<Ref>,
@@ -21,7 +21,7 @@ pub(crate) struct Index {
 
 /// A metric with an unsupported provider: an error when a Rollout uses its template, a warning
 /// otherwise.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct UnsupportedMetric {
     pub cluster_scoped: bool,
     /// Namespace of the template (ignored when cluster-scoped).
@@ -32,7 +32,7 @@ pub(crate) struct UnsupportedMetric {
 }
 
 /// A field of a named resource, and where it is.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct NamedSpan {
     pub namespace: String,
     pub name: String,
@@ -41,7 +41,7 @@ pub(crate) struct NamedSpan {
 }
 
 /// A predictor that needs a runtime chosen by model format.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct FormatUse {
     pub namespace: String,
     pub format: String,
@@ -51,7 +51,7 @@ pub(crate) struct FormatUse {
 }
 
 /// A resource definition: its identity and the span of its `metadata.name`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Def {
     pub kind: Kind,
     /// `None` for cluster-scoped kinds.
@@ -71,7 +71,7 @@ pub(crate) enum RefTarget {
 }
 
 /// A reference from one resource to another by name.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Ref {
     pub target: RefTarget,
     /// Namespace of the referring resource.

@@ -25,7 +25,12 @@ pub struct Mirror {
     url: String,
     dir: PathBuf,
     repo: gix::ThreadSafeRepository,
+    /// The manifest texts of the last read, by blob id: a blob is read and checked once
+    /// however many commits hold it.
+    texts: std::sync::Arc<std::sync::Mutex<Texts>>,
 }
+
+type Texts = std::collections::HashMap<gix::ObjectId, Result<String, String>>;
 
 /// A commit, with what the audit trail needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +83,7 @@ impl Mirror {
             url,
             dir: dir.to_owned(),
             repo: repo.into_sync(),
+            texts: std::sync::Arc::default(),
         })
     }
 
@@ -213,7 +219,12 @@ impl Mirror {
             entry.object().map_err(|e| bad(&e))?.into_tree()
         };
         let mut files = Vec::new();
-        collect(&repo, tree, "", &mut files).map_err(|e| bad(&e))?;
+        let mut texts = self
+            .texts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut known = std::mem::take(&mut *texts);
+        collect(&repo, tree, "", &mut files, (&mut known, &mut texts)).map_err(|e| bad(&e))?;
         files.sort_by(|a, b| a.name.cmp(&b.name));
         let mut sources = Sources::new();
         for f in files {
@@ -223,11 +234,14 @@ impl Mirror {
     }
 }
 
+/// Collects the manifest files under `tree`; `known` are the texts of the last read, `read`
+/// gets those of this one.
 fn collect(
     repo: &gix::Repository,
     tree: gix::Tree<'_>,
     prefix: &str,
     out: &mut Vec<SourceFile>,
+    (known, read): (&mut Texts, &mut Texts),
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     for entry in tree.iter() {
         let entry = entry?;
@@ -241,20 +255,27 @@ fn collect(
         if mode.is_tree() {
             if !name.starts_with('.') {
                 let sub = repo.find_object(entry.oid())?.into_tree();
-                collect(repo, sub, &full, out)?;
+                collect(repo, sub, &full, out, (&mut *known, &mut *read))?;
             }
         } else if mode.is_blob() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
-            let blob = repo.find_object(entry.oid())?;
-            out.push(match String::from_utf8(blob.data.clone()) {
-                Ok(text) => SourceFile::new(full, text),
-                Err(e) => SourceFile::unreadable(
-                    full,
-                    format!(
-                        "the file is not valid UTF-8 (byte {})",
-                        e.utf8_error().valid_up_to()
-                    ),
-                ),
+            let oid = entry.oid().to_owned();
+            let text = match known.remove(&oid).or_else(|| read.get(&oid).cloned()) {
+                Some(text) => text,
+                None => {
+                    let blob = repo.find_object(oid)?;
+                    String::from_utf8(blob.data.clone()).map_err(|e| {
+                        format!(
+                            "the file is not valid UTF-8 (byte {})",
+                            e.utf8_error().valid_up_to()
+                        )
+                    })
+                }
+            };
+            out.push(match &text {
+                Ok(text) => SourceFile::new(full, text.clone()),
+                Err(reason) => SourceFile::unreadable(full, reason.clone()),
             });
+            read.insert(oid, text);
         }
     }
     Ok(())

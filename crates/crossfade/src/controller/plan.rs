@@ -57,6 +57,29 @@ pub struct Fetched {
     pub info: source::CommitInfo,
     /// The manifests, or why they could not be read (the path is missing).
     pub sources: Result<manifest::Sources, String>,
+    /// The manifests decoded and checked (`None` when they could not be read). The fetch
+    /// does it, off the Application's task, decoding only the files that changed.
+    pub parsed: Option<manifest::Parsed>,
+}
+
+impl Fetched {
+    /// A commit read with `sources`, decoded with `options` (through `cache`).
+    pub fn new(
+        info: source::CommitInfo,
+        sources: Result<manifest::Sources, String>,
+        options: manifest::Options,
+        cache: &mut manifest::ParseCache,
+    ) -> Self {
+        let parsed = sources
+            .as_ref()
+            .ok()
+            .map(|s| manifest::parse_cached(s, options, cache));
+        Self {
+            info,
+            sources,
+            parsed,
+        }
+    }
 }
 
 /// A revision loaded and warmed up, ready to route to.

@@ -355,7 +355,7 @@ impl AppState {
             signer_key: signer.as_ref().map(|s| s.fingerprint.clone()),
             ..base
         };
-        let parsed = match parse(&fetched, self.rules.require_digest) {
+        let parsed = match parse(&fetched) {
             Ok(parsed) => parsed,
             Err(refusal) => return self.refuse(refusal, base, unchanged, plan, result),
         };
@@ -809,19 +809,25 @@ struct Refusal {
     services: Vec<String>,
 }
 
-/// Parses and validates a commit's manifests.
-fn parse(fetched: &Fetched, require_digest: bool) -> Result<manifest::Parsed, Refusal> {
+/// A commit's manifests, decoded and checked by the fetch, or why they are refused.
+fn parse(fetched: &Fetched) -> Result<&manifest::Parsed, Refusal> {
     let invalid = |why: String, diagnostics, services| Refusal {
         outcome: store::SyncOutcome::Invalid,
         why,
         diagnostics,
         services,
     };
-    let sources = fetched
-        .sources
-        .as_ref()
-        .map_err(|e| invalid(e.clone(), Vec::new(), Vec::new()))?;
-    let parsed = manifest::parse(sources, manifest::Options { require_digest });
+    let (sources, parsed) = match (&fetched.sources, &fetched.parsed) {
+        (Err(e), _) => return Err(invalid(e.clone(), Vec::new(), Vec::new())),
+        (Ok(_), None) => {
+            return Err(invalid(
+                "the manifests were not decoded".into(),
+                Vec::new(),
+                Vec::new(),
+            ));
+        }
+        (Ok(s), Some(p)) => (s, p),
+    };
     if !parsed.has_errors() {
         return Ok(parsed);
     }
@@ -834,7 +840,7 @@ fn parse(fetched: &Fetched, require_digest: bool) -> Result<manifest::Parsed, Re
         .collect();
     Err(invalid(
         "its manifests have errors".to_owned(),
-        super::render_diagnostics(sources, &parsed),
+        super::render_diagnostics(sources, parsed),
         services,
     ))
 }

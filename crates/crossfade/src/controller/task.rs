@@ -89,8 +89,14 @@ pub struct Drivers {
 pub trait Fetcher: Send + Sync + 'static {
     /// The repository's URL, as the history names it.
     fn url(&self) -> &str;
-    /// Fetch, resolve and read the newest commit (blocking: runs on a blocking thread).
-    fn fetch(&self, timeout: Duration) -> Result<Fetched, String>;
+    /// Fetch, resolve and read the newest commit, decoding its manifests with `options`
+    /// through `cache` (blocking: runs on a blocking thread).
+    fn fetch(
+        &self,
+        timeout: Duration,
+        options: manifest::Options,
+        cache: &mut manifest::ParseCache,
+    ) -> Result<Fetched, String>;
     /// The manifests of a commit fetched before, read locally (at start-up, to resume).
     fn manifests_at(&self, commit: &str) -> Result<manifest::Sources, String>;
 }
@@ -109,6 +115,8 @@ pub struct AppTask {
     pub wake: Option<Timestamp>,
     /// What resuming from the store left to do (the loads of the restored revisions).
     pub initial: Option<Plan>,
+    /// The decoded files of the last fetch, so the next decodes only what changed.
+    pub parse_cache: Arc<std::sync::Mutex<manifest::ParseCache>>,
 }
 
 impl AppTask {
@@ -221,11 +229,18 @@ impl AppTask {
             let fetcher = Arc::clone(&self.fetcher);
             let timeout = self.drivers.fetch_timeout;
             let back = self.outbox.clone();
+            let cache = Arc::clone(&self.parse_cache);
+            let options = manifest::Options {
+                require_digest: self.state.rules().require_digest,
+            };
             tokio::spawn(async move {
-                // Git work is blocking: keep it off the async threads.
-                let fetched = tokio::task::spawn_blocking(move || fetcher.fetch(timeout))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
+                // Git work and decoding are blocking: keep them off the async threads.
+                let fetched = tokio::task::spawn_blocking(move || {
+                    let mut cache = cache.lock().expect("parse cache");
+                    fetcher.fetch(timeout, options, &mut cache)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the fetch task failed: {e}")));
                 let _ = back.send(Event::Fetched(fetched).into());
             });
         }

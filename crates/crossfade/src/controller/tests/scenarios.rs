@@ -309,10 +309,18 @@ fn syncs_never_overlap_and_a_request_during_a_fetch_gets_a_fetch_of_its_own() {
 /// Commit `n` (1-based) of `repo`, as a fetch would have read it then.
 fn repo_at(repo: &Repo, n: usize) -> super::super::plan::Fetched {
     use super::super::task::Fetcher;
-    let mut head = repo.head().unwrap();
-    head.info.id = format!("c{n:02}{}", "0".repeat(37));
-    head.sources = Ok(repo.manifests_at(&head.info.id).unwrap());
-    head
+    let head = repo.head().unwrap();
+    let mut info = head.info;
+    info.id = format!("c{n:02}{}", "0".repeat(37));
+    let sources = repo.manifests_at(&info.id).unwrap();
+    super::super::plan::Fetched::new(
+        info,
+        Ok(sources),
+        manifest::Options {
+            require_digest: true,
+        },
+        &mut manifest::ParseCache::default(),
+    )
 }
 
 #[test]

@@ -101,16 +101,20 @@ impl Repo {
         }
         let commits = self.commits.lock().unwrap();
         let (id, files) = commits.last().ok_or("the repository has no commit")?;
-        Ok(Fetched {
-            info: source::CommitInfo {
+        Ok(Fetched::new(
+            source::CommitInfo {
                 id: id.clone(),
                 author: "Ada <ada@example.com>".into(),
                 time: START.as_secs(),
                 summary: "a commit".into(),
                 signature: None,
             },
-            sources: Ok(Self::sources(files)),
-        })
+            Ok(Self::sources(files)),
+            manifest::Options {
+                require_digest: true,
+            },
+            &mut manifest::ParseCache::default(),
+        ))
     }
 }
 
@@ -118,7 +122,12 @@ impl Fetcher for Repo {
     fn url(&self) -> &str {
         "file:///repo"
     }
-    fn fetch(&self, _timeout: Duration) -> Result<Fetched, String> {
+    fn fetch(
+        &self,
+        _timeout: Duration,
+        _options: manifest::Options,
+        _cache: &mut manifest::ParseCache,
+    ) -> Result<Fetched, String> {
         self.head()
     }
     fn manifests_at(&self, commit: &str) -> Result<manifest::Sources, String> {
