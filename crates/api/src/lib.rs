@@ -49,6 +49,16 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// The kind of trigger, by its stable name: `manual`, `refresh`, `webhook` or `poll`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Trigger::Manual => "manual",
+            Trigger::Refresh => "refresh",
+            Trigger::Webhook(_) => "webhook",
+            Trigger::Poll => "poll",
+        }
+    }
+
     /// What started the sync, for the log.
     pub fn describe(&self) -> &str {
         match self {

@@ -242,7 +242,10 @@ impl AppState {
         self.next_poll = now + self.poll_wait();
         let why = waiters
             .iter()
-            .map(|w| w.trigger.describe())
+            .map(|w| match &w.trigger {
+                api::Trigger::Webhook(what) => format!("webhook: {what}"),
+                other => other.as_str().to_owned(),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         if result.outcome != dto::SyncOutcome::Unchanged {
