@@ -282,8 +282,15 @@ async fn dashboard() -> Response {
         .into_response()
 }
 
+/// Large with many services: built and encoded on a blocking thread, so that it never holds up
+/// the async workers that answer everything else (a sync, the controller's tasks).
 async fn status(State(b): Shared) -> Response {
-    axum::Json(b.status()).into_response()
+    let encoded = tokio::task::spawn_blocking(move || serde_json::to_vec(&b.status())).await;
+    match encoded {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -253,11 +253,13 @@ impl Controller {
                 view: view_rx,
             });
         }
-        let publisher = Publisher {
+        let mut publisher = Publisher {
             views,
             gateway: Arc::clone(&settings.gateway),
             changed: drivers.views_changed.subscribe(),
             published: published_tx,
+            models: std::collections::HashMap::new(),
+            seen: Vec::new(),
         };
         // Before the listeners answer: every restored service is in the route table, its
         // revisions loading, so the data plane answers 503 for it until they are Ready,
@@ -432,9 +434,14 @@ impl Controller {
                 prune: view.prune,
                 self_heal: view.self_heal,
             });
-            status
-                .services
-                .extend(view.services.values().map(|s| dto::ServiceStatus::clone(s)));
+            let first = status.services.len();
+            status.services.extend(
+                view.services
+                    .iter()
+                    .map(|(_, s)| dto::ServiceStatus::clone(s)),
+            );
+            status.services[first..]
+                .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
             status.rollouts.extend(
                 view.rollouts
                     .iter()
@@ -491,32 +498,61 @@ impl Controller {
 }
 
 /// Turns the Applications' views into the gateway's route table: once at start, then
-/// whenever a view changed (several changes that come together make one table).
+/// whenever a view changed (several changes that come together make one table). Only the
+/// shards of routes that changed since the last table are looked at.
 struct Publisher {
     views: Vec<watch::Receiver<Arc<AppView>>>,
     gateway: Arc<gateway::Gateway>,
     changed: watch::Receiver<u64>,
     /// The generation of each view the table now holds.
     published: watch::Sender<Vec<u64>>,
+    /// The table's routes by model name, with the service each belongs to.
+    models: std::collections::HashMap<Arc<str>, (ServiceId, Arc<gateway::Route>)>,
+    /// The routes of each Application the table was last built from.
+    seen: Vec<view::Sharded<Arc<gateway::Route>>>,
 }
 
 impl Publisher {
-    fn publish(&self) {
-        let mut table = gateway::RouteTable::default();
+    fn publish(&mut self) {
         let mut generations = Vec::with_capacity(self.views.len());
-        for view in &self.views {
+        for (app, view) in self.views.iter().enumerate() {
             let view = Arc::clone(&view.borrow());
             generations.push(view.generation);
-            for (id, route) in view.routes.iter() {
-                if table
-                    .models
-                    .insert(id.name.clone(), Arc::clone(route))
-                    .is_some()
-                {
-                    tracing::warn!(service = %id, "another namespace serves a model of the same name; this one wins");
+            if self.seen.len() <= app {
+                self.seen.push(view::Sharded::default());
+            }
+            let before = std::mem::replace(&mut self.seen[app], view.routes.clone());
+            for (old, new) in before.changed_shards(&view.routes) {
+                for (id, route) in old.iter() {
+                    if new.get(id).is_none_or(|r| !Arc::ptr_eq(r, route))
+                        && self
+                            .models
+                            .get(id.name.as_str())
+                            .is_some_and(|(owner, _)| owner == id)
+                    {
+                        self.models.remove(id.name.as_str());
+                    }
+                }
+                for (id, route) in new.iter() {
+                    if old.get(id).is_some_and(|r| Arc::ptr_eq(r, route)) {
+                        continue;
+                    }
+                    let previous = self
+                        .models
+                        .insert(Arc::from(id.name.as_str()), (id.clone(), Arc::clone(route)));
+                    if previous.is_some_and(|(owner, _)| &owner != id) {
+                        tracing::warn!(service = %id, "another namespace serves a model of the same name; this one wins");
+                    }
                 }
             }
         }
+        let table = gateway::RouteTable {
+            models: self
+                .models
+                .iter()
+                .map(|(name, (_, route))| (Arc::clone(name), Arc::clone(route)))
+                .collect(),
+        };
         self.gateway.publish(table);
         self.published.send_replace(generations);
     }

@@ -365,12 +365,16 @@ pub async fn start(
         axum::routing::get(move || {
             let gateway = Arc::clone(&gateway);
             async move {
+                // Encoded on a blocking thread: with many revisions it is large.
+                let text = tokio::task::spawn_blocking(move || gateway.metrics_text())
+                    .await
+                    .unwrap_or_default();
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "application/openmetrics-text; version=1.0.0; charset=utf-8",
                     )],
-                    gateway.metrics_text(),
+                    text,
                 )
             }
         }),

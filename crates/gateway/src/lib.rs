@@ -706,13 +706,13 @@ fn runtime_error(e: runtime::Error) -> Failure {
 /// `GET /v1/models`: `{"models": [names]}`, as KServe's V1 lists them.
 async fn v1_list(State(gw): Shared) -> Response {
     let table = gw.table();
-    let models: Vec<&String> = table.models.keys().collect();
+    let models: Vec<&str> = table.models.keys().map(|k| &**k).collect();
     axum::Json(json!({ "models": models })).into_response()
 }
 
 async fn v1_status(State(gw): Shared, Path(model): Path<String>) -> Response {
     let table = gw.table();
-    match table.models.get(&model) {
+    match table.models.get(model.as_str()) {
         None => unknown_model(&model),
         Some(route) => {
             axum::Json(json!({"name": model, "ready": !route.split.is_empty()})).into_response()

@@ -121,13 +121,15 @@ pub enum Match {
 /// All routes, by model name.
 #[derive(Clone, Default)]
 pub struct RouteTable {
-    pub models: HashMap<String, Arc<Route>>,
+    /// By model name. The keys and routes are shared: a table is copied at one pointer copy
+    /// per model.
+    pub models: HashMap<Arc<str>, Arc<Route>>,
 }
 
 impl RouteTable {
     /// Adds (or replaces) the route of `model`.
     pub fn insert(&mut self, model: String, route: Route) -> Option<Arc<Route>> {
-        self.models.insert(model, Arc::new(route))
+        self.models.insert(model.into(), Arc::new(route))
     }
 }
 

@@ -141,8 +141,9 @@ pub struct Manifests {
 /// The result of [`parse`].
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
-    pub manifests: Manifests,
-    pub resources: Vec<ResourceRef>,
+    /// Shared with the [`ParseCache`] that made it (read it through the `Arc`).
+    pub manifests: std::sync::Arc<Manifests>,
+    pub resources: std::sync::Arc<Vec<ResourceRef>>,
     /// Sorted by file, line and column.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -158,61 +159,158 @@ pub fn parse(sources: &Sources, options: Options) -> Parsed {
     parse_cached(sources, options, &mut ParseCache::default())
 }
 
-/// What each file contributed to the last parse, kept so that parsing the next commit decodes
-/// only the files that changed (see [`parse_cached`]).
+/// What each file of the last parse was and contributed, kept so that parsing the next commit
+/// decodes only the files that changed (see [`parse_cached`]).
 #[derive(Default)]
 pub struct ParseCache {
-    files: std::collections::HashMap<FileId, FileOutput>,
-}
-
-/// One file's contribution: its documents decoded, before the checks that span files.
-#[derive(Clone)]
-struct FileOutput {
-    name: String,
-    text: String,
-    require_digest: bool,
-    manifests: Manifests,
-    resources: Vec<ResourceRef>,
-    diagnostics: Vec<Diagnostic>,
+    /// By file position.
+    files: Vec<Entry>,
+    manifests: std::sync::Arc<Manifests>,
+    resources: std::sync::Arc<Vec<ResourceRef>>,
+    /// Without `unsupported_metrics`, which each entry keeps with its diagnostics.
     index: Index,
 }
 
+/// One file as the last parse saw it, and how many items it put in each merged list.
+struct Entry {
+    name: String,
+    text: Result<String, String>,
+    require_digest: bool,
+    counts: Counts,
+    /// The file's own diagnostics (before the checks that span files).
+    diagnostics: Vec<Diagnostic>,
+    /// Indices into `diagnostics`.
+    unsupported: Vec<validate::UnsupportedMetric>,
+}
+
+/// Items a file contributed, per merged list, in this order: applications, inference
+/// services, serving runtimes, rollouts, analysis templates, resources, defs, refs, canary
+/// percents, formats.
+type Counts = [usize; 10];
+
+/// What decoding one file yields.
+#[derive(Default)]
+struct Decoded {
+    manifests: Manifests,
+    resources: Vec<ResourceRef>,
+    diagnostics: Vec<Diagnostic>,
+}
+
 /// [`parse`], decoding again only the files whose name, place or text differ from the parse
-/// `cache` saw last. The result is the same as [`parse`]'s; the cache keeps the files of
-/// this parse only.
+/// `cache` saw last; what the others contributed is moved over from that parse, not copied.
+/// The result is the same as [`parse`]'s.
 pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache) -> Parsed {
-    let mut parsed = Parsed::default();
+    use std::sync::Arc;
+    let old_files = std::mem::take(&mut cache.files);
+    let old_m = Arc::unwrap_or_clone(std::mem::take(&mut cache.manifests));
+    let old_r = Arc::unwrap_or_clone(std::mem::take(&mut cache.resources));
+    let old_i = std::mem::take(&mut cache.index);
+    let mut from = (
+        old_m.applications.into_iter(),
+        old_m.inference_services.into_iter(),
+        old_m.serving_runtimes.into_iter(),
+        old_m.rollouts.into_iter(),
+        old_m.analysis_templates.into_iter(),
+        old_r.into_iter(),
+        old_i.defs.into_iter(),
+        old_i.refs.into_iter(),
+        old_i.canary_percents.into_iter(),
+        old_i.formats.into_iter(),
+    );
+    let mut m = Manifests::default();
+    let mut resources = Vec::new();
     let mut index = Index::default();
-    let mut seen = std::collections::HashSet::new();
+    let mut entries = Vec::with_capacity(sources.len());
+    let mut old_files = old_files.into_iter();
     for (file_id, file) in sources.files() {
-        seen.insert(file_id);
-        let Ok(text) = &file.text else {
-            let reason = file.text.as_ref().err().cloned().unwrap_or_default();
-            parsed.diagnostics.push(Diagnostic::error(
-                Code::UnreadableFile,
-                file_id,
-                Span {
-                    line: 1,
-                    column: 1,
-                    ..Span::default()
-                },
-                reason,
-            ));
-            continue;
-        };
-        let fresh = cache.files.get(&file_id).is_some_and(|c| {
-            c.name == file.name && c.require_digest == options.require_digest && c.text == *text
+        let old = old_files.next();
+        let fresh = old.as_ref().is_some_and(|e| {
+            e.name == file.name && e.require_digest == options.require_digest && e.text == file.text
         });
-        if !fresh {
-            let out = decode_file(file_id, file, text, options);
-            cache.files.insert(file_id, out);
+        // What the file at this place contributed last time: kept if the file is the same,
+        // dropped otherwise.
+        if let Some(e) = &old {
+            let c = e.counts;
+            macro_rules! carry {
+                ($it:expr, $n:expr, $to:expr) => {
+                    for _ in 0..$n {
+                        if let Some(x) = $it.next()
+                            && fresh
+                        {
+                            $to.push(x);
+                        }
+                    }
+                };
+            }
+            carry!(from.0, c[0], m.applications);
+            carry!(from.1, c[1], m.inference_services);
+            carry!(from.2, c[2], m.serving_runtimes);
+            carry!(from.3, c[3], m.rollouts);
+            carry!(from.4, c[4], m.analysis_templates);
+            carry!(from.5, c[5], resources);
+            carry!(from.6, c[6], index.defs);
+            carry!(from.7, c[7], index.refs);
+            carry!(from.8, c[8], index.canary_percents);
+            carry!(from.9, c[9], index.formats);
         }
-        merge(&mut parsed, &mut index, &cache.files[&file_id]);
+        if fresh && let Some(e) = old {
+            entries.push(e);
+            continue;
+        }
+        let (decoded, file_index) = decode_file(file_id, file, options);
+        let counts = [
+            decoded.manifests.applications.len(),
+            decoded.manifests.inference_services.len(),
+            decoded.manifests.serving_runtimes.len(),
+            decoded.manifests.rollouts.len(),
+            decoded.manifests.analysis_templates.len(),
+            decoded.resources.len(),
+            file_index.defs.len(),
+            file_index.refs.len(),
+            file_index.canary_percents.len(),
+            file_index.formats.len(),
+        ];
+        let Decoded {
+            manifests: dm,
+            resources: dr,
+            diagnostics,
+        } = decoded;
+        m.applications.extend(dm.applications);
+        m.inference_services.extend(dm.inference_services);
+        m.serving_runtimes.extend(dm.serving_runtimes);
+        m.rollouts.extend(dm.rollouts);
+        m.analysis_templates.extend(dm.analysis_templates);
+        resources.extend(dr);
+        index.defs.extend(file_index.defs);
+        index.refs.extend(file_index.refs);
+        index.canary_percents.extend(file_index.canary_percents);
+        index.formats.extend(file_index.formats);
+        entries.push(Entry {
+            name: file.name.clone(),
+            text: file.text.clone(),
+            require_digest: options.require_digest,
+            counts,
+            diagnostics,
+            unsupported: file_index.unsupported_metrics,
+        });
     }
-    cache.files.retain(|id, _| seen.contains(id));
-    validate::check(&index, &parsed.manifests, &mut parsed.diagnostics);
+    // Each file's own diagnostics, then the checks that span files.
+    let mut diagnostics = Vec::new();
+    for e in &entries {
+        let offset = diagnostics.len();
+        diagnostics.extend(e.diagnostics.iter().cloned());
+        index
+            .unsupported_metrics
+            .extend(e.unsupported.iter().map(|u| {
+                let mut u = u.clone();
+                u.diagnostic += offset;
+                u
+            }));
+    }
+    validate::check(&index, &m, &mut diagnostics);
+    index.unsupported_metrics.clear();
     // Name the other place in the message too, for readers of the JSON output.
-    for d in &mut parsed.diagnostics {
+    for d in &mut diagnostics {
         if let Some(r) = &d.related
             && matches!(
                 d.code,
@@ -223,69 +321,50 @@ pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache)
             d.message = format!("{} (first at {other}:{})", d.message, r.span.line);
         }
     }
-    parsed
-        .diagnostics
-        .sort_by_key(|d| (d.file, d.span.line, d.span.column));
-    parsed
+    diagnostics.sort_by_key(|d| (d.file, d.span.line, d.span.column));
+    cache.files = entries;
+    cache.manifests = Arc::new(m);
+    cache.resources = Arc::new(resources);
+    cache.index = index;
+    Parsed {
+        manifests: Arc::clone(&cache.manifests),
+        resources: Arc::clone(&cache.resources),
+        diagnostics,
+    }
 }
 
-/// Decodes every document of one file.
-fn decode_file(file_id: FileId, file: &SourceFile, text: &str, options: Options) -> FileOutput {
-    let mut parsed = Parsed::default();
+/// Decodes every document of one file (or says why it cannot be read).
+fn decode_file(file_id: FileId, file: &SourceFile, options: Options) -> (Decoded, Index) {
+    let mut decoded = Decoded::default();
     let mut index = Index::default();
-    let docs = yaml::parse_file(file_id, file, &mut parsed.diagnostics);
+    if let Err(reason) = &file.text {
+        decoded.diagnostics.push(Diagnostic::error(
+            Code::UnreadableFile,
+            file_id,
+            Span {
+                line: 1,
+                column: 1,
+                ..Span::default()
+            },
+            reason.clone(),
+        ));
+        return (decoded, index);
+    }
+    let docs = yaml::parse_file(file_id, file, &mut decoded.diagnostics);
     for doc in docs {
         if doc.root.is_null() {
             continue; // an empty document (`---` with nothing after it)
         }
-        decode_document(file_id, &doc.root, options, &mut parsed, &mut index);
+        decode_document(file_id, &doc.root, options, &mut decoded, &mut index);
     }
-    FileOutput {
-        name: file.name.clone(),
-        text: text.to_owned(),
-        require_digest: options.require_digest,
-        manifests: parsed.manifests,
-        resources: parsed.resources,
-        diagnostics: parsed.diagnostics,
-        index,
-    }
-}
-
-/// Appends one file's contribution.
-fn merge(parsed: &mut Parsed, index: &mut Index, out: &FileOutput) {
-    let offset = parsed.diagnostics.len();
-    parsed.diagnostics.extend(out.diagnostics.iter().cloned());
-    parsed.resources.extend(out.resources.iter().cloned());
-    let m = &mut parsed.manifests;
-    m.applications
-        .extend(out.manifests.applications.iter().cloned());
-    m.inference_services
-        .extend(out.manifests.inference_services.iter().cloned());
-    m.serving_runtimes
-        .extend(out.manifests.serving_runtimes.iter().cloned());
-    m.rollouts.extend(out.manifests.rollouts.iter().cloned());
-    m.analysis_templates
-        .extend(out.manifests.analysis_templates.iter().cloned());
-    index.defs.extend(out.index.defs.iter().cloned());
-    index.refs.extend(out.index.refs.iter().cloned());
-    index
-        .canary_percents
-        .extend(out.index.canary_percents.iter().cloned());
-    index.formats.extend(out.index.formats.iter().cloned());
-    index
-        .unsupported_metrics
-        .extend(out.index.unsupported_metrics.iter().map(|u| {
-            let mut u = u.clone();
-            u.diagnostic += offset;
-            u
-        }));
+    (decoded, index)
 }
 
 fn decode_document(
     file: FileId,
     root: &yaml::Node,
     options: Options,
-    parsed: &mut Parsed,
+    parsed: &mut Decoded,
     index: &mut Index,
 ) {
     let at = At::root(root);

@@ -55,7 +55,7 @@ fn rendered(sources: &Sources, parsed: &Parsed) -> String {
 
 fn resources(sources: &Sources, parsed: &Parsed) -> String {
     let mut out = String::new();
-    for r in &parsed.resources {
+    for r in parsed.resources.iter() {
         writeln!(
             out,
             "{} {} {}/{} {}:{}{}",

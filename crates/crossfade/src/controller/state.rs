@@ -91,6 +91,9 @@ pub struct AppState {
     dirty: BTreeSet<ServiceId>,
     /// The Application-level part of the view changed.
     dirty_source: bool,
+    /// Values this state let go of whose drop takes a while (a commit's manifests, the last
+    /// desired state): the task drops them off its thread.
+    garbage: Vec<Box<dyn std::any::Any + Send>>,
 }
 
 impl AppState {
@@ -121,6 +124,7 @@ impl AppState {
             reconciled_all: false,
             dirty: BTreeSet::new(),
             dirty_source: true,
+            garbage: Vec::new(),
         }
     }
 
@@ -456,17 +460,21 @@ impl AppState {
         );
         touched.extend(self.out_of_sync.keys().cloned());
         if self.reconciled_all {
-            // What the commit changed: services added, removed or declared differently.
+            // What the commit changed: services added, removed or declared differently (both
+            // maps are sorted: one walk over the two).
+            let mut old = previous.iter().peekable();
             for (id, want) in &self.desired {
-                if previous.get(id) != Some(want) {
-                    touched.insert(id.clone());
+                while let Some((gone, _)) = old.next_if(|(o, _)| *o < id) {
+                    touched.insert(gone.clone());
+                }
+                match old.next_if(|(o, _)| *o == id) {
+                    Some((_, was)) if was == want => {}
+                    _ => {
+                        touched.insert(id.clone());
+                    }
                 }
             }
-            touched.extend(
-                previous
-                    .into_keys()
-                    .filter(|id| !self.desired.contains_key(id)),
-            );
+            touched.extend(old.map(|(gone, _)| gone.clone()));
         } else {
             touched.extend(self.desired.keys().cloned());
             touched.extend(self.live.services.keys().cloned());
@@ -797,6 +805,11 @@ impl AppState {
     pub fn take_dirty(&mut self) -> (BTreeSet<ServiceId>, bool) {
         let source = std::mem::replace(&mut self.dirty_source, false);
         (std::mem::take(&mut self.dirty), source)
+    }
+
+    /// What to drop off the task's thread.
+    pub fn take_garbage(&mut self) -> Vec<Box<dyn std::any::Any + Send>> {
+        std::mem::take(&mut self.garbage)
     }
 
     pub(super) fn mark_dirty(&mut self, id: ServiceId) {

@@ -158,6 +158,11 @@ impl AppTask {
                 break;
             }
             self.carry_out(plan, &mut replies);
+            // What the state let go of is dropped off this task's thread.
+            let garbage = self.state.take_garbage();
+            if !garbage.is_empty() {
+                tokio::task::spawn_blocking(move || drop(garbage));
+            }
         }
     }
 

@@ -18,10 +18,10 @@ pub struct AppView {
     pub prune: bool,
     pub self_heal: bool,
     /// Every service the Application declares or still serves.
-    pub services: Arc<BTreeMap<ServiceId, Arc<dto::ServiceStatus>>>,
+    pub services: Sharded<Arc<dto::ServiceStatus>>,
     pub rollouts: Arc<Vec<(engine::rollout::RolloutSpec, engine::rollout::RolloutStatus)>>,
     /// The gateway's route of every service that has one, prepared (metric handles resolved).
-    pub routes: Arc<BTreeMap<ServiceId, Arc<gateway::Route>>>,
+    pub routes: Sharded<Arc<gateway::Route>>,
     /// Bumped with every view published.
     pub generation: u64,
     /// Why the last change is not written yet (the store refuses it; retried).
@@ -57,28 +57,92 @@ impl AppView {
                 error: state.error.clone(),
             };
         }
-        if !services.is_empty() {
-            let statuses = Arc::make_mut(&mut next.services);
-            let routes = Arc::make_mut(&mut next.routes);
-            for id in services {
-                let exists = state.desired.contains_key(id) || state.live.services.contains_key(id);
-                if exists {
-                    statuses.insert(id.clone(), Arc::new(service_status(state, id)));
-                } else {
-                    statuses.remove(id);
-                }
-                match route(state, id) {
-                    Some(r) => {
-                        routes.insert(id.clone(), gateway.prepare(r));
-                    }
-                    None => {
-                        routes.remove(id);
-                    }
-                }
+        for id in services {
+            let exists = state.desired.contains_key(id) || state.live.services.contains_key(id);
+            if exists {
+                next.services
+                    .insert(id.clone(), Arc::new(service_status(state, id)));
+            } else {
+                next.services.remove(id);
+            }
+            match route(state, id) {
+                Some(r) => next.routes.insert(id.clone(), gateway.prepare(r)),
+                None => next.routes.remove(id),
             }
         }
         next.rollouts = Arc::new(state.rollout_list());
         next
+    }
+}
+
+/// Shards of a map by service: a view shares every shard with the view before but the ones an
+/// event touched, so publishing a view after an event that touched one service of 10,000
+/// copies 1/64 of the map, not all of it. Iteration is by shard, then by service id.
+#[derive(Clone)]
+pub struct Sharded<V> {
+    shards: Arc<Vec<Arc<BTreeMap<ServiceId, V>>>>,
+}
+
+const SHARDS: usize = 64;
+
+impl<V: Clone> Default for Sharded<V> {
+    fn default() -> Self {
+        Self {
+            shards: Arc::new((0..SHARDS).map(|_| Arc::new(BTreeMap::new())).collect()),
+        }
+    }
+}
+
+impl<V: Clone> Sharded<V> {
+    fn shard(id: &ServiceId) -> usize {
+        // FNV-1a: the same shard in every process, whatever the hasher's seed.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in id.namespace.bytes().chain([b'/']).chain(id.name.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        (h % SHARDS as u64) as usize
+    }
+
+    pub fn insert(&mut self, id: ServiceId, value: V) {
+        let i = Self::shard(&id);
+        Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[i]).insert(id, value);
+    }
+
+    pub fn remove(&mut self, id: &ServiceId) {
+        let i = Self::shard(id);
+        if self.shards[i].contains_key(id) {
+            Arc::make_mut(&mut Arc::make_mut(&mut self.shards)[i]).remove(id);
+        }
+    }
+
+    pub fn get(&self, id: &ServiceId) -> Option<&V> {
+        self.shards[Self::shard(id)].get(id)
+    }
+
+    pub fn contains_key(&self, id: &ServiceId) -> bool {
+        self.get(id).is_some()
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.len()).sum()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&ServiceId, &V)> {
+        self.shards.iter().flat_map(|s| s.iter())
+    }
+
+    /// The shards that differ between `self` and `newer`, as (this one's, newer's).
+    pub fn changed_shards<'a>(
+        &'a self,
+        newer: &'a Sharded<V>,
+    ) -> impl Iterator<Item = (&'a BTreeMap<ServiceId, V>, &'a BTreeMap<ServiceId, V>)> {
+        self.shards
+            .iter()
+            .zip(newer.shards.iter())
+            .filter(|(a, b)| !Arc::ptr_eq(a, b))
+            .map(|(a, b)| (a.as_ref(), b.as_ref()))
     }
 }
 
@@ -212,4 +276,33 @@ fn route(state: &AppState, id: &ServiceId) -> Option<gateway::Route> {
             .collect();
     }
     Some(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sharded_map_shares_every_shard_an_update_did_not_touch() {
+        let mut a: Sharded<u32> = Sharded::default();
+        for i in 0..1000 {
+            a.insert(ServiceId::new("models", format!("m{i}")), i);
+        }
+        let mut b = a.clone();
+        let id = ServiceId::new("models", "m7");
+        b.insert(id.clone(), 70);
+        b.remove(&ServiceId::new("models", "m8"));
+        b.remove(&ServiceId::new("models", "absent"));
+        assert_eq!((a.get(&id), b.get(&id)), (Some(&7), Some(&70)));
+        assert_eq!((a.len(), b.len()), (1000, 999));
+        let shared = a
+            .shards
+            .iter()
+            .zip(b.shards.iter())
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        // m7 and m8 live in one or two shards; every other shard is the same allocation.
+        assert!(shared >= SHARDS - 2, "{shared}");
+        assert_eq!(b.iter().count(), 999);
+    }
 }

@@ -7,6 +7,7 @@
 //!
 //! [`AppState::handle`]: super::state::AppState::handle
 
+mod publisher;
 mod scenarios;
 mod support;
 mod tasks;
