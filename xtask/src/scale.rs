@@ -67,18 +67,7 @@ fn bench(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
     let started = now();
     let mut up = Up::start(bin, &repo, &dir.join("data"))?;
     let probe = Probe::start(up.admin.clone(), n);
-    let ready = loop {
-        if let Some(at) = *probe.all_ready.lock().expect("probe") {
-            break at;
-        }
-        if since(started) > Duration::from_secs(600) {
-            bail!("not every revision was Ready within 10 minutes");
-        }
-        if let Some(status) = up.child.try_wait()? {
-            bail!("crossfade exited: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let ready = all_ready(&mut up, &probe, started)?;
     let ready_after = ready.saturating_duration_since(started);
     let (rss, _) = memory(up.child.id())?;
 
@@ -116,6 +105,14 @@ fn bench(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
     let (rss_after, hwm) = memory(up.child.id())?;
     up.stop();
 
+    // A restart on the same data directory: everything comes back from the store.
+    let restarted = now();
+    let mut up = Up::start(bin, &repo, &dir.join("data"))?;
+    let probe = Probe::start(up.admin.clone(), n);
+    let ready_again = all_ready(&mut up, &probe, restarted)?.saturating_duration_since(restarted);
+    probe.stop();
+    up.stop();
+
     let summary = |name: &str, v: &[Duration]| {
         let mut v = v.to_vec();
         v.sort();
@@ -132,6 +129,10 @@ fn bench(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
         "every revision Ready       {:>8.2} s after the process started",
         ready_after.as_secs_f64()
     );
+    println!(
+        "every revision Ready again {:>8.2} s after a restart",
+        ready_again.as_secs_f64()
+    );
     println!("{}", summary("change: sync answered", &answered));
     println!("{}", summary("change: new revision", &served));
     println!("{}", summary("GET /api/v1/status", &samples.status));
@@ -143,6 +144,26 @@ fn bench(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
         hwm as f64 / 1024.0
     );
     Ok(())
+}
+
+/// Waits until the probe saw every revision Ready; returns when.
+fn all_ready(
+    up: &mut Up,
+    probe: &Probe,
+    started: std::time::Instant,
+) -> anyhow::Result<std::time::Instant> {
+    loop {
+        if let Some(at) = *probe.all_ready.lock().expect("probe") {
+            return Ok(at);
+        }
+        if since(started) > Duration::from_secs(600) {
+            bail!("not every revision was Ready within 10 minutes");
+        }
+        if let Some(status) = up.child.try_wait()? {
+            bail!("crossfade exited: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Copies a fixture model where a digest-pinned `file://` URI names it.

@@ -577,18 +577,30 @@ impl Publisher {
 struct Stored {
     syncs: Vec<store::SyncRecord>,
     services: Vec<store::ServiceRecord>,
-    revisions: Vec<store::RevisionRecord>,
+    /// By service, oldest first.
+    revisions: BTreeMap<ServiceId, Vec<store::RevisionRecord>>,
     rollouts: Vec<(String, String, Vec<u8>)>,
 }
 
 impl Stored {
     fn read(store: &store::Store) -> Result<Self, store::Error> {
+        let mut revisions: BTreeMap<ServiceId, Vec<store::RevisionRecord>> = BTreeMap::new();
+        for r in store.all_revisions()? {
+            revisions
+                .entry(ServiceId::new(&r.namespace, &r.service))
+                .or_default()
+                .push(r);
+        }
         Ok(Self {
             syncs: store.syncs(1000)?,
             services: store.services()?,
-            revisions: store.all_revisions()?,
+            revisions,
             rollouts: store.rollouts()?,
         })
+    }
+
+    fn revisions_of(&self, id: &ServiceId) -> Vec<store::RevisionRecord> {
+        self.revisions.get(id).cloned().unwrap_or_default()
     }
 }
 
@@ -647,12 +659,7 @@ fn resume(
             revisions: Vec::new(),
             tags: Tags::default(),
         };
-        let revisions: Vec<store::RevisionRecord> = stored
-            .revisions
-            .iter()
-            .filter(|r| r.namespace == id.namespace && r.service == id.name)
-            .cloned()
-            .collect();
+        let revisions = stored.revisions_of(&id);
         for rev in &revisions {
             if rev.state == store::RevisionState::Retired {
                 continue;
@@ -703,13 +710,7 @@ fn resume(
     // their revision numbers.
     for id in state.desired.keys().cloned().collect::<Vec<_>>() {
         if !state.records.contains_key(&id) {
-            let revisions: Vec<store::RevisionRecord> = stored
-                .revisions
-                .iter()
-                .filter(|r| r.namespace == id.namespace && r.service == id.name)
-                .cloned()
-                .collect();
-            state.records.insert(id.clone(), revisions);
+            state.records.insert(id.clone(), stored.revisions_of(&id));
         }
         state.mark_dirty(id);
     }

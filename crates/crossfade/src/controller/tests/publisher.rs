@@ -52,13 +52,16 @@ fn the_table_follows_the_views_as_routes_change_and_go() {
         generation: 1,
         ..AppView::default()
     };
-    a.routes.insert(iris.clone(), route(&gw, "models/iris", "iris-1"));
-    a.routes.insert(wine.clone(), route(&gw, "models/wine", "wine-1"));
+    a.routes
+        .insert(iris.clone(), route(&gw, "models/iris", "iris-1"));
+    a.routes
+        .insert(wine.clone(), route(&gw, "models/wine", "wine-1"));
     let mut b = AppView {
         generation: 1,
         ..AppView::default()
     };
-    b.routes.insert(beer.clone(), route(&gw, "drinks/beer", "beer-1"));
+    b.routes
+        .insert(beer.clone(), route(&gw, "drinks/beer", "beer-1"));
     view_a.send_replace(Arc::new(a.clone()));
     view_b.send_replace(Arc::new(b.clone()));
     publisher.publish();
@@ -73,7 +76,8 @@ fn the_table_follows_the_views_as_routes_change_and_go() {
     assert_eq!(*acks.borrow(), [1, 1]);
 
     // One Application changes a route and drops another; the other one is untouched.
-    a.routes.insert(iris.clone(), route(&gw, "models/iris", "iris-2"));
+    a.routes
+        .insert(iris.clone(), route(&gw, "models/iris", "iris-2"));
     a.routes.remove(&wine);
     a.generation = 2;
     view_a.send_replace(Arc::new(a.clone()));

@@ -13,18 +13,24 @@ fn store(dir: &std::path::Path) -> Arc<store::Store> {
     Arc::new(store::Store::open(&dir.join("data")).unwrap())
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_sync_answers_once_the_data_plane_serves_what_it_applied() {
+/// A controller on a fresh store, its repository holding one commit: `iris` at V1.
+fn iris_v1() -> (tempfile::TempDir, Arc<Repo>, InProcess) {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repo::new();
     repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
-    let mut up = InProcess::start(
+    let up = InProcess::start(
         dir.path(),
         store(dir.path()),
         None,
         Arc::clone(&repo),
         SyncPolicy::default(),
     );
+    (dir, repo, up)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_sync_answers_once_the_data_plane_serves_what_it_applied() {
+    let (_dir, _repo, mut up) = iris_v1();
     // The poll at start applied the commit while `crossfade sync` was on its way: the sync
     // finds it applied, waits for its revision, and is answered after the route table
     // holds it.
@@ -57,16 +63,7 @@ async fn a_sync_answers_once_the_data_plane_serves_what_it_applied() {
 
 #[tokio::test(start_paused = true)]
 async fn the_poll_comes_from_the_clock() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::new();
-    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
-    let mut up = InProcess::start(
-        dir.path(),
-        store(dir.path()),
-        None,
-        Arc::clone(&repo),
-        SyncPolicy::default(),
-    );
+    let (_dir, repo, mut up) = iris_v1();
     // The first poll runs at start and loads the revision.
     up.loads.recv().await.unwrap().ready();
     up.sync().await;
@@ -145,16 +142,7 @@ async fn a_write_the_store_refuses_holds_the_change_back_visibly_until_it_is_wri
 
 #[tokio::test(start_paused = true)]
 async fn after_a_crash_mid_sync_a_restart_resumes_from_the_store() {
-    let dir = tempfile::tempdir().unwrap();
-    let repo = Repo::new();
-    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
-    let mut up = InProcess::start(
-        dir.path(),
-        store(dir.path()),
-        None,
-        Arc::clone(&repo),
-        SyncPolicy::default(),
-    );
+    let (dir, repo, mut up) = iris_v1();
     up.loads.recv().await.unwrap().ready();
     up.sync().await;
     // A canary commit: applied and written, then the process dies while its revision loads.
