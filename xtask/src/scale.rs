@@ -320,7 +320,7 @@ impl Probe {
     }
 }
 
-/// Services whose every revision is Ready.
+/// Services whose every revision is Ready (retired ones aside).
 fn ready_count(status: &str) -> usize {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(status) else {
         return 0;
@@ -328,10 +328,13 @@ fn ready_count(status: &str) -> usize {
     v["services"].as_array().map_or(0, |services| {
         services
             .iter()
+            // Every revision that is not retired is Ready, and there is one.
             .filter(|s| {
-                s["revisions"]
-                    .as_array()
-                    .is_some_and(|r| !r.is_empty() && r.iter().all(|r| r["state"] == "Ready"))
+                s["revisions"].as_array().is_some_and(|r| {
+                    r.iter().any(|r| r["state"] == "Ready")
+                        && r.iter()
+                            .all(|r| r["state"] == "Ready" || r["state"] == "Retired")
+                })
             })
             .count()
     })
