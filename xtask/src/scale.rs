@@ -135,6 +135,14 @@ fn bench(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<()> {
     );
     println!("{}", summary("change: sync answered", &answered));
     println!("{}", summary("change: new revision", &served));
+    println!(
+        "  each, in order (the first loads the new model; the others share it): {}",
+        served
+            .iter()
+            .map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!("{}", summary("GET /api/v1/status", &samples.status));
     println!("{}", summary("GET /metrics", &samples.metrics));
     println!(

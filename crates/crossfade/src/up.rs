@@ -365,8 +365,8 @@ pub async fn start(
         axum::routing::get(move || {
             let gateway = Arc::clone(&gateway);
             async move {
-                // Encoded on a blocking thread: with many revisions it is large.
-                let text = tokio::task::spawn_blocking(move || gateway.metrics_text())
+                // Large with many revisions: encoded in the background, at a lower priority.
+                let text = api::in_background(move || gateway.metrics_text())
                     .await
                     .unwrap_or_default();
                 (

@@ -158,10 +158,10 @@ impl AppTask {
                 break;
             }
             self.carry_out(plan, &mut replies);
-            // What the state let go of is dropped off this task's thread.
+            // What the state let go of is dropped off this task's thread, at a low priority.
             let garbage = self.state.take_garbage();
             if !garbage.is_empty() {
-                tokio::task::spawn_blocking(move || drop(garbage));
+                tokio::spawn(api::in_background(move || drop(garbage)));
             }
         }
     }
