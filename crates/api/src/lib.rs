@@ -284,8 +284,11 @@ async fn dashboard() -> Response {
 
 /// Runs `f` on a thread of its own at a lower CPU priority (nice +10), for reads that are large
 /// with many services (the status, the metrics): they never hold up the async workers, and on
-/// a busy machine they yield to the controller and the data plane. `None` if `f` panicked.
+/// a busy machine they yield to the controller and the data plane. At most [`BACKGROUND`] run
+/// at once; the others wait their turn. `None` if `f` panicked.
 pub async fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    static RUNNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(BACKGROUND);
+    let _turn = RUNNING.acquire().await.ok()?;
     let (tx, rx) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("crossfade-read".into())
@@ -299,6 +302,9 @@ pub async fn in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'st
     }
     rx.await.ok()
 }
+
+/// How many [`in_background`] reads run at once.
+pub const BACKGROUND: usize = 2;
 
 /// Large with many services: built and encoded in the background.
 async fn status(State(b): Shared) -> Response {

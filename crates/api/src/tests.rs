@@ -402,3 +402,19 @@ async fn other_hosts_are_refused_and_the_dashboard_cannot_be_framed() {
     assert_eq!(base64(b"fooba"), "Zm9vYmE=");
     assert_eq!(base64(b"foob"), "Zm9vYg==");
 }
+
+#[tokio::test]
+async fn background_reads_answer_and_a_panic_is_none() {
+    assert_eq!(crate::in_background(|| 6 * 7).await, Some(42));
+    let panicked: Option<u8> = crate::in_background(|| panic!("a read that fails")).await;
+    assert_eq!(panicked, None);
+    // More at once than may run: they take turns, and all answer.
+    let many: Vec<_> = (0..3 * crate::BACKGROUND)
+        .map(|i| tokio::spawn(crate::in_background(move || i)))
+        .collect();
+    let mut answers = Vec::new();
+    for m in many {
+        answers.push(m.await.unwrap().unwrap());
+    }
+    assert_eq!(answers, (0..3 * crate::BACKGROUND).collect::<Vec<_>>());
+}
