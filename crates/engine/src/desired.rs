@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use manifest::{Manifests, ModelSpec, Percent, ProtocolVersion};
+use manifest::{InferenceService, Manifests, ModelSpec, Percent, ProtocolVersion};
 use sha2::{Digest, Sha256};
 
 /// A service, by namespace and name.
@@ -50,34 +50,52 @@ pub struct DesiredService {
 /// The desired services of a set of manifests, sorted by id. Call it only on manifests
 /// without errors: a commit with errors is not applied at all.
 pub fn desired_state(manifests: &Manifests) -> Vec<DesiredService> {
+    let drivers = Drivers::new(manifests);
     let mut out: Vec<DesiredService> = manifests
         .inference_services
         .iter()
-        .map(|isvc| {
-            let isvc = &isvc.value;
-            let id = ServiceId::new(isvc.meta.namespace_or_default(), &isvc.meta.name);
-            let rollout = manifests
-                .rollouts
-                .iter()
-                .find(|r| {
-                    r.value.workload == id.name
-                        && r.value.meta.namespace_or_default() == id.namespace
-                })
-                .map(|r| r.value.meta.name.clone());
-            DesiredService {
-                spec_hash: spec_hash(&isvc.predictor.model),
-                model: isvc.predictor.model.clone(),
-                canary_traffic_percent: isvc.predictor.canary_traffic_percent,
-                tag_routing: isvc.tag_routing,
-                request_timeout: isvc.predictor.timeout,
-                rollout,
-                rollout_weight: None,
-                id,
-            }
-        })
+        .map(|isvc| desired_service(&isvc.value, &drivers))
         .collect();
     out.sort_by(|a, b| a.id.cmp(&b.id));
     out
+}
+
+/// Which Rollout drives each workload: the first that names it.
+pub struct Drivers<'a> {
+    by_workload: std::collections::HashMap<(&'a str, &'a str), &'a str>,
+}
+
+impl<'a> Drivers<'a> {
+    pub fn new(manifests: &'a Manifests) -> Self {
+        let mut by_workload = std::collections::HashMap::with_capacity(manifests.rollouts.len());
+        for r in &manifests.rollouts {
+            let key = (
+                r.value.meta.namespace_or_default(),
+                r.value.workload.as_str(),
+            );
+            by_workload.entry(key).or_insert(r.value.meta.name.as_str());
+        }
+        Self { by_workload }
+    }
+}
+
+/// One InferenceService as [`desired_state`] has it.
+pub fn desired_service(isvc: &InferenceService, drivers: &Drivers<'_>) -> DesiredService {
+    let id = ServiceId::new(isvc.meta.namespace_or_default(), &isvc.meta.name);
+    let rollout = drivers
+        .by_workload
+        .get(&(id.namespace.as_str(), id.name.as_str()))
+        .map(|name| (*name).to_owned());
+    DesiredService {
+        spec_hash: spec_hash(&isvc.predictor.model),
+        model: isvc.predictor.model.clone(),
+        canary_traffic_percent: isvc.predictor.canary_traffic_percent,
+        tag_routing: isvc.tag_routing,
+        request_timeout: isvc.predictor.timeout,
+        rollout,
+        rollout_weight: None,
+        id,
+    }
 }
 
 /// sha256 over the fields of a predictor that change what is served: model format and version,

@@ -8,7 +8,7 @@ mod desired;
 mod reconcile;
 pub mod rollout;
 
-pub use desired::{DesiredService, ServiceId, desired_state, spec_hash};
+pub use desired::{DesiredService, Drivers, ServiceId, desired_service, desired_state, spec_hash};
 pub use reconcile::{
     Decision, Effect, Live, LiveRevision, LiveService, RevisionState, Split, SyncPolicy, Tags,
     reconcile, reconcile_one,

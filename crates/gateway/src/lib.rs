@@ -492,7 +492,7 @@ struct Measure<'a> {
 
 impl<'a> Measure<'a> {
     fn start(gw: &'a Gateway, metrics: &'a metrics::RevisionMetrics) -> Self {
-        metrics.in_flight.inc();
+        metrics.started();
         Self {
             gw,
             metrics,
@@ -515,13 +515,7 @@ impl<'a> Measure<'a> {
 impl Drop for Measure<'_> {
     fn drop(&mut self) {
         let elapsed = self.gw.config.clock.since(self.start);
-        self.metrics.in_flight.dec();
-        match self.outcome {
-            Outcome::Ok => self.metrics.ok.inc(),
-            Outcome::ClientError => self.metrics.client_errors.inc(),
-            Outcome::ServerError => self.metrics.server_errors.inc(),
-        };
-        self.metrics.latency.observe(elapsed.as_secs_f64());
+        self.metrics.finished(self.outcome, elapsed.as_secs_f64());
         self.metrics
             .window
             .record(self.gw.second(), self.outcome, elapsed.as_micros() as u64);
@@ -799,19 +793,14 @@ fn mirror(
     let service = routed.service.to_owned();
     let primary_name = routed.rev.name.clone();
     let second = gw.second();
-    let counters = (
-        gw.metrics
-            .mirror_counter(&service, &primary_name, &mirror.name, true),
-        gw.metrics
-            .mirror_counter(&service, &primary_name, &mirror.name, false),
-    );
+    let counters = gw.metrics.mirror(&service, &primary_name, &mirror.name);
     tokio::task::spawn_blocking(move || {
         // A canary that fails on an input the stable one answers disagrees.
         let (agreed, distance) = match mirror.model().map(|m| m.infer(&inputs)) {
             Some(Ok(outputs)) => compare(&primary, &outputs),
             _ => (false, f64::INFINITY),
         };
-        if agreed { &counters.0 } else { &counters.1 }.inc();
+        counters.record(agreed);
         metrics.window.record_mirror(second, agreed, distance);
         if gw.mirrors.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
             gw.mirrors_done.notify_waiters();

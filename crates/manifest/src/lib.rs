@@ -146,6 +146,27 @@ pub struct Parsed {
     pub resources: std::sync::Arc<Vec<ResourceRef>>,
     /// Sorted by file, line and column.
     pub diagnostics: Vec<Diagnostic>,
+    /// What changed since the parse before it through the same [`ParseCache`].
+    pub changes: Changes,
+}
+
+/// What a parse changed against the one before it through the same [`ParseCache`] (its
+/// `base`): a reader that kept what it made of the base parse can update that from these
+/// alone. The first parse through a cache has base 0 and lists everything.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Changes {
+    /// The number of the parse this one was compared with (0: none).
+    pub base: u64,
+    /// This parse's number in its cache (from 1).
+    pub generation: u64,
+    /// Indexes into `manifests.inference_services` of those decoded afresh: new, or in a file
+    /// that changed.
+    pub inference_services: Vec<usize>,
+    /// (namespace, name) of the base parse's InferenceServices whose file changed or went
+    /// (some may be declared again, and listed in `inference_services` too).
+    pub removed_inference_services: Vec<(String, String)>,
+    /// Whether a Rollout was added, changed or removed.
+    pub rollouts: bool,
 }
 
 impl Parsed {
@@ -169,12 +190,13 @@ pub struct ParseCache {
     resources: std::sync::Arc<Vec<ResourceRef>>,
     /// Without `unsupported_metrics`, which each entry keeps with its diagnostics.
     index: Index,
+    /// How many parses went through the cache.
+    generation: u64,
 }
 
 /// One file as the last parse saw it, and how many items it put in each merged list.
 struct Entry {
-    name: String,
-    text: Result<String, String>,
+    file: std::sync::Arc<SourceFile>,
     require_digest: bool,
     counts: Counts,
     /// The file's own diagnostics (before the checks that span files).
@@ -221,11 +243,24 @@ pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache)
     let mut resources = Vec::new();
     let mut index = Index::default();
     let mut entries = Vec::with_capacity(sources.len());
+    let mut changes = Changes {
+        base: cache.generation,
+        generation: cache.generation + 1,
+        ..Changes::default()
+    };
+    let gone = |isvc: InferenceService, changes: &mut Changes| {
+        changes
+            .removed_inference_services
+            .push((isvc.meta.namespace_or_default().to_owned(), isvc.meta.name));
+    };
     let mut old_files = old_files.into_iter();
     for (file_id, file) in sources.files() {
         let old = old_files.next();
+        let shared = sources.shared(file_id);
         let fresh = old.as_ref().is_some_and(|e| {
-            e.name == file.name && e.require_digest == options.require_digest && e.text == file.text
+            e.require_digest == options.require_digest
+                && (Arc::ptr_eq(&e.file, shared)
+                    || (e.file.name == file.name && e.file.text == file.text))
         });
         // What the file at this place contributed last time: kept if the file is the same,
         // dropped otherwise.
@@ -243,7 +278,14 @@ pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache)
                 };
             }
             carry!(from.0, c[0], m.applications);
-            carry!(from.1, c[1], m.inference_services);
+            for _ in 0..c[1] {
+                match from.1.next() {
+                    Some(x) if fresh => m.inference_services.push(x),
+                    Some(x) => gone(x.value, &mut changes),
+                    None => {}
+                }
+            }
+            changes.rollouts |= !fresh && c[3] > 0;
             carry!(from.2, c[2], m.serving_runtimes);
             carry!(from.3, c[3], m.rollouts);
             carry!(from.4, c[4], m.analysis_templates);
@@ -276,6 +318,11 @@ pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache)
             diagnostics,
         } = decoded;
         m.applications.extend(dm.applications);
+        let at = m.inference_services.len();
+        changes
+            .inference_services
+            .extend(at..at + dm.inference_services.len());
+        changes.rollouts |= !dm.rollouts.is_empty();
         m.inference_services.extend(dm.inference_services);
         m.serving_runtimes.extend(dm.serving_runtimes);
         m.rollouts.extend(dm.rollouts);
@@ -286,14 +333,18 @@ pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache)
         index.canary_percents.extend(file_index.canary_percents);
         index.formats.extend(file_index.formats);
         entries.push(Entry {
-            name: file.name.clone(),
-            text: file.text.clone(),
+            file: Arc::clone(shared),
             require_digest: options.require_digest,
             counts,
             diagnostics,
             unsupported: file_index.unsupported_metrics,
         });
     }
+    // Files at the end that are gone.
+    for isvc in from.1 {
+        gone(isvc.value, &mut changes);
+    }
+    changes.rollouts |= from.3.next().is_some();
     // Each file's own diagnostics, then the checks that span files.
     let mut diagnostics = Vec::new();
     for e in &entries {
@@ -326,10 +377,12 @@ pub fn parse_cached(sources: &Sources, options: Options, cache: &mut ParseCache)
     cache.manifests = Arc::new(m);
     cache.resources = Arc::new(resources);
     cache.index = index;
+    cache.generation = changes.generation;
     Parsed {
         manifests: Arc::clone(&cache.manifests),
         resources: Arc::clone(&cache.resources),
         diagnostics,
+        changes,
     }
 }
 

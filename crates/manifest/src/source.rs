@@ -19,10 +19,13 @@ pub struct SourceFile {
     line_starts: Vec<usize>,
 }
 
-/// A set of manifest files, in a stable order (sorted by path within each root).
+/// A set of manifest files, in a stable order (sorted by path within each root). Files are
+/// shared: a reader that keeps the files of its last read (the Git mirror) hands the same file
+/// to the next set when it did not change, and [`crate::parse_cached`] sees at once that it is
+/// the same.
 #[derive(Debug, Clone, Default)]
 pub struct Sources {
-    files: Vec<SourceFile>,
+    files: Vec<std::sync::Arc<SourceFile>>,
 }
 
 /// A region of a source file: byte range plus the 1-based line and column (in characters) of its
@@ -137,8 +140,18 @@ impl Sources {
 
     /// Adds a file and returns its id.
     pub fn push(&mut self, file: SourceFile) -> FileId {
+        self.push_shared(std::sync::Arc::new(file))
+    }
+
+    /// Adds a file another set holds too, and returns its id.
+    pub fn push_shared(&mut self, file: std::sync::Arc<SourceFile>) -> FileId {
         self.files.push(file);
         self.files.len() - 1
+    }
+
+    /// The file `id`, shared.
+    pub fn shared(&self, id: FileId) -> &std::sync::Arc<SourceFile> {
+        &self.files[id]
     }
 
     pub fn get(&self, id: FileId) -> &SourceFile {
@@ -146,7 +159,7 @@ impl Sources {
     }
 
     pub fn files(&self) -> impl Iterator<Item = (FileId, &SourceFile)> {
-        self.files.iter().enumerate()
+        self.files.iter().map(|f| &**f).enumerate()
     }
 
     pub fn len(&self) -> usize {

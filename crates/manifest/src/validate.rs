@@ -1,6 +1,6 @@
 //! Checks that span resources: duplicates, references that resolve, template arguments given.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::diag::{Code, Diagnostic, Related, Severity};
 use crate::source::{FileId, Span};
@@ -85,22 +85,36 @@ pub(crate) struct Ref {
 }
 
 pub(crate) fn check(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
-    check_duplicates(index, diags);
-    check_refs(index, manifests, diags);
+    // Every check looks names up in hash maps built once: a repository of 10,000 Rollouts
+    // would otherwise cost 10,000 scans of 20,000 definitions on every commit.
+    let defined = check_duplicates(index, diags);
+    check_refs(index, &defined, manifests, diags);
     check_rollout_targets(index, diags);
     check_runtimes(index, manifests, diags);
     check_unsupported_metrics(index, diags);
 }
 
 fn check_unsupported_metrics(index: &Index, diags: &mut [Diagnostic]) {
+    if index.unsupported_metrics.is_empty() {
+        return;
+    }
+    // (cluster-scoped, namespace, template) of every template a Rollout uses.
+    let used: HashSet<(bool, &str, &str)> = index
+        .refs
+        .iter()
+        .filter_map(|r| match r.target {
+            RefTarget::AnalysisTemplate => Some((false, r.namespace.as_str(), r.name.as_str())),
+            RefTarget::ClusterAnalysisTemplate => Some((true, "", r.name.as_str())),
+            _ => None,
+        })
+        .collect();
     for u in &index.unsupported_metrics {
-        let used = index.refs.iter().any(|r| match r.target {
-            RefTarget::AnalysisTemplate => {
-                !u.cluster_scoped && r.namespace == u.namespace && r.name == u.template
-            }
-            RefTarget::ClusterAnalysisTemplate => u.cluster_scoped && r.name == u.template,
-            _ => false,
-        });
+        let namespace = if u.cluster_scoped {
+            ""
+        } else {
+            u.namespace.as_str()
+        };
+        let used = used.contains(&(u.cluster_scoped, namespace, u.template.as_str()));
         if !used {
             let d = &mut diags[u.diagnostic];
             d.severity = Severity::Warning;
@@ -112,8 +126,11 @@ fn check_unsupported_metrics(index: &Index, diags: &mut [Diagnostic]) {
     }
 }
 
-fn check_duplicates(index: &Index, diags: &mut Vec<Diagnostic>) {
-    let mut first: HashMap<(Kind, Option<&str>, &str), &Def> = HashMap::new();
+/// The first definition of each (kind, namespace, name).
+type Defined<'a> = HashMap<(Kind, Option<&'a str>, &'a str), &'a Def>;
+
+fn check_duplicates<'a>(index: &'a Index, diags: &mut Vec<Diagnostic>) -> Defined<'a> {
+    let mut first: Defined<'a> = HashMap::with_capacity(index.defs.len());
     for def in &index.defs {
         let key = (def.kind, def.namespace.as_deref(), def.name.as_str());
         match first.get(&key) {
@@ -144,38 +161,60 @@ fn check_duplicates(index: &Index, diags: &mut Vec<Diagnostic>) {
             }
         }
     }
+    first
 }
 
-fn find<'a>(index: &'a Index, kind: Kind, namespace: Option<&str>, name: &str) -> Option<&'a Def> {
-    index
-        .defs
-        .iter()
-        .find(|d| d.kind == kind && d.namespace.as_deref() == namespace && d.name == name)
-}
-
-fn check_refs(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
+fn check_refs(
+    index: &Index,
+    defined: &Defined<'_>,
+    manifests: &Manifests,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let find = |kind: Kind, namespace: Option<&str>, name: &str| {
+        defined.contains_key(&(kind, namespace, name))
+    };
+    // The first template of each (cluster-scoped, namespace, name); cluster-scoped ones by
+    // name alone.
+    let mut templates: HashMap<(bool, &str, &str), &crate::AnalysisTemplate> = HashMap::new();
+    for t in &manifests.analysis_templates {
+        let t = &t.value;
+        let namespace = if t.cluster_scoped {
+            ""
+        } else {
+            t.meta.namespace_or_default()
+        };
+        templates
+            .entry((t.cluster_scoped, namespace, t.meta.name.as_str()))
+            .or_insert(t);
+    }
     for r in &index.refs {
         let ns = Some(r.namespace.as_str());
-        let (found, what) = match r.target {
-            RefTarget::InferenceService => (
-                find(index, Kind::InferenceService, ns, &r.name).is_some(),
-                format!("InferenceService `{}` in namespace {}", r.name, r.namespace),
-            ),
-            RefTarget::AnalysisTemplate => (
-                find(index, Kind::AnalysisTemplate, ns, &r.name).is_some(),
-                format!("AnalysisTemplate `{}` in namespace {}", r.name, r.namespace),
-            ),
-            RefTarget::ClusterAnalysisTemplate => (
-                find(index, Kind::ClusterAnalysisTemplate, None, &r.name).is_some(),
-                format!("ClusterAnalysisTemplate `{}`", r.name),
-            ),
-            RefTarget::ServingRuntime => (
-                find(index, Kind::ServingRuntime, ns, &r.name).is_some()
-                    || find(index, Kind::ClusterServingRuntime, None, &r.name).is_some(),
-                format!("ServingRuntime or ClusterServingRuntime `{}`", r.name),
-            ),
+        let found = match r.target {
+            RefTarget::InferenceService => find(Kind::InferenceService, ns, &r.name),
+            RefTarget::AnalysisTemplate => find(Kind::AnalysisTemplate, ns, &r.name),
+            RefTarget::ClusterAnalysisTemplate => {
+                find(Kind::ClusterAnalysisTemplate, None, &r.name)
+            }
+            RefTarget::ServingRuntime => {
+                find(Kind::ServingRuntime, ns, &r.name)
+                    || find(Kind::ClusterServingRuntime, None, &r.name)
+            }
         };
         if !found {
+            let what = match r.target {
+                RefTarget::InferenceService => {
+                    format!("InferenceService `{}` in namespace {}", r.name, r.namespace)
+                }
+                RefTarget::AnalysisTemplate => {
+                    format!("AnalysisTemplate `{}` in namespace {}", r.name, r.namespace)
+                }
+                RefTarget::ClusterAnalysisTemplate => {
+                    format!("ClusterAnalysisTemplate `{}`", r.name)
+                }
+                RefTarget::ServingRuntime => {
+                    format!("ServingRuntime or ClusterServingRuntime `{}`", r.name)
+                }
+            };
             if r.target == RefTarget::ServingRuntime {
                 // KServe clusters ship runtimes that are not in the repository; crossfade can
                 // still serve ONNX in-process, so this is a warning.
@@ -205,16 +244,14 @@ fn check_refs(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>)
             continue;
         }
         if let Some(given) = &r.args_given {
-            let template = manifests.analysis_templates.iter().find(|t| {
-                let t = &t.value;
-                t.meta.name == r.name
-                    && match r.target {
-                        RefTarget::ClusterAnalysisTemplate => t.cluster_scoped,
-                        _ => !t.cluster_scoped && t.meta.namespace_or_default() == r.namespace,
-                    }
-            });
-            let Some(template) = template else { continue };
-            for arg in template.value.args.iter().filter(|a| a.is_required()) {
+            let key = match r.target {
+                RefTarget::ClusterAnalysisTemplate => (true, "", r.name.as_str()),
+                _ => (false, r.namespace.as_str(), r.name.as_str()),
+            };
+            let Some(template) = templates.get(&key) else {
+                continue;
+            };
+            for arg in template.args.iter().filter(|a| a.is_required()) {
                 if !given.contains(&arg.name) {
                     diags.push(
                         Diagnostic::error(
@@ -242,6 +279,12 @@ fn check_refs(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>)
 /// `canaryTrafficPercent` moot.
 fn check_rollout_targets(index: &Index, diags: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<(&str, &str), &Ref> = HashMap::new();
+    let mut canary_percents: HashMap<(&str, &str), &NamedSpan> = HashMap::new();
+    for c in &index.canary_percents {
+        canary_percents
+            .entry((c.namespace.as_str(), c.name.as_str()))
+            .or_insert(c);
+    }
     for r in index
         .refs
         .iter()
@@ -269,11 +312,7 @@ fn check_rollout_targets(index: &Index, diags: &mut Vec<Diagnostic>) {
         } else {
             seen.insert(key, r);
         }
-        let canary = index
-            .canary_percents
-            .iter()
-            .find(|c| c.namespace == r.namespace && c.name == r.name);
-        if let Some(c) = canary {
+        if let Some(c) = canary_percents.get(&key) {
             {
                 diags.push(
                     Diagnostic::warning(

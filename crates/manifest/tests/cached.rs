@@ -38,6 +38,23 @@ fn same(a: &Parsed, b: &Parsed) {
     assert_eq!(a.resources, b.resources);
 }
 
+/// The (namespace, name) of every InferenceService, sorted.
+fn ids(p: &Parsed) -> Vec<(String, String)> {
+    let mut ids: Vec<_> = p
+        .manifests
+        .inference_services
+        .iter()
+        .map(|i| {
+            (
+                i.value.meta.namespace_or_default().to_owned(),
+                i.value.meta.name.clone(),
+            )
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
 #[test]
 fn a_cached_parse_equals_a_fresh_one_across_edits_additions_and_removals() {
     let all = fixtures();
@@ -57,13 +74,44 @@ fn a_cached_parse_equals_a_fresh_one_across_edits_additions_and_removals() {
     files.truncate(3);
     steps.push(files.clone());
     steps.push(all.clone());
+    let mut before: Option<Parsed> = None;
     for (i, step) in steps.iter().enumerate() {
         let s = sources(step);
         let cached = manifest::parse_cached(&s, options, &mut cache);
         let fresh = manifest::parse(&s, options);
         same(&cached, &fresh);
-        // Twice in a row: all from the cache.
-        same(&manifest::parse_cached(&s, options, &mut cache), &fresh);
+        // The changes turn the InferenceServices of the parse before into these.
+        let c = &cached.changes;
+        assert_eq!((c.base, c.generation), (2 * i as u64, 2 * i as u64 + 1));
+        let mut expected = before.as_ref().map(ids).unwrap_or_default();
+        for gone in &c.removed_inference_services {
+            let at = expected
+                .iter()
+                .position(|id| id == gone)
+                .expect("was there");
+            expected.remove(at);
+        }
+        for &at in &c.inference_services {
+            let isvc = &cached.manifests.inference_services[at].value;
+            expected.push((
+                isvc.meta.namespace_or_default().to_owned(),
+                isvc.meta.name.clone(),
+            ));
+        }
+        expected.sort();
+        assert_eq!(expected, ids(&cached), "step {i}");
+        if before
+            .as_ref()
+            .is_some_and(|b| b.manifests.rollouts != cached.manifests.rollouts)
+        {
+            assert!(c.rollouts, "step {i}: the Rollouts changed");
+        }
+        // Twice in a row: all from the cache, nothing changed.
+        let again = manifest::parse_cached(&s, options, &mut cache);
+        same(&again, &fresh);
+        assert!(again.changes.inference_services.is_empty() && !again.changes.rollouts);
+        assert!(again.changes.removed_inference_services.is_empty());
+        before = Some(again);
         if i + 1 == steps.len() {
             assert!(fresh.has_errors(), "the invalid fixtures are in");
         }

@@ -25,12 +25,14 @@ pub struct Mirror {
     url: String,
     dir: PathBuf,
     repo: gix::ThreadSafeRepository,
-    /// The manifest texts of the last read, by blob id: a blob is read and checked once
-    /// however many commits hold it.
-    texts: std::sync::Arc<std::sync::Mutex<Texts>>,
+    /// The manifest files of the last read with their blob ids, in the order the tree walk met
+    /// them: a file is read and checked once however many commits hold it, and the next read
+    /// shares it.
+    last: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
 }
 
-type Texts = std::collections::HashMap<gix::ObjectId, Result<String, String>>;
+/// A manifest file a read met, and its blob.
+type Seen = (gix::ObjectId, Arc<SourceFile>);
 
 /// A commit, with what the audit trail needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,7 +85,7 @@ impl Mirror {
             url,
             dir: dir.to_owned(),
             repo: repo.into_sync(),
-            texts: std::sync::Arc::default(),
+            last: std::sync::Arc::default(),
         })
     }
 
@@ -218,66 +220,108 @@ impl Mirror {
             }
             entry.object().map_err(|e| bad(&e))?.into_tree()
         };
-        let mut files = Vec::new();
-        let mut texts = self
-            .texts
+        let mut last = self
+            .last
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut known = std::mem::take(&mut *texts);
-        collect(&repo, tree, "", &mut files, (&mut known, &mut texts)).map_err(|e| bad(&e))?;
-        files.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut files = Vec::with_capacity(last.len());
+        let mut reuse = Reuse {
+            last: &last,
+            cursor: 0,
+            by_path: None,
+        };
+        let mut path = String::new();
+        collect(&repo, tree, &mut path, &mut files, &mut reuse).map_err(|e| bad(&e))?;
+        drop(reuse);
+        last.clone_from(&files);
+        drop(last);
+        files.sort_by(|a, b| a.1.name.cmp(&b.1.name));
         let mut sources = Sources::new();
-        for f in files {
-            sources.push(f);
+        for (_, f) in files {
+            sources.push_shared(f);
         }
         Ok(sources)
     }
 }
 
-/// Collects the manifest files under `tree`; `known` are the texts of the last read, `read`
-/// gets those of this one.
+/// The files of the last read, looked up by path as a new read meets them. Most are where the
+/// walk left off (the same tree, one file changed), so a lookup is usually a comparison with
+/// the next one; the map by path is built only if the walk strays.
+struct Reuse<'a> {
+    last: &'a [Seen],
+    cursor: usize,
+    by_path: Option<std::collections::HashMap<&'a str, usize>>,
+}
+
+impl Reuse<'_> {
+    /// The file last read at `path`, if it held blob `oid`.
+    fn find(&mut self, path: &str, oid: &gix::ObjectId) -> Option<Arc<SourceFile>> {
+        let at = match self.last.get(self.cursor) {
+            Some((_, f)) if f.name == path => self.cursor,
+            _ => {
+                let last = self.last;
+                let by_path = self.by_path.get_or_insert_with(|| {
+                    last.iter()
+                        .enumerate()
+                        .map(|(i, (_, f))| (f.name.as_str(), i))
+                        .collect()
+                });
+                *by_path.get(path)?
+            }
+        };
+        self.cursor = at + 1;
+        let (id, file) = &self.last[at];
+        (id == oid).then(|| Arc::clone(file))
+    }
+}
+
+/// Collects the manifest files under `tree`, whose path is `path` ("" at the root), with
+/// their blob ids.
 fn collect(
     repo: &gix::Repository,
     tree: gix::Tree<'_>,
-    prefix: &str,
-    out: &mut Vec<SourceFile>,
-    (known, read): (&mut Texts, &mut Texts),
+    path: &mut String,
+    out: &mut Vec<Seen>,
+    reuse: &mut Reuse<'_>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let base = path.len();
     for entry in tree.iter() {
         let entry = entry?;
-        let name = entry.filename().to_str_lossy().into_owned();
-        let full = if prefix.is_empty() {
-            name.clone()
-        } else {
-            format!("{prefix}/{name}")
-        };
+        let name = entry.filename().to_str_lossy();
+        path.truncate(base);
+        if base > 0 {
+            path.push('/');
+        }
+        path.push_str(&name);
         let mode = entry.mode();
         if mode.is_tree() {
             if !name.starts_with('.') {
                 let sub = repo.find_object(entry.oid())?.into_tree();
-                collect(repo, sub, &full, out, (&mut *known, &mut *read))?;
+                collect(repo, sub, path, out, reuse)?;
             }
         } else if mode.is_blob() && (name.ends_with(".yaml") || name.ends_with(".yml")) {
             let oid = entry.oid().to_owned();
-            let text = match known.remove(&oid).or_else(|| read.get(&oid).cloned()) {
-                Some(text) => text,
+            let file = match reuse.find(path, &oid) {
+                Some(file) => file,
                 None => {
                     let blob = repo.find_object(oid)?;
-                    String::from_utf8(blob.data.clone()).map_err(|e| {
-                        format!(
-                            "the file is not valid UTF-8 (byte {})",
-                            e.utf8_error().valid_up_to()
-                        )
+                    let name = path.clone();
+                    Arc::new(match String::from_utf8(blob.data.clone()) {
+                        Ok(text) => SourceFile::new(name, text),
+                        Err(e) => SourceFile::unreadable(
+                            name,
+                            format!(
+                                "the file is not valid UTF-8 (byte {})",
+                                e.utf8_error().valid_up_to()
+                            ),
+                        ),
                     })
                 }
             };
-            out.push(match &text {
-                Ok(text) => SourceFile::new(full, text.clone()),
-                Err(reason) => SourceFile::unreadable(full, reason.clone()),
-            });
-            read.insert(oid, text);
+            out.push((oid, file));
         }
     }
+    path.truncate(base);
     Ok(())
 }
 

@@ -76,6 +76,65 @@ fn local_path_branches_tags_and_commits() {
     assert_eq!(info.signature, None);
 }
 
+/// A read shares the files that did not change with the read before (what `parse_cached`
+/// relies on to skip them), and reads the others afresh: changed, added, moved and removed
+/// files, in a tree and its subtrees.
+#[test]
+fn reads_share_unchanged_files_with_the_read_before() {
+    let upstream = GitRepo::new();
+    upstream
+        .write("a.yaml", &isvc("a", "file:///a1.onnx"))
+        .write("b.yaml", &isvc("b", "file:///b1.onnx"))
+        .write("c.yaml", &isvc("c", "file:///c1.onnx"))
+        .write("sub/d.yaml", &isvc("d", "file:///d1.onnx"))
+        .write("sub/e.yaml", &isvc("e", "file:///e1.onnx"));
+    let first = upstream.commit("five");
+    upstream
+        .write("b.yaml", &isvc("b", "file:///b2.onnx"))
+        .write("aa.yaml", &isvc("aa", "file:///aa1.onnx"))
+        .remove("c.yaml")
+        .remove("sub/d.yaml")
+        .write("sub/moved.yaml", &isvc("d", "file:///d1.onnx"));
+    let second = upstream.commit("one changed, one added, one removed, one moved");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = Mirror::open(upstream.path().to_str().unwrap(), &dir.path().join("m")).unwrap();
+    mirror.fetch(TIMEOUT).unwrap();
+    let before = mirror.read_manifests(&first, ".").unwrap();
+    let after = mirror.read_manifests(&second, ".").unwrap();
+    assert_eq!(
+        names(&after),
+        [
+            "a.yaml",
+            "aa.yaml",
+            "b.yaml",
+            "sub/e.yaml",
+            "sub/moved.yaml"
+        ]
+    );
+    let shared = |name: &str| {
+        let find = |s: &manifest::Sources| {
+            let (id, _) = s.files().find(|(_, f)| f.name == name).unwrap();
+            std::sync::Arc::clone(s.shared(id))
+        };
+        std::sync::Arc::ptr_eq(&find(&before), &find(&after))
+    };
+    assert!(shared("a.yaml") && shared("sub/e.yaml"));
+    assert!(!shared("b.yaml"));
+    assert!(after.get(2).text().contains("b2.onnx"));
+    assert!(after.get(4).text().contains("d1.onnx"));
+    // Going back reads the old texts again, and the one after that shares with it.
+    let again = mirror.read_manifests(&first, ".").unwrap();
+    assert_eq!(names(&again), names(&before));
+    assert!(again.get(1).text().contains("b1.onnx"));
+    let texts = |s: &manifest::Sources| {
+        s.files()
+            .map(|(_, f)| f.text().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(texts(&again), texts(&before));
+}
+
 #[test]
 fn incremental_fetch_follows_new_and_rewritten_history() {
     let upstream = GitRepo::new();

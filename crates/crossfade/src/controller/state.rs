@@ -87,6 +87,9 @@ pub struct AppState {
     /// Whether a sync has reconciled every service since the start (a resumed state may hold
     /// services Git deleted while the process was down).
     reconciled_all: bool,
+    /// The number of the parse ([`manifest::Changes::generation`]) the desired state was made
+    /// from (0: none yet).
+    applied_parse: u64,
     /// Services whose view changed since the last [`AppState::take_dirty`].
     dirty: BTreeSet<ServiceId>,
     /// The Application-level part of the view changed.
@@ -122,6 +125,7 @@ impl AppState {
             queued: Vec::new(),
             settling: Vec::new(),
             reconciled_all: false,
+            applied_parse: 0,
             dirty: BTreeSet::new(),
             dirty_source: true,
             garbage: Vec::new(),
@@ -367,10 +371,6 @@ impl AppState {
             Err(refusal) => return self.refuse(refusal, base, unchanged, plan, result),
         };
 
-        let desired: BTreeMap<ServiceId, DesiredService> = engine::desired_state(&parsed.manifests)
-            .into_iter()
-            .map(|d| (d.id.clone(), d))
-            .collect();
         let is_new = self.commit.as_deref() != Some(id.as_str());
         if is_new && !self.rules.app.automated && !manual {
             let message = format!(
@@ -381,9 +381,12 @@ impl AppState {
             result.message = Some(message);
             return result;
         }
+        let first = self.desired.is_empty();
+        // The new desired state, and what differs from the last (`None`: compare them all).
+        let (previous, changed) = self.next_desired(parsed);
         let mut touched: BTreeSet<ServiceId> = BTreeSet::new();
-        if is_new || manual || self.desired.is_empty() {
-            let services: Vec<String> = desired.keys().map(ToString::to_string).collect();
+        if is_new || manual || first {
+            let services: Vec<String> = self.desired.keys().map(ToString::to_string).collect();
             if !unchanged {
                 record(
                     plan,
@@ -423,7 +426,6 @@ impl AppState {
         }
         self.examined = Some(id);
         self.error = None;
-        let previous = std::mem::replace(&mut self.desired, desired);
         self.runtimes = parsed
             .manifests
             .serving_runtimes
@@ -459,7 +461,11 @@ impl AppState {
                 .map(|(id, _)| id.clone()),
         );
         touched.extend(self.out_of_sync.keys().cloned());
-        if self.reconciled_all {
+        if self.reconciled_all
+            && let Some(changed) = changed
+        {
+            touched.extend(changed);
+        } else if self.reconciled_all {
             // What the commit changed: services added, removed or declared differently (both
             // maps are sorted: one walk over the two).
             let mut old = previous.iter().peekable();
@@ -480,6 +486,9 @@ impl AppState {
             touched.extend(self.live.services.keys().cloned());
             self.reconciled_all = true;
         }
+        // The last desired state and the commit's files go at a low priority, off this task.
+        self.garbage.push(Box::new(previous));
+        self.garbage.push(Box::new(fetched));
         self.reconcile(touched, now, plan);
         result.outcome = if unchanged {
             dto::SyncOutcome::Unchanged
@@ -487,6 +496,60 @@ impl AppState {
             dto::SyncOutcome::Applied
         };
         result
+    }
+
+    /// Makes the desired state that of `parsed`. When `parsed` was compared with the parse
+    /// applied last (its changes' base), only the services it changed are worked out again,
+    /// and their ids come back; otherwise every service is, and the last desired state comes
+    /// back to compare with.
+    fn next_desired(
+        &mut self,
+        parsed: &manifest::Parsed,
+    ) -> (
+        BTreeMap<ServiceId, DesiredService>,
+        Option<BTreeSet<ServiceId>>,
+    ) {
+        let changes = &parsed.changes;
+        let manifests = &parsed.manifests;
+        let drivers = engine::Drivers::new(manifests);
+        let applied = std::mem::replace(&mut self.applied_parse, changes.generation);
+        if changes.base == 0 || changes.base != applied || changes.rollouts {
+            let desired = manifests
+                .inference_services
+                .iter()
+                .map(|isvc| {
+                    let d = engine::desired_service(&isvc.value, &drivers);
+                    (d.id.clone(), d)
+                })
+                .collect();
+            return (std::mem::replace(&mut self.desired, desired), None);
+        }
+        let mut changed = BTreeSet::new();
+        let mut removed: BTreeMap<ServiceId, DesiredService> = BTreeMap::new();
+        for (namespace, name) in &changes.removed_inference_services {
+            let id = ServiceId::new(namespace, name);
+            if let Some(was) = self.desired.remove(&id) {
+                removed.insert(id, was);
+            }
+        }
+        for &at in &changes.inference_services {
+            let want = engine::desired_service(&manifests.inference_services[at].value, &drivers);
+            // Declared as before (a file edited elsewhere): kept with the share its Rollout set.
+            let keep = removed.remove(&want.id).filter(|was| {
+                let same = DesiredService {
+                    rollout_weight: was.rollout_weight,
+                    ..want.clone()
+                };
+                same == *was
+            });
+            if keep.is_none() {
+                changed.insert(want.id.clone());
+            }
+            self.desired.insert(want.id.clone(), keep.unwrap_or(want));
+        }
+        // Declared before and not any more.
+        changed.extend(removed.into_keys());
+        (BTreeMap::new(), Some(changed))
     }
 
     /// A commit that is not synced: recorded once, and the last good commit keeps serving.

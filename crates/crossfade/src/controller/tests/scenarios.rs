@@ -409,3 +409,109 @@ fn a_header_match_that_cannot_be_built_drops_its_route_rather_than_widen_it() {
     assert_eq!(built[0].0, "x-team");
     assert!(matches!(&built[1].1, gateway::Match::Regex(r) if r.is_match("ml-platform")));
 }
+
+/// Each commit after the first is decoded against the one before; the desired state is then
+/// updated from what changed, and only the services it changed are reconciled. Whatever the
+/// edits (in place, added, removed, renamed, after a refused commit), the result equals the
+/// desired state worked out from the whole commit.
+#[test]
+fn a_commit_reconciles_only_the_services_it_changes() {
+    let repo = Repo::new();
+    let file = |name: &str, uri: &str| (format!("{name}.yaml"), isvc(name, uri, ""));
+    let commit = |files: &[(String, String)]| {
+        let files: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.as_str()))
+            .collect();
+        repo.commit(&files);
+    };
+    let mut s = Scenario::new(app(AUTOMATED, policy(true, false)));
+    // Decoded on its own, not through the repository's cache.
+    let whole = |s: &Scenario, repo: &Repo| {
+        use super::super::task::Fetcher;
+        let commit = s.state.commit.clone().unwrap();
+        let sources = repo.manifests_at(&commit).unwrap();
+        let options = manifest::Options {
+            require_digest: true,
+        };
+        let want = engine::desired_state(&manifest::parse(&sources, options).manifests);
+        let have: Vec<_> = s.state.desired.values().cloned().collect();
+        assert_eq!(have, want);
+    };
+    commit(&[file("a", V1), file("b", V1), file("c", V1)]);
+    s.sync_and_load(Trigger::Manual, &repo);
+    whole(&s, &repo);
+
+    // One file edited: one service reconciled.
+    commit(&[file("a", V1), file("b", V2), file("c", V1)]);
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        trace.contains(&"load models/b b-predictor-00002".to_owned()),
+        "{trace:#?}"
+    );
+    let services: Vec<_> = trace.iter().filter(|l| l.starts_with("service ")).collect();
+    assert_eq!(
+        services,
+        [
+            "service models/b [b-predictor-00001=100]",
+            "service models/b [b-predictor-00002=100]"
+        ]
+    );
+    whole(&s, &repo);
+
+    // A refused commit, then one that adds, removes and keeps files: compared with the
+    // refused parse, so the desired state is worked out again in full.
+    commit(&[
+        file("a", V1),
+        file("b", V2),
+        ("c.yaml".into(), "kind: [".into()),
+    ]);
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        trace.iter().any(|l| l.starts_with("history Invalid")),
+        "{trace:#?}"
+    );
+    commit(&[file("b", V2), file("c", V1), file("d", V1)]);
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        trace.contains(&"load models/d d-predictor-00001".to_owned()),
+        "{trace:#?}"
+    );
+    assert!(
+        trace.iter().any(|l| l == "remove service models/a"),
+        "{trace:#?}"
+    );
+    whole(&s, &repo);
+
+    // The same service in a file of another name: nothing to reconcile.
+    commit(&[
+        file("b", V2),
+        ("c-renamed.yaml".into(), isvc("c", V1, "")),
+        file("d", V1),
+    ]);
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        !trace
+            .iter()
+            .any(|l| l.starts_with("service ") || l.starts_with("load ")),
+        "{trace:#?}"
+    );
+    whole(&s, &repo);
+
+    // A file removed from the end, and one added in front.
+    commit(&[
+        file("a0", V1),
+        file("b", V2),
+        ("c-renamed.yaml".into(), isvc("c", V1, "")),
+    ]);
+    let trace = s.sync_and_load(Trigger::Manual, &repo);
+    assert!(
+        trace.iter().any(|l| l == "remove service models/d"),
+        "{trace:#?}"
+    );
+    assert!(
+        trace.contains(&"load models/a0 a0-predictor-00001".to_owned()),
+        "{trace:#?}"
+    );
+    whole(&s, &repo);
+}

@@ -59,6 +59,9 @@ type Commit = (String, Vec<(String, String)>);
 pub struct Repo {
     commits: Mutex<Vec<Commit>>,
     failing: Mutex<Option<String>>,
+    /// Decoded as the controller's fetches decode: each parse after the first is compared
+    /// with the one before it.
+    cache: Mutex<manifest::ParseCache>,
 }
 
 impl Repo {
@@ -113,7 +116,7 @@ impl Repo {
             manifest::Options {
                 require_digest: true,
             },
-            &mut manifest::ParseCache::default(),
+            &mut self.cache.lock().unwrap(),
         ))
     }
 }
