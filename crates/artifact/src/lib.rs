@@ -73,7 +73,12 @@ pub struct Cache {
     timeout: Duration,
     s3: S3Config,
     gcs: S3Config,
+    /// One fetch at a time per pinned digest: the others wait and find it in the cache (10,000
+    /// services of one model download it once).
+    in_flight: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, Turn>>>,
 }
+
+type Turn = std::sync::Arc<std::sync::Mutex<()>>;
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
@@ -95,6 +100,7 @@ impl Cache {
             timeout,
             s3: S3Config::from_env(),
             gcs: S3Config::gcs_from_env(),
+            in_flight: Default::default(),
         })
     }
 
@@ -112,6 +118,34 @@ impl Cache {
 
     /// Fetches and verifies `uri`, from the cache when its pinned digest is there already.
     pub fn fetch(&self, uri: &StorageUri) -> Result<Fetched, Error> {
+        let Some(digest) = uri.digest else {
+            return self.fetch_now(uri);
+        };
+        let turn = Turn::clone(
+            self.in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(digest)
+                .or_default(),
+        );
+        let result = {
+            let _mine = turn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.fetch_now(uri)
+        };
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // The map's and this one: nobody else waits.
+        if std::sync::Arc::strong_count(&turn) == 2 {
+            in_flight.remove(&digest);
+        }
+        result
+    }
+
+    fn fetch_now(&self, uri: &StorageUri) -> Result<Fetched, Error> {
         if let Some(digest) = uri.digest
             && let Some(hit) = self.lookup(&digest)?
         {
@@ -138,13 +172,28 @@ impl Cache {
             });
         }
         let slot = self.root.join("sha256").join(actual.to_string());
-        if !slot.exists() {
-            // Atomic: the verified staging directory becomes the cache entry.
-            std::fs::rename(staging, &slot).map_err(io(&slot))?;
+        // Atomic: the verified staging directory becomes the cache entry. If another fetch
+        // of the same content (an unpinned URI, another process) got there first, its entry
+        // is the same bytes.
+        if !slot.exists()
+            && let Err(e) = std::fs::rename(staging, &slot)
+            && !slot.exists()
+        {
+            return Err(io(&slot)(e));
+        }
+        let path = slot.join(&name);
+        if !path.exists() {
+            // The entry holds the same content under another name.
+            if let Some(hit) = self.lookup(&actual)? {
+                return Ok(Fetched {
+                    downloaded: true,
+                    ..hit
+                });
+            }
         }
         Ok(Fetched {
             digest: actual,
-            path: slot.join(name),
+            path,
             bytes,
             downloaded: true,
         })
@@ -342,7 +391,13 @@ pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<Stri
                 let dest = staging.join(target_uri.rsplit('/').next().unwrap_or("artifact"));
                 std::fs::copy(path, &dest).map_err(io(&dest))?;
             }
-            std::fs::rename(&staging, &dest_dir).map_err(io(&dest_dir))?;
+            // A publish of the same content that got there first left the same bytes.
+            if let Err(e) = std::fs::rename(&staging, &dest_dir) {
+                let _ = std::fs::remove_dir_all(&staging);
+                if !dest_dir.exists() {
+                    return Err(io(&dest_dir)(e));
+                }
+            }
             Ok(target_uri)
         }
         Scheme::Http | Scheme::Https => Err(Error::Unsupported {

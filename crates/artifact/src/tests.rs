@@ -52,6 +52,54 @@ fn file_pinned_verified_and_cached() {
     assert_eq!(second.path, first.path);
 }
 
+/// Many loads of one model at once (10,000 services of one artifact start together): one
+/// fetch copies it, the others wait for it and find it cached; none fails. Unpinned fetches of
+/// the same bytes under other names race to the same entry, and all of them succeed too.
+#[test]
+fn concurrent_fetches_of_one_artifact_copy_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = hello_digest();
+    let src = dir.path().join(format!("store/sha256-{d}"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("model.onnx"), "hello model\n").unwrap();
+    std::fs::write(src.join("other.onnx"), "hello model\n").unwrap();
+    let c = cache(dir.path(), 1 << 20);
+    let pinned = uri(
+        &format!("file://{}/model.onnx", src.display()),
+        Scheme::File,
+        Some(d),
+    );
+    let results: Vec<Fetched> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| c.fetch(&pinned).unwrap()))
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    assert_eq!(results.iter().filter(|f| f.downloaded).count(), 1);
+    assert!(results.iter().all(|f| f.path == results[0].path));
+
+    let fresh = cache(&dir.path().join("second"), 1 << 20);
+    let names = ["model.onnx", "other.onnx"];
+    let results: Vec<Fetched> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..8)
+            .map(|i| {
+                let fresh = &fresh;
+                let u = uri(
+                    &format!("file://{}/{}", src.display(), names[i % 2]),
+                    Scheme::File,
+                    None,
+                );
+                s.spawn(move || fresh.fetch(&u).unwrap())
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for f in &results {
+        assert_eq!(f.digest, d);
+        assert_eq!(std::fs::read_to_string(&f.path).unwrap(), "hello model\n");
+    }
+}
+
 #[test]
 fn tampered_artifact_is_refused_and_never_cached() {
     let dir = tempfile::tempdir().unwrap();
