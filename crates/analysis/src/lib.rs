@@ -23,6 +23,7 @@
 //!   Inconclusive, in that order); as soon as one is reached, the run is over.
 
 pub mod builtin;
+pub mod compare;
 mod condition;
 pub mod judge;
 #[cfg(feature = "providers")]
