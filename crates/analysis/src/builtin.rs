@@ -16,6 +16,7 @@ pub struct Traffic {
     /// Answers with a 5xx (the model or its server failed). Client errors (4xx) are the
     /// client's doing and count for neither rate.
     pub server_errors: u64,
+    pub client_errors: u64,
     /// The provider's latency quantile, in seconds.
     pub latency: Option<f64>,
     pub mirrored: u64,
@@ -41,6 +42,8 @@ pub fn reading(provider: &BuiltinProvider, revision: &str, traffic: Option<Traff
         BuiltinMetric::SuccessRate | BuiltinMetric::ErrorRate if judged == 0 => no_requests(),
         BuiltinMetric::SuccessRate => number(t.ok as f64 / judged as f64),
         BuiltinMetric::ErrorRate => number(t.server_errors as f64 / judged as f64),
+        BuiltinMetric::ClientErrorRate if t.requests == 0 => no_requests(),
+        BuiltinMetric::ClientErrorRate => number(t.client_errors as f64 / t.requests as f64),
         BuiltinMetric::Latency => match t.latency {
             Some(l) if t.requests > 0 => number(l),
             _ => no_requests(),
@@ -62,6 +65,53 @@ pub fn reading(provider: &BuiltinProvider, revision: &str, traffic: Option<Traff
     }
 }
 
+/// The judge's reading of a `compare: stable` metric: the canary's counts against stable's
+/// over the same window (`None`: the revision never served). `result` is the
+/// [`crate::compare::Comparison`], its `verdict` `Pass`, `Fail` or `Inconclusive`.
+pub fn compared(
+    provider: &BuiltinProvider,
+    compare: &manifest::Compare,
+    canary: Option<&crate::compare::Counts>,
+    stable: Option<&crate::compare::Counts>,
+    bounds: &[f64],
+) -> Reading {
+    use crate::compare::{self, Settings};
+    let default_tolerance = match provider.metric {
+        BuiltinMetric::Latency => Settings::DEFAULT_LATENCY_TOLERANCE,
+        BuiltinMetric::MirrorAgreement => Settings::DEFAULT_DISAGREEMENT,
+        _ => Settings::DEFAULT_ERROR_TOLERANCE,
+    };
+    let settings = Settings {
+        tolerance: compare.tolerance.unwrap_or(default_tolerance),
+        min_sample: compare.min_sample.unwrap_or(Settings::DEFAULT_MIN_SAMPLE),
+        alpha: compare
+            .confidence
+            .map_or(Settings::DEFAULT_ALPHA, |c| 1.0 - c),
+        slack: Settings::DEFAULT_SLACK,
+    };
+    let empty = compare::Counts::default();
+    let (canary, stable) = (canary.unwrap_or(&empty), stable.unwrap_or(&empty));
+    let c = match provider.metric {
+        BuiltinMetric::ErrorRate | BuiltinMetric::SuccessRate => {
+            compare::error_rate(canary, stable, &settings)
+        }
+        BuiltinMetric::ClientErrorRate => compare::client_error_rate(canary, stable, &settings),
+        BuiltinMetric::Latency => {
+            compare::latency(canary, stable, bounds, provider.quantile, &settings)
+        }
+        BuiltinMetric::MirrorAgreement => compare::agreement(canary, &settings),
+        BuiltinMetric::RequestRate | BuiltinMetric::MirrorDistance => {
+            return Reading::Error(
+                "request-rate and mirror-distance cannot be judged against stable".into(),
+            );
+        }
+    };
+    match serde_json::to_value(&c) {
+        Ok(v) => Reading::Value(v),
+        Err(e) => Reading::Error(format!("the verdict could not be encoded: {e}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,6 +124,7 @@ mod tests {
             revision: RevisionSelector::Canary,
             window: Duration::from_secs(60),
             quantile: 0.99,
+            compare: None,
         }
     }
 
@@ -84,6 +135,7 @@ mod tests {
             requests: 120,
             ok: 90,
             server_errors: 10,
+            client_errors: 20,
             latency: Some(0.25),
             mirrored: 40,
             agreed: 30,
@@ -95,6 +147,7 @@ mod tests {
         };
         assert_eq!(value(BuiltinMetric::SuccessRate), 0.9);
         assert_eq!(value(BuiltinMetric::ErrorRate), 0.1);
+        assert_eq!(value(BuiltinMetric::ClientErrorRate), 20.0 / 120.0);
         assert_eq!(value(BuiltinMetric::Latency), 0.25);
         assert_eq!(value(BuiltinMetric::RequestRate), 2.0);
         assert_eq!(value(BuiltinMetric::MirrorAgreement), 0.75);
@@ -108,6 +161,7 @@ mod tests {
             requests: 0,
             ok: 0,
             server_errors: 0,
+            client_errors: 0,
             latency: None,
             mirrored: 0,
             agreed: 0,
@@ -128,5 +182,57 @@ mod tests {
                 "{m:?}"
             );
         }
+    }
+
+    /// The verdict is an object the Argo-shaped conditions read: `result.verdict == "Pass"`.
+    #[test]
+    fn a_comparison_is_read_by_conditions() {
+        let compare = manifest::Compare {
+            tolerance: None,
+            min_sample: Some(50),
+            confidence: None,
+            window_given: false,
+        };
+        let p = BuiltinProvider {
+            compare: Some(compare),
+            ..provider(BuiltinMetric::ErrorRate)
+        };
+        let counts = |ok, server_errors| crate::compare::Counts {
+            ok,
+            server_errors,
+            ..Default::default()
+        };
+        let pass = crate::Condition::compile(r#"result.verdict == "Pass""#).unwrap();
+        let fail = crate::Condition::compile(r#"result.verdict == "Fail""#).unwrap();
+        let good = compared(
+            &p,
+            &compare,
+            Some(&counts(200, 1)),
+            Some(&counts(800, 5)),
+            &[],
+        );
+        let Reading::Value(v) = &good else {
+            panic!("{good:?}")
+        };
+        assert!(pass.holds(v).unwrap() && !fail.holds(v).unwrap(), "{v}");
+        assert_eq!(v["canarySample"], 201);
+        let bad = compared(
+            &p,
+            &compare,
+            Some(&counts(150, 50)),
+            Some(&counts(800, 5)),
+            &[],
+        );
+        let Reading::Value(v) = &bad else {
+            panic!("{bad:?}")
+        };
+        assert!(fail.holds(v).unwrap(), "{v}");
+        assert!(
+            v["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("error rate 25.00% (50 of 200)"),
+            "{v}"
+        );
     }
 }

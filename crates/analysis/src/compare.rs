@@ -495,6 +495,9 @@ pub fn round(x: f64) -> String {
     if x == 0.0 {
         return "0".into();
     }
+    if x.abs() >= 1e6 {
+        return format!("{x:.2e}");
+    }
     let digits = (2 - x.abs().log10().floor() as i32).max(0) as usize;
     let s = format!("{x:.digits$}");
     if s.contains('.') {

@@ -94,6 +94,41 @@ impl Tally {
     }
 }
 
+/// The phase of a judge's metric (`compare: stable`): each verdict covers the whole run so
+/// far, so an Inconclusive one (too few requests yet, or worse-looking without evidence) does
+/// not end the metric while more are due; it fails as soon as the failures pass
+/// `failureLimit`, and once `count` is reached (or the run stops) it is what the last verdict
+/// says: Successful only if the last look, on all the run's data, passed.
+pub fn judged_phase(limits: &Limits, measurements: &[Measurement], stopping: bool) -> Phase {
+    let t = Tally::of(measurements);
+    if t.failed > limits.failure_limit {
+        return Phase::Failed;
+    }
+    if t.consecutive_error > limits.consecutive_error_limit {
+        return Phase::Error;
+    }
+    let last = measurements.iter().rev().find(|m| m.phase.is_completed());
+    if limits.count.is_some_and(|c| t.count >= c) || stopping {
+        return match last.map(|m| m.phase) {
+            None => {
+                if stopping {
+                    Phase::Inconclusive
+                } else {
+                    Phase::Pending
+                }
+            }
+            Some(Phase::Successful) => Phase::Successful,
+            Some(Phase::Error) => Phase::Error,
+            Some(_) => Phase::Inconclusive,
+        };
+    }
+    if measurements.is_empty() {
+        Phase::Pending
+    } else {
+        Phase::Running
+    }
+}
+
 /// The phase of a metric from its measurements (Argo's `assessMetricStatus`). `stopping`: the
 /// run is being stopped, so a metric that measures until then is done.
 pub fn metric_phase(limits: &Limits, measurements: &[Measurement], stopping: bool) -> Phase {
@@ -199,6 +234,46 @@ mod tests {
         );
         let (_, why) = evaluate(Some(&ok), None, &v(0.5));
         assert_eq!(why.unwrap(), "`result[0] >= 0.95` does not hold for [0.5]");
+    }
+
+    #[test]
+    fn a_judged_metric_is_its_last_verdict() {
+        use Phase::*;
+        let limits = Limits {
+            count: Some(3),
+            failure_limit: 0,
+            inconclusive_limit: 0,
+            consecutive_error_limit: 4,
+        };
+        let ms = |phases: &[Phase]| -> Vec<Measurement> {
+            phases
+                .iter()
+                .map(|p| Measurement {
+                    phase: *p,
+                    ..Measurement::default()
+                })
+                .collect()
+        };
+        // Too few requests at first does not end it.
+        assert_eq!(judged_phase(&limits, &ms(&[Inconclusive]), false), Running);
+        assert_eq!(
+            judged_phase(
+                &limits,
+                &ms(&[Inconclusive, Inconclusive, Successful]),
+                false
+            ),
+            Successful
+        );
+        // A pass that later looks worse is not a pass.
+        assert_eq!(
+            judged_phase(&limits, &ms(&[Successful, Successful, Inconclusive]), false),
+            Inconclusive
+        );
+        assert_eq!(
+            judged_phase(&limits, &ms(&[Successful, Failed]), false),
+            Failed
+        );
+        assert_eq!(judged_phase(&limits, &[], true), Inconclusive);
     }
 
     #[test]

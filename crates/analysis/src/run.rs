@@ -161,6 +161,15 @@ impl Run {
             Reading::Value(v) => Some(v.to_string()),
             _ => None,
         };
+        // A judge's verdict says why, whatever the phase, better than the condition can.
+        let message = match reading {
+            Reading::Value(v) => v
+                .get("reason")
+                .and_then(|r| r.as_str())
+                .map(str::to_owned)
+                .or(message),
+            _ => message,
+        };
         status.measurements.push(Measurement {
             value,
             phase,
@@ -168,7 +177,7 @@ impl Run {
             finished_at,
             message,
         });
-        status.phase = judge::metric_phase(&spec.limits, &status.measurements, false);
+        status.phase = phase_of(spec, &status.measurements, false);
         self.assess(specs, finished_at, false);
     }
 
@@ -184,7 +193,7 @@ impl Run {
             if let Some(spec) = specs.iter().find(|s| s.name == status.name)
                 && !status.phase.is_completed()
             {
-                status.phase = judge::metric_phase(&spec.limits, &status.measurements, true);
+                status.phase = phase_of(spec, &status.measurements, true);
             }
         }
         self.assess(specs, now, true);
@@ -237,6 +246,18 @@ impl Run {
                     format!("metric {} is {phase}: {last} ({tally})", m.name)
                 });
         }
+    }
+}
+
+/// A metric's phase from its measurements: Argo's rules, except for the judge's metrics
+/// (`compare: stable`), whose every verdict covers the whole run so far, so the last one
+/// stands for all (see [`judge::judged_phase`]).
+fn phase_of(spec: &MetricSpec, measurements: &[Measurement], stopping: bool) -> Phase {
+    match &spec.provider {
+        crate::ProviderSpec::Builtin(b) if b.compare.is_some() => {
+            judge::judged_phase(&spec.limits, measurements, stopping)
+        }
+        _ => judge::metric_phase(&spec.limits, measurements, stopping),
     }
 }
 

@@ -981,6 +981,74 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
     );
 }
 
+/// The judge compares the canary with the stable revision: no threshold in the template. A
+/// good model passes on the whole run's data and goes on; one that fails on half of the inputs
+/// is stopped at 20%, the measurement saying why with the counts.
+#[test]
+fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails"]);
+    let [v1, v2, bad] = models.uris();
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.write("rollout.yaml", &rollout_yaml(JUDGE_TEMPLATE));
+    repo.commit("iris v1 with a judged rollout");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+
+    let load = Load::start(&up.data);
+    commit_model(&repo, &v2, "iris v2");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+    });
+    assert_eq!(max, 50, "{r:#}");
+    let run = &r["analysisRuns"][0];
+    assert_eq!(run["phase"], "Successful", "{r:#}");
+    let last = run["measurements"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    let verdict: Value = serde_json::from_str(last["value"].as_str().unwrap()).unwrap();
+    assert_eq!(verdict["verdict"], "Pass", "{verdict:#}");
+    assert!(
+        verdict["canarySample"].as_u64().unwrap() >= 20,
+        "{verdict:#}"
+    );
+    assert!(verdict["stableSample"].as_u64().unwrap() > 0, "{verdict:#}");
+    assert!(
+        last["message"]
+            .as_str()
+            .unwrap()
+            .contains("within 1.5x stable"),
+        "{last:#}"
+    );
+    let (code, out) = up.cli(&["rollout", "promote", "iris"]);
+    assert_eq!(code, 0, "{out}");
+    up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
+
+    commit_model(&repo, &bad, "iris v3, which fails on some inputs");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
+    drop(load.finish());
+    assert_eq!(max, 20, "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00002");
+    let failed = run["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["phase"] == "Failed")
+        .unwrap_or_else(|| panic!("{run:#}"))
+        .clone();
+    let why = failed["message"].as_str().unwrap();
+    assert!(
+        why.starts_with("error rate ") && why.contains("against stable's 0.00%"),
+        "{why}"
+    );
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails"]);

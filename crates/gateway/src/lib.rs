@@ -48,7 +48,7 @@ pub use routes::{
     Backend, Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
 };
 pub use server::{Limits, serve_router};
-pub use stats::{Outcome, Summary, WINDOW_SECONDS};
+pub use stats::{Outcome, Summary, WINDOW_SECONDS, latency_bounds};
 pub use upstream::{Timeouts, Upstream};
 
 /// `x-crossfade-tag: latest|prev` picks a revision by tag.

@@ -202,6 +202,11 @@ impl Summary {
         Some(upper_bound_us(BUCKETS - 1) / 1e6)
     }
 
+    /// Requests per latency bucket: bucket `i` holds latencies up to `latency_bounds()[i]`.
+    pub fn latency_counts(&self) -> &[u64] {
+        &self.latency
+    }
+
     /// Share of requests the revision answered (client errors excluded: not its fault).
     pub fn success_rate(&self) -> Option<f64> {
         let judged = self.ok + self.server_errors;
@@ -211,6 +216,11 @@ impl Summary {
     pub fn mirror_agreement(&self) -> Option<f64> {
         (self.mirrored > 0).then(|| self.agreed as f64 / self.mirrored as f64)
     }
+}
+
+/// The upper edge of each latency bucket, in seconds.
+pub fn latency_bounds() -> Vec<f64> {
+    (0..BUCKETS).map(|i| upper_bound_us(i) / 1e6).collect()
 }
 
 fn upper_bound_us(i: usize) -> f64 {

@@ -584,6 +584,18 @@ pub enum HttpMethod {
 ///     window: 1m             # how far back to look (default 1m)
 ///     quantile: 0.99         # latency only (default 0.99)
 /// ```
+///
+/// With `compare: stable` the canary is judged against the stable revision and `result` is
+/// the judge's verdict (see `analysis::compare`):
+///
+/// ```yaml
+///   crossfade:
+///     metric: error-rate     # error-rate, client-error-rate, latency, mirror-agreement
+///     compare: stable
+///     tolerance: 1.5         # how much worse than stable is tolerated (defaults per metric)
+///     minSample: 100         # canary requests before any verdict
+///     confidence: 0.95       # 1 - the chance of failing a canary within tolerance
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct BuiltinProvider {
     pub metric: BuiltinMetric,
@@ -591,6 +603,20 @@ pub struct BuiltinProvider {
     pub window: Duration,
     /// For [`BuiltinMetric::Latency`]: the quantile, in (0, 1].
     pub quantile: f64,
+    /// Judge the canary against the stable revision (`compare: stable`).
+    pub compare: Option<Compare>,
+}
+
+/// How a `compare: stable` metric judges; `None` fields take the judge's defaults.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Compare {
+    pub tolerance: Option<f64>,
+    pub min_sample: Option<u64>,
+    /// In (0, 1): 0.95 fails a canary within tolerance at most 5% of the time.
+    pub confidence: Option<f64>,
+    /// Whether `window` was written; without it the comparison covers the whole run (up to
+    /// the last ten minutes).
+    pub window_given: bool,
 }
 
 /// What the built-in provider measures. Each yields a single number as `result`.
@@ -600,6 +626,8 @@ pub enum BuiltinMetric {
     SuccessRate,
     /// `error-rate`: share of requests that failed, 0 to 1.
     ErrorRate,
+    /// `client-error-rate`: share of requests refused as the client's fault (4xx), 0 to 1.
+    ClientErrorRate,
     /// `latency`: the chosen quantile of request latency, in seconds.
     Latency,
     /// `request-rate`: requests per second.

@@ -300,4 +300,5 @@ fn numbers_are_rounded_for_people() {
     assert_eq!(round(20.0), "20");
     assert_eq!(round(1234.6), "1235");
     assert_eq!(round(0.000_123_4), "0.000123");
+    assert_eq!(round(6.3e41), "6.30e41");
 }

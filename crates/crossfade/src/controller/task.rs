@@ -305,6 +305,39 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
     use analysis::ProviderSpec;
     use manifest::RevisionSelector;
     let reading = match &job.provider {
+        ProviderSpec::Builtin(b) if let Some(compare) = &b.compare => {
+            // The whole run so far (within the windows' ten minutes), unless a window is given.
+            let since_start = drivers.clock.now().as_secs() - job.started_at;
+            let seconds = if compare.window_given {
+                b.window.as_secs()
+            } else {
+                u64::try_from(since_start).unwrap_or(0)
+            }
+            .clamp(1, gateway::WINDOW_SECONDS);
+            let service = job.service.to_string();
+            let counts = |revision: &str| {
+                drivers
+                    .gateway
+                    .summary(&service, revision, seconds)
+                    .map(|s| analysis::compare::Counts {
+                        ok: s.ok,
+                        server_errors: s.server_errors,
+                        client_errors: s.client_errors,
+                        latency: s.latency_counts().to_vec(),
+                        mirrored: s.mirrored,
+                        agreed: s.agreed,
+                    })
+            };
+            let canary = counts(&job.canary);
+            let stable = job.stable.as_deref().and_then(counts);
+            analysis::builtin::compared(
+                b,
+                compare,
+                canary.as_ref(),
+                stable.as_ref(),
+                &gateway::latency_bounds(),
+            )
+        }
         ProviderSpec::Builtin(b) => {
             let revision = match b.revision {
                 RevisionSelector::Canary => job.canary.clone(),
@@ -319,6 +352,7 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
                     requests: s.requests,
                     ok: s.ok,
                     server_errors: s.server_errors,
+                    client_errors: s.client_errors,
                     latency: s.quantile(b.quantile),
                     mirrored: s.mirrored,
                     agreed: s.agreed,

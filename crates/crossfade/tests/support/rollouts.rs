@@ -84,6 +84,24 @@ spec:
         crossfade: {metric: success-rate, window: 3s}
 "#;
 
+/// The judge: the canary's error rate against the stable revision's over the run, with no
+/// threshold, looked at every second; the last look decides.
+pub const JUDGE_TEMPLATE: &str = r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: health}
+spec:
+  args: [{name: canary}]
+  metrics:
+    - name: errors-vs-stable
+      initialDelay: 1s
+      interval: 1s
+      count: 4
+      successCondition: result.verdict == "Pass"
+      failureCondition: result.verdict == "Fail"
+      provider:
+        crossfade: {metric: error-rate, compare: stable, minSample: 20}
+"#;
+
 /// Requests from a thread until stopped: half of them flowers whose sepal length the
 /// `iris-fails` model cannot look up (it answers 500 for those), half it can.
 pub struct Load {

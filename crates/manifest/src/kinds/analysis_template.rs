@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::decode::{At, Cx, Fields};
+use crate::decode::{At, Cx, Fields, Map};
 use crate::diag::Code;
 use crate::types::*;
 use crate::yaml::{NodeKind, Resolved};
@@ -300,7 +300,16 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
             let c = cx.map(
                 &a,
                 &Fields {
-                    known: &["metric", "revision", "window", "quantile"],
+                    known: &[
+                        "metric",
+                        "revision",
+                        "window",
+                        "quantile",
+                        "compare",
+                        "tolerance",
+                        "minSample",
+                        "confidence",
+                    ],
                     tolerated: &[],
                 },
             )?;
@@ -310,6 +319,7 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                     &[
                         ("success-rate", BuiltinMetric::SuccessRate),
                         ("error-rate", BuiltinMetric::ErrorRate),
+                        ("client-error-rate", BuiltinMetric::ClientErrorRate),
                         ("latency", BuiltinMetric::Latency),
                         ("request-rate", BuiltinMetric::RequestRate),
                         ("mirror-agreement", BuiltinMetric::MirrorAgreement),
@@ -360,14 +370,122 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                 }
                 None => Some(0.99),
             };
+            let compare = builtin_compare(cx, &c, metric)?;
+            if compare.is_some()
+                && let Some(a) = c.get("revision")
+            {
+                cx.warning(
+                    Code::IgnoredField,
+                    &a,
+                    "with `compare: stable` the canary is judged against the stable revision; `revision` is ignored",
+                );
+            }
             Some(Provider::Crossfade(BuiltinProvider {
                 metric: metric?,
                 revision: revision?,
                 window: window?,
                 quantile: quantile?,
+                compare,
             }))
         }
     }
+}
+
+/// `compare`, `tolerance`, `minSample` and `confidence` of a `crossfade` provider: `Some(None)`
+/// without `compare`, `None` when they are wrong (reported).
+fn builtin_compare(
+    cx: &mut Cx<'_>,
+    c: &Map<'_>,
+    metric: Option<BuiltinMetric>,
+) -> Option<Option<Compare>> {
+    let judged = ["tolerance", "minSample", "confidence"];
+    let Some(a) = c.get("compare") else {
+        for name in judged {
+            if let Some(a) = c.get(name) {
+                cx.warning(
+                    Code::IgnoredField,
+                    &a,
+                    format!("`{name}` applies with `compare: stable` only"),
+                );
+            }
+        }
+        return Some(None);
+    };
+    cx.one_of(&a, &[("stable", ())])?;
+    if let Some(m) = metric
+        && matches!(
+            m,
+            BuiltinMetric::RequestRate | BuiltinMetric::MirrorDistance
+        )
+    {
+        cx.error(
+            Code::OutOfRange,
+            &a,
+            "request-rate and mirror-distance cannot be judged against stable: compare error-rate, client-error-rate, success-rate, latency or mirror-agreement",
+        );
+        return None;
+    }
+    let positive = |cx: &mut Cx<'_>, name: &str, at: &At<'_>, ok: fn(f64) -> bool, range: &str| {
+        cx.number(at).filter(|v| {
+            let good = ok(*v);
+            if !good {
+                cx.error(
+                    Code::OutOfRange,
+                    at,
+                    format!("{v} is out of range: `{name}` is {range}"),
+                );
+            }
+            good
+        })
+    };
+    let tolerance = match c.get("tolerance") {
+        Some(a) if metric == Some(BuiltinMetric::MirrorAgreement) => Some(positive(
+            cx,
+            "tolerance",
+            &a,
+            |v| (0.0..1.0).contains(&v),
+            "the share of mirrored requests allowed to disagree, in [0, 1)",
+        )?),
+        Some(a) => Some(positive(
+            cx,
+            "tolerance",
+            &a,
+            |v| v >= 1.0 && v.is_finite(),
+            "a factor of stable's figure, 1 or more",
+        )?),
+        None => None,
+    };
+    let min_sample = match c.get("minSample") {
+        Some(a) => {
+            let n = cx.int(&a)?;
+            if n < 1 {
+                cx.error(
+                    Code::OutOfRange,
+                    &a,
+                    format!("{n} is out of range: `minSample` is 1 or more"),
+                );
+                return None;
+            }
+            Some(n as u64)
+        }
+        None => None,
+    };
+    let confidence = match c.get("confidence") {
+        Some(a) => Some(positive(
+            cx,
+            "confidence",
+            &a,
+            |v| v > 0.0 && v < 1.0,
+            "in (0, 1), such as 0.95",
+        )?),
+        None => None,
+    };
+    Some(Some(Compare {
+        tolerance,
+        min_sample,
+        confidence,
+        window_given: c.get("window").is_some(),
+    }))
 }
 
 fn is_placeholder(s: &str) -> bool {
