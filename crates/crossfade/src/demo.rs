@@ -40,8 +40,8 @@ const MODELS: [(&str, &[u8]); 3] = [
         include_bytes!("../../../fixtures/models/iris-logreg-v2.onnx"),
     ),
     (
-        "iris-fails",
-        include_bytes!("../../../fixtures/models/iris-fails.onnx"),
+        "iris-fails-some",
+        include_bytes!("../../../fixtures/models/iris-fails-some.onnx"),
     ),
 ];
 

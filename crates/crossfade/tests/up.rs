@@ -833,7 +833,7 @@ fn a_serving_runtime_process_serves_a_scikit_learn_model() {
 
 #[test]
 fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
-    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails"]);
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails-some"]);
     let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
@@ -986,7 +986,7 @@ fn a_rollout_promotes_a_good_model_resumes_after_kill_and_aborts_a_bad_one() {
 /// is stopped at 20%, the measurement saying why with the counts.
 #[test]
 fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
-    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails"]);
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails-some"]);
     let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
@@ -1051,7 +1051,7 @@ fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
 
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
-    let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails"]);
+    let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);
     let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
     commit_model(&repo, &v1, "iris v1");
@@ -1174,7 +1174,7 @@ spec:
 #[test]
 fn notifications_follow_a_rollout_and_a_rollback() {
     let receiver = Receiver::start();
-    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails"]);
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-fails-some"]);
     let [v1, v2, bad] = models.uris();
     let repo = GitRepo::new();
     repo.write("iris.yaml", &isvc_with("iris", &v1, ""));

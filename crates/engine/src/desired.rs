@@ -42,6 +42,10 @@ pub struct DesiredService {
     pub request_timeout: Option<std::time::Duration>,
     /// The Rollout that drives the service, if any.
     pub rollout: Option<String>,
+    /// The annotation `crossfade.dev/signature-change: intended`: a new revision may take
+    /// other inputs or drop outputs (its clients change with it); otherwise one that does is
+    /// refused before it gets any traffic.
+    pub signature_change: bool,
     /// The canary's share the Rollout sets now (see [`crate::rollout`]); with a Rollout and
     /// none set, the canary waits at 0%.
     pub rollout_weight: Option<Percent>,
@@ -79,6 +83,9 @@ impl<'a> Drivers<'a> {
     }
 }
 
+/// The annotation that allows a new revision to change the model's signature.
+pub const SIGNATURE_CHANGE: &str = "crossfade.dev/signature-change";
+
 /// One InferenceService as [`desired_state`] has it.
 pub fn desired_service(isvc: &InferenceService, drivers: &Drivers<'_>) -> DesiredService {
     let id = ServiceId::new(isvc.meta.namespace_or_default(), &isvc.meta.name);
@@ -94,6 +101,11 @@ pub fn desired_service(isvc: &InferenceService, drivers: &Drivers<'_>) -> Desire
         request_timeout: isvc.predictor.timeout,
         rollout,
         rollout_weight: None,
+        signature_change: isvc
+            .meta
+            .annotations
+            .get(SIGNATURE_CHANGE)
+            .is_some_and(|v| v == "intended"),
         id,
     }
 }

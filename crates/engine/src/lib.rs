@@ -8,7 +8,9 @@ mod desired;
 mod reconcile;
 pub mod rollout;
 
-pub use desired::{DesiredService, Drivers, ServiceId, desired_service, desired_state, spec_hash};
+pub use desired::{
+    DesiredService, Drivers, SIGNATURE_CHANGE, ServiceId, desired_service, desired_state, spec_hash,
+};
 pub use reconcile::{
     Decision, Effect, Live, LiveRevision, LiveService, RevisionState, Split, SyncPolicy, Tags,
     reconcile, reconcile_one,

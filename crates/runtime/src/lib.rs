@@ -1,12 +1,14 @@
 //! Model loading and inference: ONNX in-process with tract, and model servers started as local
 //! processes from a ServingRuntime.
 
+mod contract;
 mod onnx;
 mod process;
 mod tensor;
 
 use std::path::PathBuf;
 
+pub use contract::breaks as contract_breaks;
 pub use onnx::OnnxModel;
 pub use process::{INHERITED_ENV, ProcessRuntime, ProcessSpec};
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};

@@ -757,13 +757,39 @@ impl AppState {
         now: Timestamp,
         plan: &mut Plan,
     ) {
+        let Some(live) = self.live.services.get(&service) else {
+            return; // removed meanwhile; dropping the model unloads it
+        };
+        if !live.revisions.iter().any(|r| r.name == revision) {
+            return; // retired meanwhile
+        }
+        // The revision that serves now, which the new one must stay compatible with.
+        let rev_stable = live.rolled_out.clone().filter(|s| *s != revision);
+        let outcome = outcome.and_then(|loaded| {
+            let intended = self
+                .desired
+                .get(&service)
+                .is_some_and(|d| d.signature_change);
+            let stable = rev_stable.as_ref().and_then(|s| self.loaded.get(&(service.clone(), s.clone())));
+            match (stable, intended) {
+                (Some(stable), false) => match contract_broken(stable, &loaded.revision) {
+                    Some(why) => Err(format!(
+                        "its signature is not {}'s: {why}; clients of the stable revision would be refused (annotate the InferenceService `{}: intended` if the change is meant)",
+                        rev_stable.as_deref().unwrap_or_default(),
+                        engine::SIGNATURE_CHANGE
+                    )),
+                    None => Ok(loaded),
+                },
+                _ => Ok(loaded),
+            }
+        });
         let Some(rev) = self
             .live
             .services
             .get_mut(&service)
             .and_then(|l| l.revisions.iter_mut().find(|r| r.name == revision))
         else {
-            return; // removed or retired meanwhile; dropping the model unloads it
+            return;
         };
         let record = self
             .records
@@ -971,4 +997,12 @@ pub(super) fn service_record(
             .collect(),
         overridden: live.overridden,
     }
+}
+
+/// Why `canary` breaks the contract of `stable` (both served in-process; a model server's
+/// signature is not known here), if it does.
+fn contract_broken(stable: &gateway::Revision, canary: &gateway::Revision) -> Option<String> {
+    let (s, c) = (stable.model()?, canary.model()?);
+    let broken = runtime::contract_breaks((s.inputs(), s.outputs()), (c.inputs(), c.outputs()));
+    (!broken.is_empty()).then(|| broken.join("; "))
 }

@@ -103,7 +103,7 @@ spec:
 "#;
 
 /// Requests from a thread until stopped: half of them flowers whose sepal length the
-/// `iris-fails` model cannot look up (it answers 500 for those), half it can.
+/// `iris-fails-some` model cannot look up (it answers 500 for those), half it can.
 pub struct Load {
     pub stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     pub thread: std::thread::JoinHandle<std::collections::BTreeMap<(String, u16), usize>>,

@@ -33,6 +33,7 @@ fn want(name: &str, uri: &str, canary: Option<u8>) -> DesiredService {
         request_timeout: None,
         rollout: None,
         rollout_weight: None,
+        signature_change: false,
     }
 }
 

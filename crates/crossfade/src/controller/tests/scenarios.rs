@@ -515,3 +515,80 @@ fn a_commit_reconciles_only_the_services_it_changes() {
     );
     whole(&s, &repo);
 }
+
+/// A new revision that takes other inputs than the one serving is refused before it gets any
+/// traffic, with the difference named; an added output is compatible; the annotation says a
+/// change is meant.
+#[test]
+fn a_canary_whose_signature_breaks_clients_never_gets_traffic() {
+    use super::support::onnx;
+    let repo = Repo::new();
+    repo.commit(&[("iris.yaml", &isvc("iris", V1, ""))]);
+    let mut s = Scenario::new(app(AUTOMATED, SyncPolicy::default()));
+    s.sync(Trigger::Manual);
+    s.fetched(&repo);
+    let loaded = |s: &mut Scenario, revision: &str, model: &str| {
+        s.handle(Event::Loaded {
+            service: id("iris"),
+            revision: revision.into(),
+            outcome: Ok(onnx(revision, model)),
+        })
+    };
+    loaded(&mut s, "iris-predictor-00001", "iris-logreg-v1");
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00001".to_owned(), 100)]
+    );
+
+    repo.commit(&[("iris.yaml", &isvc("iris", V2, ""))]);
+    s.sync(Trigger::Manual);
+    s.fetched(&repo);
+    let trace = loaded(&mut s, "iris-predictor-00002", "iris-five-features");
+    assert!(
+        trace.contains(&"revision iris-predictor-00002 Failed".to_owned()),
+        "{trace:#?}"
+    );
+    let reason = s.state.live.services[&id("iris")]
+        .revisions
+        .iter()
+        .find_map(|r| match &r.state {
+            engine::RevisionState::Failed { reason } => Some(reason.clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(
+        reason,
+        "its signature is not iris-predictor-00001's: input X has shape [N, 5] where stable's has [N, 4]; clients of the stable revision would be refused (annotate the InferenceService `crossfade.dev/signature-change: intended` if the change is meant)"
+    );
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00001".to_owned(), 100)]
+    );
+
+    // An output added: compatible.
+    let v3 = V2.replace("v2", "v3");
+    repo.commit(&[("iris.yaml", &isvc("iris", &v3, ""))]);
+    s.sync(Trigger::Manual);
+    s.fetched(&repo);
+    loaded(&mut s, "iris-predictor-00003", "iris-extra-output");
+    assert_eq!(
+        s.traffic("iris"),
+        [("iris-predictor-00003".to_owned(), 100)]
+    );
+
+    // The five-feature model again, said to be meant: it serves.
+    let annotated = isvc("iris", V2, "").replace(
+        "namespace: models}",
+        "namespace: models, annotations: {crossfade.dev/signature-change: intended}}",
+    );
+    repo.commit(&[("iris.yaml", &annotated)]);
+    s.sync(Trigger::Manual);
+    let trace = s.fetched(&repo);
+    let revision = trace
+        .iter()
+        .find_map(|l| l.strip_prefix("load models/iris "))
+        .unwrap_or_else(|| panic!("{trace:#?}"))
+        .to_owned();
+    loaded(&mut s, &revision, "iris-five-features");
+    assert_eq!(s.traffic("iris"), [(revision, 100)]);
+}

@@ -154,6 +154,18 @@ pub fn loaded(revision: &str) -> LoadedRevision {
     }
 }
 
+/// A fixture model (`fixtures/models/<name>.onnx`) loaded in-process, as a revision.
+pub fn onnx(revision: &str, model: &str) -> LoadedRevision {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models")
+        .join(format!("{model}.onnx"));
+    let model = runtime::OnnxModel::load(&path).unwrap();
+    LoadedRevision {
+        revision: Arc::new(gateway::Revision::onnx(revision, model)),
+        digest: "sha256:1111".into(),
+    }
+}
+
 /// One Application's core driven by the test: events in, plans rendered.
 pub struct Scenario {
     pub state: AppState,
