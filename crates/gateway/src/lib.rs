@@ -392,6 +392,9 @@ struct Routed<'t> {
     mirror: Option<(&'t Arc<Revision>, &'t metrics::RevisionMetrics)>,
     /// The route's answer timeout for a proxied revision.
     answer_timeout: Option<std::time::Duration>,
+    /// Whether the rollout chose the revision (the split), not the client (by name, tag or
+    /// header): only those requests are judged.
+    controlled: bool,
 }
 
 /// Routes a request: the revision, or why there is none.
@@ -478,6 +481,7 @@ fn route_request<'t>(
         metrics: &route.metrics[idx],
         mirror,
         answer_timeout: route.answer_timeout,
+        controlled: matches!(how, Chosen::Split | Chosen::Sticky),
     })
 }
 
@@ -488,16 +492,18 @@ struct Measure<'a> {
     metrics: &'a metrics::RevisionMetrics,
     start: clock::Instant,
     outcome: Outcome,
+    controlled: bool,
 }
 
 impl<'a> Measure<'a> {
-    fn start(gw: &'a Gateway, metrics: &'a metrics::RevisionMetrics) -> Self {
-        metrics.started();
+    fn start(gw: &'a Gateway, routed: &Routed<'a>) -> Self {
+        routed.metrics.started();
         Self {
             gw,
-            metrics,
+            metrics: routed.metrics,
             start: gw.config.clock.instant(),
             outcome: Outcome::ServerError,
+            controlled: routed.controlled,
         }
     }
 
@@ -516,9 +522,13 @@ impl Drop for Measure<'_> {
     fn drop(&mut self) {
         let elapsed = self.gw.config.clock.since(self.start);
         self.metrics.finished(self.outcome, elapsed.as_secs_f64());
-        self.metrics
-            .window
-            .record(self.gw.second(), self.outcome, elapsed.as_micros() as u64);
+        if self.controlled {
+            self.metrics
+                .window
+                .record(self.gw.second(), self.outcome, elapsed.as_micros() as u64);
+        } else {
+            self.metrics.window.record_pinned(self.gw.second());
+        }
     }
 }
 
@@ -560,7 +570,7 @@ async fn infer(
         Err(f) => return f.into_response(),
     };
     let rev = routed.rev;
-    let mut measure = Measure::start(gw, routed.metrics);
+    let mut measure = Measure::start(gw, &routed);
     let json_len = headers
         .get("inference-header-content-length")
         .and_then(|v| v.to_str().ok())
@@ -746,7 +756,7 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
         Err(f) => return f.into_response(),
     };
     let rev = routed.rev;
-    let mut measure = Measure::start(gw, routed.metrics);
+    let mut measure = Measure::start(gw, &routed);
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v1/models/{model}:predict");
         return proxy_infer(up, &path, headers, body, measure, &routed).await;

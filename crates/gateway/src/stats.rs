@@ -43,6 +43,8 @@ struct Slot {
     agreed: AtomicU64,
     /// Sum of max-absolute-differences, in millionths.
     distance_micro: AtomicU64,
+    /// Requests the client sent to this revision by name or tag: counted, not judged.
+    pinned: AtomicU64,
 }
 
 /// A merged view of a window.
@@ -60,6 +62,9 @@ pub struct Summary {
     pub agreed: u64,
     /// Mean of the max absolute difference between mirrored and primary outputs.
     pub mean_distance: Option<f64>,
+    /// Requests the client pinned to the revision (`/versions/<rev>`, a tag, a header route):
+    /// not in any figure above, so that no client sways a judgement.
+    pub pinned: u64,
     latency: Vec<u64>,
 }
 
@@ -129,6 +134,13 @@ impl Window {
         slot.latency[bucket(latency_us)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a request the client pinned to the revision: counted apart, never judged.
+    pub fn record_pinned(&self, second: u64) {
+        if let Some(slot) = self.slot(second) {
+            slot.pinned.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records one mirrored request: whether the answers agreed and how far apart they were.
     pub fn record_mirror(&self, second: u64, agreed: bool, distance: f64) {
         let Some(slot) = self.slot(second) else {
@@ -171,6 +183,7 @@ impl Window {
             }
             s.mirrored += slot.mirrored.load(Ordering::Relaxed);
             s.agreed += slot.agreed.load(Ordering::Relaxed);
+            s.pinned += slot.pinned.load(Ordering::Relaxed);
             distance = distance.saturating_add(slot.distance_micro.load(Ordering::Relaxed));
         }
         s.requests = s.ok + s.client_errors + s.server_errors;
@@ -246,6 +259,7 @@ impl Default for Slot {
             mirrored: AtomicU64::new(0),
             agreed: AtomicU64::new(0),
             distance_micro: AtomicU64::new(0),
+            pinned: AtomicU64::new(0),
         }
     }
 }
@@ -259,6 +273,7 @@ impl Slot {
             &self.mirrored,
             &self.agreed,
             &self.distance_micro,
+            &self.pinned,
         ] {
             c.store(0, Ordering::Relaxed);
         }

@@ -654,12 +654,14 @@ async fn proxy_to_model_server_processes() {
     )
     .await;
     assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
-    assert_eq!(
-        gw.summary("models/iris", "iris-predictor-00002", 60)
-            .unwrap()
-            .server_errors,
-        1
-    );
+    // Pinned by the client, so not judged: the window counts it apart; the metrics count it.
+    let summary = gw
+        .summary("models/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    assert_eq!((summary.server_errors, summary.pinned), (0, 1));
+    assert!(gw.metrics_text().contains(
+        r#"crossfade_requests_total{service="models/iris",revision="iris-predictor-00002",outcome="server_error"} 1"#
+    ));
     // A server that is gone is a 502 naming it.
     let gone = Gateway::new(Config::default());
     let mut table = RouteTable::default();
@@ -1006,3 +1008,66 @@ async fn shutdown_closes_idle_connections_and_finishes_started_requests() {
 
 mod conformance;
 mod hardening;
+
+/// Only the requests the split sends are judged: a client that pins the canary by name or by
+/// tag cannot sway its numbers. Those requests still count in the metrics, and in the window
+/// apart.
+#[tokio::test]
+async fn requests_a_client_pins_are_counted_apart_from_the_split() {
+    let gw = Gateway::new(Config::default());
+    let mut route = Route::new(
+        "models/iris",
+        vec![
+            revision("iris-predictor-00001", "iris-logreg-v1"),
+            revision("iris-predictor-00002", "iris-mlp-v1"),
+        ],
+        vec![(0, 100)],
+    );
+    route.tag_routing = true;
+    route.latest = Some(1);
+    let mut table = RouteTable::default();
+    table.insert("iris".into(), route);
+    gw.publish(table);
+    for _ in 0..10 {
+        send(&gw, infer("/v2/models/iris/infer", &iris_body(), &[])).await;
+    }
+    for _ in 0..3 {
+        let (s, rev, _) = send(
+            &gw,
+            infer(
+                "/v2/models/iris/versions/iris-predictor-00002/infer",
+                &iris_body(),
+                &[],
+            ),
+        )
+        .await;
+        assert_eq!(
+            (s, rev.as_deref()),
+            (StatusCode::OK, Some("iris-predictor-00002"))
+        );
+    }
+    let (s, rev, _) = send(
+        &gw,
+        infer(
+            "/v2/models/iris/infer",
+            &iris_body(),
+            &[("x-crossfade-tag", "latest")],
+        ),
+    )
+    .await;
+    assert_eq!(
+        (s, rev.as_deref()),
+        (StatusCode::OK, Some("iris-predictor-00002"))
+    );
+    let split = gw
+        .summary("models/iris", "iris-predictor-00001", 60)
+        .unwrap();
+    assert_eq!((split.requests, split.pinned), (10, 0));
+    let pinned = gw
+        .summary("models/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    assert_eq!((pinned.requests, pinned.pinned), (0, 4));
+    assert!(gw.metrics_text().contains(
+        r#"crossfade_requests_total{service="models/iris",revision="iris-predictor-00002",outcome="ok"} 4"#
+    ));
+}
