@@ -487,6 +487,32 @@ fn lower_evidence(k: u64, n: u64, p0: f64) -> f64 {
     mean_exp(&logs)
 }
 
+/// A measured value (as stored: JSON text) for people: numbers rounded, a judge's verdict as
+/// its verdict and effect. The stored value keeps every digit.
+pub fn display(value: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Number(n)) => n.as_f64().map_or(value.to_owned(), round),
+        Ok(serde_json::Value::Array(items)) if items.iter().all(serde_json::Value::is_number) => {
+            let items: Vec<String> = items
+                .iter()
+                .filter_map(serde_json::Value::as_f64)
+                .map(round)
+                .collect();
+            format!("[{}]", items.join(", "))
+        }
+        Ok(v) if v.get("verdict").is_some() => format!(
+            "{} ({} {} against {}, {} + {} requests)",
+            v["verdict"].as_str().unwrap_or("?"),
+            v["statistic"].as_str().unwrap_or("?"),
+            v["canary"].as_f64().map_or("-".into(), round),
+            v["stable"].as_f64().map_or("-".into(), round),
+            v["canarySample"],
+            v["stableSample"],
+        ),
+        _ => value.to_owned(),
+    }
+}
+
 /// A number for people: three significant digits at most, no trailing zeros.
 pub fn round(x: f64) -> String {
     if !x.is_finite() {

@@ -30,6 +30,8 @@ pub fn evaluate(
             return (Phase::Error, Some(format!("{e} (result is {value})")));
         }
     };
+    // For people: `0.455`, not `0.45454545454545453` (the measurement keeps the value).
+    let value = crate::compare::display(&value.to_string());
     let (succeeded, failed) = match (succeeded, failed) {
         (None, None) => return (Phase::Successful, None),
         // Without a failure condition, missing the success condition is a failure.

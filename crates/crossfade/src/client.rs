@@ -146,7 +146,9 @@ pub fn status(c: &Connection) -> anyhow::Result<ExitCode> {
                     run.name,
                     run.phase,
                     m.metric,
-                    m.value.as_deref().unwrap_or("-"),
+                    m.value
+                        .as_deref()
+                        .map_or("-".into(), analysis::compare::display),
                     m.phase,
                     m.message
                         .as_deref()

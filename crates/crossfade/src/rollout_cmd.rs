@@ -256,7 +256,9 @@ pub fn render(r: &dto::Rollout) -> String {
                 m.finished_at,
                 m.metric,
                 m.phase,
-                m.value.as_deref().unwrap_or("-"),
+                m.value
+                    .as_deref()
+                    .map_or("-".into(), analysis::compare::display),
                 m.message
                     .as_deref()
                     .map(|x| format!("  ({x})"))

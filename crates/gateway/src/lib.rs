@@ -395,6 +395,9 @@ struct Routed<'t> {
     /// Whether the rollout chose the revision (the split), not the client (by name, tag or
     /// header): only those requests are judged.
     controlled: bool,
+    /// For a request the split sent to a revision other than the stable one, both served
+    /// in-process: the stable revision and its handles, to answer what the other refuses.
+    fallback: Option<(&'t Arc<Revision>, &'t metrics::RevisionMetrics)>,
 }
 
 /// Routes a request: the revision, or why there is none.
@@ -482,6 +485,11 @@ fn route_request<'t>(
         mirror,
         answer_timeout: route.answer_timeout,
         controlled: matches!(how, Chosen::Split | Chosen::Sticky),
+        fallback: route
+            .stable
+            .filter(|s| *s != idx && matches!(how, Chosen::Split | Chosen::Sticky))
+            .and_then(|s| Some((route.revisions.get(s)?, route.metrics.get(s)?)))
+            .filter(|(r, _)| r.model().is_some() && route.revisions[idx].model().is_some()),
     })
 }
 
@@ -493,6 +501,7 @@ struct Measure<'a> {
     start: clock::Instant,
     outcome: Outcome,
     controlled: bool,
+    charged: bool,
 }
 
 impl<'a> Measure<'a> {
@@ -504,10 +513,21 @@ impl<'a> Measure<'a> {
             start: gw.config.clock.instant(),
             outcome: Outcome::ServerError,
             controlled: routed.controlled,
+            charged: false,
         }
     }
 
+    /// The revision refused a request another revision took: its failure, whatever the
+    /// answer's status.
+    fn charge(&mut self) {
+        self.charged = true;
+    }
+
     fn finish(&mut self, status: StatusCode) {
+        if self.charged {
+            self.outcome = Outcome::ServerError;
+            return;
+        }
         self.outcome = if status.is_success() {
             Outcome::Ok
         } else if status.is_client_error() {
@@ -580,10 +600,31 @@ async fn infer(
         return proxy_infer(up, &path, headers, body, measure, &routed).await;
     }
     let computed = offload(gw, body.len(), {
-        let (model, rev) = (model.to_owned(), Arc::clone(rev));
+        let (model, rev, body) = (model.to_owned(), Arc::clone(rev), body.clone());
         move || compute_v2(&model, &rev, &body, json_len)
     })
     .await;
+    // Refused as the client's fault by a revision the split chose, taken by the stable one:
+    // the stable one answers, and the refusal is the other's failure.
+    let mut answered_by = rev;
+    let computed = match (computed, routed.fallback) {
+        (Err(f), Some((stable, _))) if f.status.is_client_error() => {
+            let retried = offload(gw, body.len(), {
+                let (model, stable) = (model.to_owned(), Arc::clone(stable));
+                move || compute_v2(&model, &stable, &body, json_len)
+            })
+            .await;
+            match retried {
+                Ok(done) => {
+                    measure.charge();
+                    answered_by = stable;
+                    Ok(done)
+                }
+                Err(_) => Err(f),
+            }
+        }
+        (computed, _) => computed,
+    };
     let mut resp = match computed {
         Ok(done) => {
             mirror(gw, &routed, &done.inputs, &done.outputs);
@@ -607,7 +648,7 @@ async fn infer(
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
-    tag_revision(&mut resp, rev);
+    tag_revision(&mut resp, answered_by);
     resp
 }
 
@@ -762,10 +803,31 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
         return proxy_infer(up, &path, headers, body, measure, &routed).await;
     }
     let computed = offload(gw, body.len(), {
-        let rev = Arc::clone(rev);
+        let (rev, body) = (Arc::clone(rev), body.clone());
         move || compute_v1(&rev, &body)
     })
     .await;
+    // As for V2: what the split's revision refuses and the stable one takes is answered by
+    // the stable one and charged to the other.
+    let mut answered_by = rev;
+    let computed = match (computed, routed.fallback) {
+        (Err(f), Some((stable, _))) if f.status.is_client_error() => {
+            let retried = offload(gw, body.len(), {
+                let stable = Arc::clone(stable);
+                move || compute_v1(&stable, &body)
+            })
+            .await;
+            match retried {
+                Ok(done) => {
+                    measure.charge();
+                    answered_by = stable;
+                    Ok(done)
+                }
+                Err(_) => Err(f),
+            }
+        }
+        (computed, _) => computed,
+    };
     let mut resp = match computed {
         Ok(done) => {
             mirror(gw, &routed, &done.inputs, &done.outputs);
@@ -774,7 +836,7 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
-    tag_revision(&mut resp, rev);
+    tag_revision(&mut resp, answered_by);
     resp
 }
 

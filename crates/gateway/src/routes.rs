@@ -92,6 +92,10 @@ pub struct Route {
     /// How long a proxied revision's model server may take to answer a request (KServe's
     /// `spec.predictor.timeout`); `None`: the upstream's own answer timeout.
     pub answer_timeout: Option<std::time::Duration>,
+    /// The revision that serves when no rollout is under way (the last rolled out): a request
+    /// the split sent to another revision, which refused it as the client's fault although
+    /// this one takes it, is that revision's failure, and this one answers it.
+    pub stable: Option<usize>,
     /// Per-revision metric handles, parallel to `revisions`; filled by `Gateway::publish`.
     pub(crate) metrics: Vec<crate::metrics::RevisionMetrics>,
 }
@@ -176,6 +180,7 @@ impl Route {
             header_routes: Vec::new(),
             mirrors: Vec::new(),
             answer_timeout: None,
+            stable: None,
             metrics: Vec::new(),
         }
     }

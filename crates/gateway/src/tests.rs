@@ -1071,3 +1071,63 @@ async fn requests_a_client_pins_are_counted_apart_from_the_split() {
         r#"crossfade_requests_total{service="models/iris",revision="iris-predictor-00002",outcome="ok"} 4"#
     ));
 }
+
+/// A canary that refuses what its stable revision takes (it expects five features where
+/// clients send four): the split's requests get the stable revision's answer, and each is
+/// the canary's failure in the window the judge reads; a request both refuse is the client's.
+#[tokio::test]
+async fn what_a_canary_refuses_and_its_stable_takes_is_the_canary_s_failure() {
+    let gw = Gateway::new(Config::default());
+    let mut route = Route::new(
+        "models/iris",
+        vec![
+            revision("iris-predictor-00001", "iris-logreg-v1"),
+            revision("iris-predictor-00002", "iris-five-features"),
+        ],
+        vec![(1, 100)],
+    );
+    route.stable = Some(0);
+    let mut table = RouteTable::default();
+    table.insert("iris".into(), route);
+    gw.publish(table);
+    for _ in 0..5 {
+        let (s, rev, v) = send(&gw, infer("/v2/models/iris/infer", &iris_body(), &[])).await;
+        assert_eq!(
+            (s, rev.as_deref()),
+            (StatusCode::OK, Some("iris-predictor-00001")),
+            "{v}"
+        );
+    }
+    let v1 = json!({"instances": [[5.1, 3.5, 1.4, 0.2]]});
+    let (s, rev, _) = send(&gw, infer("/v1/models/iris:predict", &v1, &[])).await;
+    assert_eq!(
+        (s, rev.as_deref()),
+        (StatusCode::OK, Some("iris-predictor-00001"))
+    );
+    // Wrong for both: the client's error, answered by the canary.
+    let bad =
+        json!({"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    let (s, rev, _) = send(&gw, infer("/v2/models/iris/infer", &bad, &[])).await;
+    assert_eq!(
+        (s, rev.as_deref()),
+        (StatusCode::BAD_REQUEST, Some("iris-predictor-00002"))
+    );
+    // Pinned to the canary by the client: its own answer, not judged.
+    let (s, _, _) = send(
+        &gw,
+        infer(
+            "/v2/models/iris/versions/iris-predictor-00002/infer",
+            &iris_body(),
+            &[],
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let canary = gw
+        .summary("models/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    assert_eq!(
+        (canary.server_errors, canary.client_errors, canary.pinned),
+        (6, 1, 1)
+    );
+}

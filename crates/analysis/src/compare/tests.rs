@@ -302,3 +302,15 @@ fn numbers_are_rounded_for_people() {
     assert_eq!(round(0.000_123_4), "0.000123");
     assert_eq!(round(6.3e41), "6.30e41");
 }
+
+#[test]
+fn stored_values_are_shown_rounded() {
+    assert_eq!(display("0.45454545454545453"), "0.455");
+    assert_eq!(display("[0.97123, 1]"), "[0.971, 1]");
+    assert_eq!(display("\"up\""), "\"up\"");
+    let verdict = r#"{"verdict":"Fail","statistic":"error-rate","canary":0.5225806451612903,"stable":0.0,"canarySample":155,"stableSample":556}"#;
+    assert_eq!(
+        display(verdict),
+        "Fail (error-rate 0.523 against 0, 155 + 556 requests)"
+    );
+}

@@ -236,6 +236,7 @@ fn route(state: &AppState, id: &ServiceId) -> Option<gateway::Route> {
         .collect();
     let latest = live.tags.latest.as_deref().and_then(index);
     let prev = live.tags.prev.as_deref().and_then(index);
+    let stable = live.rolled_out.as_deref().and_then(index);
     let rollout = state.rollouts.get(id);
     let canary_index = rollout
         .filter(|r| r.aborted.is_none())
@@ -247,6 +248,7 @@ fn route(state: &AppState, id: &ServiceId) -> Option<gateway::Route> {
     route.answer_timeout = desired.and_then(|d| d.request_timeout);
     route.latest = latest;
     route.prev = prev;
+    route.stable = stable;
     // A rollout's header and mirror routes go to its canary while it is served.
     if let Some(r) = rollout
         && let Some(canary) = canary_index
