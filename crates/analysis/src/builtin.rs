@@ -55,6 +55,9 @@ pub fn reading(provider: &BuiltinProvider, revision: &str, traffic: Option<Traff
             ))
         }
         BuiltinMetric::MirrorAgreement => number(t.agreed as f64 / t.mirrored as f64),
+        BuiltinMetric::PredictionDrift => {
+            Reading::Error("prediction-drift is judged with `compare: stable` only".into())
+        }
         BuiltinMetric::MirrorDistance => match t.mean_distance {
             Some(d) if d.is_finite() => number(d),
             // A proxied revision cannot be compared tensor by tensor.
@@ -79,6 +82,7 @@ pub fn compared(
     let default_tolerance = match provider.metric {
         BuiltinMetric::Latency => Settings::DEFAULT_LATENCY_TOLERANCE,
         BuiltinMetric::MirrorAgreement => Settings::DEFAULT_DISAGREEMENT,
+        BuiltinMetric::PredictionDrift => Settings::DEFAULT_DRIFT,
         _ => Settings::DEFAULT_ERROR_TOLERANCE,
     };
     let settings = Settings {
@@ -100,6 +104,7 @@ pub fn compared(
             compare::latency(canary, stable, bounds, provider.quantile, &settings)
         }
         BuiltinMetric::MirrorAgreement => compare::agreement(canary, &settings),
+        BuiltinMetric::PredictionDrift => compare::drift(canary, &settings),
         BuiltinMetric::RequestRate | BuiltinMetric::MirrorDistance => {
             return Reading::Error(
                 "request-rate and mirror-distance cannot be judged against stable".into(),

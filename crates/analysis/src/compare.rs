@@ -62,6 +62,8 @@ impl Settings {
     pub const DEFAULT_LATENCY_TOLERANCE: f64 = 1.2;
     /// For agreement, `tolerance` is the share of mirrored requests allowed to disagree.
     pub const DEFAULT_DISAGREEMENT: f64 = 0.05;
+    /// For prediction drift, `tolerance` is the largest PSI (and KS distance) tolerated.
+    pub const DEFAULT_DRIFT: f64 = 0.2;
     pub const DEFAULT_MIN_SAMPLE: u64 = 100;
     pub const DEFAULT_ALPHA: f64 = 0.05;
     pub const DEFAULT_SLACK: f64 = 0.001;
@@ -80,6 +82,12 @@ pub struct Counts {
     pub latency: Vec<u64>,
     pub mirrored: u64,
     pub agreed: u64,
+    /// On mirrored requests: predicted classes of the stable revision and of this one, and
+    /// their top scores in equal bins over [0, 1].
+    pub stable_classes: Vec<u64>,
+    pub classes: Vec<u64>,
+    pub stable_scores: Vec<u64>,
+    pub scores: Vec<u64>,
 }
 
 impl Counts {
@@ -375,6 +383,101 @@ pub fn agreement(canary: &Counts, s: &Settings) -> Comparison {
         );
     }
     c
+}
+
+/// Prediction drift on mirrored requests: the canary's predicted classes against stable's on
+/// the same requests (population stability index, PSI), and its top scores against stable's
+/// (two-sample Kolmogorov-Smirnov distance). Fails when either passes `tolerance` (0.2 by
+/// default: a major shift by the usual PSI convention) and, for the KS distance, also its
+/// critical value at `alpha` for the two samples' sizes. Descriptive statistics, not an
+/// e-process: the minimum sample and the critical value keep small samples from failing.
+pub fn drift(canary: &Counts, s: &Settings) -> Comparison {
+    let n: u64 = canary.classes.iter().sum();
+    let m: u64 = canary.stable_classes.iter().sum();
+    let psi = psi(&canary.stable_classes, &canary.classes);
+    let (ks, ns, nc) = ks(&canary.stable_scores, &canary.scores);
+    let critical = if ns > 0 && nc > 0 {
+        (-(s.alpha / 2.0).ln() / 2.0).sqrt() * ((ns + nc) as f64 / (ns * nc) as f64).sqrt()
+    } else {
+        f64::INFINITY
+    };
+    let mut c = Comparison {
+        verdict: Verdict::Inconclusive,
+        statistic: "prediction-drift".into(),
+        canary: psi,
+        stable: 0.0,
+        effect: psi.max(ks) / s.tolerance.max(1e-12),
+        evidence: ks,
+        canary_sample: n,
+        stable_sample: m,
+        needed: s.min_sample.saturating_sub(n),
+        reason: String::new(),
+    };
+    if c.needed > 0 {
+        c.reason = format!(
+            "{n} mirrored predictions so far, {} more needed before a verdict",
+            c.needed
+        );
+        return c;
+    }
+    let ks_fails = ks > s.tolerance && ks > critical;
+    if psi > s.tolerance || ks_fails {
+        c.verdict = Verdict::Fail;
+        c.reason = format!(
+            "the canary's predictions drifted from stable's on the same {n} requests: class PSI {}, top-score KS distance {} (tolerated {}{})",
+            round(psi),
+            round(ks),
+            round(s.tolerance),
+            if critical.is_finite() {
+                format!(", KS critical value {}", round(critical))
+            } else {
+                String::new()
+            }
+        );
+    } else {
+        c.verdict = Verdict::Pass;
+        c.reason = format!(
+            "predictions as stable's on the same {n} requests: class PSI {}, top-score KS distance {} (tolerated {})",
+            round(psi),
+            round(ks),
+            round(s.tolerance)
+        );
+    }
+    c
+}
+
+/// Population stability index of `actual` against `expected` counts (shares smoothed so that
+/// an empty bin is finite).
+fn psi(expected: &[u64], actual: &[u64]) -> f64 {
+    let (e, a): (u64, u64) = (expected.iter().sum(), actual.iter().sum());
+    if e == 0 || a == 0 {
+        return 0.0;
+    }
+    let bins = expected.len().max(actual.len());
+    let share = |v: &[u64], i: usize, total: u64| {
+        (v.get(i).copied().unwrap_or(0) as f64 + 0.5) / (total as f64 + 0.5 * bins as f64)
+    };
+    (0..bins)
+        .map(|i| {
+            let (p, q) = (share(expected, i, e), share(actual, i, a));
+            (q - p) * (q / p).ln()
+        })
+        .sum()
+}
+
+/// The largest distance between the two histograms' cumulative shares, and their sizes.
+fn ks(a: &[u64], b: &[u64]) -> (f64, u64, u64) {
+    let (na, nb): (u64, u64) = (a.iter().sum(), b.iter().sum());
+    if na == 0 || nb == 0 {
+        return (0.0, na, nb);
+    }
+    let (mut ca, mut cb, mut d) = (0u64, 0u64, 0f64);
+    for i in 0..a.len().max(b.len()) {
+        ca += a.get(i).copied().unwrap_or(0);
+        cb += b.get(i).copied().unwrap_or(0);
+        d = d.max((ca as f64 / na as f64 - cb as f64 / nb as f64).abs());
+    }
+    (d, na, nb)
 }
 
 /// The grid of alternatives each e-process mixes with equal weights: ratios of odds (or of

@@ -48,7 +48,7 @@ pub use routes::{
     Backend, Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
 };
 pub use server::{Limits, serve_router};
-pub use stats::{Outcome, Summary, WINDOW_SECONDS, latency_bounds};
+pub use stats::{Drift, Outcome, Summary, WINDOW_SECONDS, latency_bounds};
 pub use upstream::{Timeouts, Upstream};
 
 /// `x-crossfade-tag: latest|prev` picks a revision by tag.
@@ -869,7 +869,15 @@ fn mirror(
     tokio::task::spawn_blocking(move || {
         // A canary that fails on an input the stable one answers disagrees.
         let (agreed, distance) = match mirror.model().map(|m| m.infer(&inputs)) {
-            Some(Ok(outputs)) => compare(&primary, &outputs),
+            Some(Ok(outputs)) => {
+                let (stable, canary) = (predictions(&primary), predictions(&outputs));
+                metrics.window.record_predictions(
+                    second,
+                    (&stable.0, &stable.1),
+                    (&canary.0, &canary.1),
+                );
+                compare(&primary, &outputs)
+            }
             _ => (false, f64::INFINITY),
         };
         counters.record(agreed);
@@ -935,6 +943,46 @@ pub fn compare(a: &[runtime::Tensor], b: &[runtime::Tensor]) -> (bool, f64) {
         _ => distance == 0.0,
     };
     (agreed, distance)
+}
+
+/// Each row's predicted class (as [`compare`] finds it) and top score: the largest value of
+/// the first floating-point output of rank 2 (a probability for a classifier), if any.
+pub fn predictions(set: &[runtime::Tensor]) -> (Vec<usize>, Vec<f64>) {
+    use runtime::TensorData;
+    let scores = set
+        .iter()
+        .find(|t| t.shape.len() == 2 && matches!(t.data, TensorData::F32(_) | TensorData::F64(_)));
+    let rows: Vec<Vec<f64>> = scores.map_or(Vec::new(), |t| {
+        let width = t.shape[1].max(1);
+        t.data.to_f64().chunks(width).map(<[f64]>::to_vec).collect()
+    });
+    let top: Vec<f64> = rows
+        .iter()
+        .map(|r| r.iter().copied().fold(f64::NEG_INFINITY, f64::max))
+        .collect();
+    let classes = match set
+        .iter()
+        .find(|t| matches!(t.data, TensorData::I64(_) | TensorData::I32(_)))
+    {
+        Some(label) => label
+            .data
+            .to_f64()
+            .iter()
+            .map(|c| if *c >= 0.0 { *c as usize } else { 0 })
+            .collect(),
+        None => rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .enumerate()
+                    .fold((0usize, f64::NEG_INFINITY), |best, (i, v)| {
+                        if *v > best.1 { (i, *v) } else { best }
+                    })
+                    .0
+            })
+            .collect(),
+    };
+    (classes, top)
 }
 
 /// An inference request sent on to a model server process, measured and tagged like one

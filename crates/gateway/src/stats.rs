@@ -15,6 +15,10 @@ const RESETTING: u64 = u64::MAX;
 /// (four buckets per doubling: quantiles within ~19%).
 const BUCKETS: usize = 96;
 const MIN_LATENCY_US: f64 = 10.0;
+/// Predicted classes counted apart on mirrored requests (class 7 and above share the last).
+pub const DRIFT_CLASSES: usize = 8;
+/// Bins of the top score (a probability) on mirrored requests, over [0, 1].
+pub const DRIFT_BINS: usize = 16;
 
 /// What happened to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +49,12 @@ struct Slot {
     distance_micro: AtomicU64,
     /// Requests the client sent to this revision by name or tag: counted, not judged.
     pinned: AtomicU64,
+    /// On mirrored requests: the predicted class of the primary (stable) and of this
+    /// revision, and the top score of each.
+    stable_classes: [AtomicU64; DRIFT_CLASSES],
+    classes: [AtomicU64; DRIFT_CLASSES],
+    stable_scores: [AtomicU64; DRIFT_BINS],
+    scores: [AtomicU64; DRIFT_BINS],
 }
 
 /// A merged view of a window.
@@ -65,7 +75,19 @@ pub struct Summary {
     /// Requests the client pinned to the revision (`/versions/<rev>`, a tag, a header route):
     /// not in any figure above, so that no client sways a judgement.
     pub pinned: u64,
+    /// On mirrored requests: predicted classes and top scores of the primary (stable)
+    /// revision and of this one, on the same requests.
+    pub drift: Drift,
     latency: Vec<u64>,
+}
+
+/// The predictions of two revisions on the same (mirrored) requests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Drift {
+    pub stable_classes: Vec<u64>,
+    pub classes: Vec<u64>,
+    pub stable_scores: Vec<u64>,
+    pub scores: Vec<u64>,
 }
 
 // === impl Window ===
@@ -141,6 +163,34 @@ impl Window {
         }
     }
 
+    /// Records the predictions of one mirrored request: the primary's (stable) and this
+    /// revision's predicted classes, and their top scores (probabilities; others are not
+    /// binned).
+    pub fn record_predictions(
+        &self,
+        second: u64,
+        stable: (&[usize], &[f64]),
+        canary: (&[usize], &[f64]),
+    ) {
+        let Some(slot) = self.slot(second) else {
+            return;
+        };
+        let class = |c: usize| c.min(DRIFT_CLASSES - 1);
+        let bin = |s: f64| ((s.clamp(0.0, 1.0) * DRIFT_BINS as f64) as usize).min(DRIFT_BINS - 1);
+        for c in stable.0 {
+            slot.stable_classes[class(*c)].fetch_add(1, Ordering::Relaxed);
+        }
+        for c in canary.0 {
+            slot.classes[class(*c)].fetch_add(1, Ordering::Relaxed);
+        }
+        for s in stable.1.iter().filter(|s| (0.0..=1.0).contains(*s)) {
+            slot.stable_scores[bin(*s)].fetch_add(1, Ordering::Relaxed);
+        }
+        for s in canary.1.iter().filter(|s| (0.0..=1.0).contains(*s)) {
+            slot.scores[bin(*s)].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records one mirrored request: whether the answers agreed and how far apart they were.
     pub fn record_mirror(&self, second: u64, agreed: bool, distance: f64) {
         let Some(slot) = self.slot(second) else {
@@ -184,6 +234,16 @@ impl Window {
             s.mirrored += slot.mirrored.load(Ordering::Relaxed);
             s.agreed += slot.agreed.load(Ordering::Relaxed);
             s.pinned += slot.pinned.load(Ordering::Relaxed);
+            let add = |acc: &mut Vec<u64>, from: &[AtomicU64]| {
+                acc.resize(from.len(), 0);
+                for (a, c) in acc.iter_mut().zip(from) {
+                    *a += c.load(Ordering::Relaxed);
+                }
+            };
+            add(&mut s.drift.stable_classes, &slot.stable_classes);
+            add(&mut s.drift.classes, &slot.classes);
+            add(&mut s.drift.stable_scores, &slot.stable_scores);
+            add(&mut s.drift.scores, &slot.scores);
             distance = distance.saturating_add(slot.distance_micro.load(Ordering::Relaxed));
         }
         s.requests = s.ok + s.client_errors + s.server_errors;
@@ -260,6 +320,10 @@ impl Default for Slot {
             agreed: AtomicU64::new(0),
             distance_micro: AtomicU64::new(0),
             pinned: AtomicU64::new(0),
+            stable_classes: Default::default(),
+            classes: Default::default(),
+            stable_scores: Default::default(),
+            scores: Default::default(),
         }
     }
 }
@@ -277,7 +341,14 @@ impl Slot {
         ] {
             c.store(0, Ordering::Relaxed);
         }
-        for b in &self.latency {
+        for b in self
+            .latency
+            .iter()
+            .chain(&self.stable_classes)
+            .chain(&self.classes)
+            .chain(&self.stable_scores)
+            .chain(&self.scores)
+        {
             b.store(0, Ordering::Relaxed);
         }
     }

@@ -504,6 +504,13 @@ async fn metrics_statistics_and_mirroring() {
     // The MLP and the logistic regression agree on these three flowers.
     assert_eq!(canary.mirror_agreement(), Some(1.0));
     assert!(canary.mean_distance.unwrap() > 0.0);
+    // Both revisions' predictions on the same requests, for the drift gate: one class and one
+    // top score each per row (three flowers a request), and the same classes (they agree).
+    let d = &canary.drift;
+    assert_eq!(d.classes.iter().sum::<u64>(), 60);
+    assert_eq!(d.stable_scores.iter().sum::<u64>(), 60);
+    assert_eq!(d.scores.iter().sum::<u64>(), 60);
+    assert_eq!(d.classes, d.stable_classes);
 
     let text = gw.metrics_text();
     for line in [

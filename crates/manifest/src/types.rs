@@ -638,6 +638,9 @@ pub enum BuiltinMetric {
     /// `mirror-distance`: mean absolute difference between canary and stable outputs on
     /// mirrored requests.
     MirrorDistance,
+    /// `prediction-drift` (with `compare: stable` only): the canary's predicted classes and
+    /// top scores against stable's on mirrored requests.
+    PredictionDrift,
 }
 
 /// Which side of a rollout a value refers to.

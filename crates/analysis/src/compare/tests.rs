@@ -314,3 +314,72 @@ fn stored_values_are_shown_rounded() {
         "Fail (error-rate 0.523 against 0, 155 + 556 requests)"
     );
 }
+
+#[test]
+fn drifting_predictions_fail_and_a_retrained_model_passes() {
+    let s = Settings {
+        tolerance: Settings::DEFAULT_DRIFT,
+        ..settings(0.0)
+    };
+    let mirrored =
+        |stable: [u64; 3], canary: [u64; 3], stable_scores: Vec<u64>, scores: Vec<u64>| Counts {
+            stable_classes: stable.to_vec(),
+            classes: canary.to_vec(),
+            stable_scores,
+            scores,
+            ..Counts::default()
+        };
+    let confident = |n: u64| {
+        let mut v = vec![0; 16];
+        v[15] = n;
+        v
+    };
+    let unsure = |n: u64| {
+        let mut v = vec![0; 16];
+        v[8] = n;
+        v
+    };
+    // A little different: passes.
+    let retrained = drift(
+        &mirrored(
+            [100, 100, 100],
+            [98, 103, 99],
+            confident(300),
+            confident(300),
+        ),
+        &s,
+    );
+    assert_eq!(retrained.verdict, Verdict::Pass, "{}", retrained.reason);
+    // Predicts mostly one class where stable spreads them: fails on PSI.
+    let skewed = drift(
+        &mirrored(
+            [100, 100, 100],
+            [250, 30, 20],
+            confident(300),
+            confident(300),
+        ),
+        &s,
+    );
+    assert_eq!(skewed.verdict, Verdict::Fail, "{}", skewed.reason);
+    // Same classes, but no longer confident (scores drifted): fails on the KS distance.
+    let hesitant = drift(
+        &mirrored(
+            [100, 100, 100],
+            [100, 100, 100],
+            confident(300),
+            unsure(300),
+        ),
+        &s,
+    );
+    assert_eq!(hesitant.verdict, Verdict::Fail, "{}", hesitant.reason);
+    assert!(
+        hesitant.reason.contains("KS distance 1"),
+        "{}",
+        hesitant.reason
+    );
+    let few = drift(
+        &mirrored([10, 10, 10], [30, 0, 0], confident(30), confident(30)),
+        &s,
+    );
+    assert_eq!((few.verdict, few.needed), (Verdict::Inconclusive, 70));
+}

@@ -326,6 +326,10 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
                         latency: s.latency_counts().to_vec(),
                         mirrored: s.mirrored,
                         agreed: s.agreed,
+                        stable_classes: s.drift.stable_classes.clone(),
+                        classes: s.drift.classes.clone(),
+                        stable_scores: s.drift.stable_scores.clone(),
+                        scores: s.drift.scores.clone(),
                     })
             };
             let canary = counts(&job.canary);

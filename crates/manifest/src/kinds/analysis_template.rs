@@ -324,6 +324,7 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                         ("request-rate", BuiltinMetric::RequestRate),
                         ("mirror-agreement", BuiltinMetric::MirrorAgreement),
                         ("mirror-distance", BuiltinMetric::MirrorDistance),
+                        ("prediction-drift", BuiltinMetric::PredictionDrift),
                     ],
                 )
             });
@@ -400,6 +401,16 @@ fn builtin_compare(
 ) -> Option<Option<Compare>> {
     let judged = ["tolerance", "minSample", "confidence"];
     let Some(a) = c.get("compare") else {
+        if metric == Some(BuiltinMetric::PredictionDrift)
+            && let Some(m) = c.get("metric")
+        {
+            cx.error(
+                Code::MissingField,
+                &m,
+                "prediction-drift compares the canary's predictions with stable's: add `compare: stable`",
+            );
+            return None;
+        }
         for name in judged {
             if let Some(a) = c.get(name) {
                 cx.warning(
@@ -421,7 +432,7 @@ fn builtin_compare(
         cx.error(
             Code::OutOfRange,
             &a,
-            "request-rate and mirror-distance cannot be judged against stable: compare error-rate, client-error-rate, success-rate, latency or mirror-agreement",
+            "request-rate and mirror-distance cannot be judged against stable: compare error-rate, client-error-rate, success-rate, latency, mirror-agreement or prediction-drift",
         );
         return None;
     }
@@ -439,6 +450,13 @@ fn builtin_compare(
         })
     };
     let tolerance = match c.get("tolerance") {
+        Some(a) if metric == Some(BuiltinMetric::PredictionDrift) => Some(positive(
+            cx,
+            "tolerance",
+            &a,
+            |v| v > 0.0 && v.is_finite(),
+            "the largest PSI and KS distance tolerated, more than 0",
+        )?),
         Some(a) if metric == Some(BuiltinMetric::MirrorAgreement) => Some(positive(
             cx,
             "tolerance",
