@@ -1049,6 +1049,39 @@ fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
     );
 }
 
+/// A model ten times slower than stable (work no optimiser can fold away) is stopped at 20%
+/// by the latency judge, which names both medians; the template has no number in seconds.
+#[test]
+fn a_slower_canary_is_stopped_by_the_latency_judge() {
+    let models = Models::publish(&["iris-logreg-v1", "iris-slow"]);
+    let [v1, slow] = models.uris();
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc_with("iris", &v1, ""));
+    repo.write("rollout.yaml", &rollout_yaml(LATENCY_JUDGE_TEMPLATE));
+    repo.commit("iris v1 with a latency-judged rollout");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let load = Load::sending(&up.data, |_| IRIS_V2.to_owned());
+    commit_model(&repo, &slow, "iris v2, ten times slower");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Degraded");
+    let seen = load.finish();
+    assert_eq!(max, 20, "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00001");
+    let failed = run["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["phase"] == "Failed")
+        .unwrap_or_else(|| panic!("{run:#}"))
+        .clone();
+    let why = failed["message"].as_str().unwrap();
+    assert!(why.starts_with("p50 latency "), "{why}");
+    // Slow, not failing: every client request was answered.
+    assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);

@@ -102,6 +102,24 @@ spec:
         crossfade: {metric: error-rate, compare: stable, minSample: 20}
 "#;
 
+/// The judge on latency: the canary's median against 1.2x the stable revision's, no
+/// threshold in seconds.
+pub const LATENCY_JUDGE_TEMPLATE: &str = r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: health}
+spec:
+  args: [{name: canary}]
+  metrics:
+    - name: latency-vs-stable
+      initialDelay: 1s
+      interval: 1s
+      count: 4
+      successCondition: result.verdict == "Pass"
+      failureCondition: result.verdict == "Fail"
+      provider:
+        crossfade: {metric: latency, quantile: 0.5, compare: stable, minSample: 20}
+"#;
+
 /// Requests from a thread until stopped: half of them flowers whose sepal length the
 /// `iris-fails-some` model cannot look up (it answers 500 for those), half it can.
 pub struct Load {
