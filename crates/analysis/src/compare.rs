@@ -496,12 +496,17 @@ pub fn bernoulli_evidence(k: u64, n: u64, p0: f64) -> f64 {
     if n == 0 || p0 >= 1.0 {
         return 1.0;
     }
-    let p0 = p0.max(1e-12);
+    bernoulli_mixture(k, n, p0.max(1e-12), grid_factor)
+}
+
+/// The mean likelihood ratio of `k` successes in `n` trials under chances whose odds are
+/// `factor(j)` times `p0`'s, against `p0`.
+fn bernoulli_mixture(k: u64, n: u64, p0: f64, factor: impl Fn(usize) -> f64) -> f64 {
     let odds0 = p0 / (1.0 - p0);
     let (k, rest) = (k as f64, (n - k.min(n)) as f64);
     let logs: Vec<f64> = (0..GRID)
         .map(|j| {
-            let odds = odds0 * grid_factor(j);
+            let odds = odds0 * factor(j);
             let p = odds / (1.0 + odds);
             k * (p / p0).ln() + rest * ((1.0 - p) / (1.0 - p0)).ln()
         })
@@ -577,17 +582,7 @@ fn lower_evidence(k: u64, n: u64, p0: f64) -> f64 {
     if n == 0 || p0 <= 0.0 {
         return 1.0;
     }
-    let p0 = p0.min(1.0 - 1e-12);
-    let odds0 = p0 / (1.0 - p0);
-    let (k, rest) = (k as f64, (n - k.min(n)) as f64);
-    let logs: Vec<f64> = (0..GRID)
-        .map(|j| {
-            let odds = odds0 / grid_factor(j);
-            let p = odds / (1.0 + odds);
-            k * (p / p0).ln() + rest * ((1.0 - p) / (1.0 - p0)).ln()
-        })
-        .collect();
-    mean_exp(&logs)
+    bernoulli_mixture(k, n, p0.min(1.0 - 1e-12), |j| 1.0 / grid_factor(j))
 }
 
 /// A measured value (as stored: JSON text) for people: numbers rounded, a judge's verdict as

@@ -1025,6 +1025,17 @@ fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
             .contains("within 1.5x stable"),
         "{last:#}"
     );
+    // The CLI shows the verdict for people; the dashboard plots its effect against the
+    // tolerance (1) in a browser.
+    let (code, out) = up.cli(&["rollout", "get", "iris"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("Pass (error-rate "), "{out}");
+    let page = dom(&format!("{}/", up.server));
+    assert!(
+        page.contains(r#"data-metric="errors-vs-stable""#)
+            && page.contains("1 = tolerated (effect)"),
+        "{page}"
+    );
     let (code, out) = up.cli(&["rollout", "promote", "iris"]);
     assert_eq!(code, 0, "{out}");
     up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Healthy");
@@ -1035,13 +1046,7 @@ fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
     drop(load.finish());
     assert_eq!(max, 20, "{r:#}");
     let run = aborted_back_to(&r, "iris-predictor-00002");
-    let failed = run["measurements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["phase"] == "Failed")
-        .unwrap_or_else(|| panic!("{run:#}"))
-        .clone();
+    let failed = failed_measurement(&run);
     let why = failed["message"].as_str().unwrap();
     assert!(
         why.starts_with("error rate ") && why.contains("against stable's 0.00%"),
@@ -1069,13 +1074,7 @@ fn a_slower_canary_is_stopped_by_the_latency_judge() {
     let seen = load.finish();
     assert_eq!(max, 20, "{r:#}");
     let run = aborted_back_to(&r, "iris-predictor-00001");
-    let failed = run["measurements"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["phase"] == "Failed")
-        .unwrap_or_else(|| panic!("{run:#}"))
-        .clone();
+    let failed = failed_measurement(&run);
     let why = failed["message"].as_str().unwrap();
     assert!(why.starts_with("p50 latency "), "{why}");
     // Slow, not failing: every client request was answered.

@@ -604,27 +604,11 @@ async fn infer(
         move || compute_v2(&model, &rev, &body, json_len)
     })
     .await;
-    // Refused as the client's fault by a revision the split chose, taken by the stable one:
-    // the stable one answers, and the refusal is the other's failure.
-    let mut answered_by = rev;
-    let computed = match (computed, routed.fallback) {
-        (Err(f), Some((stable, _))) if f.status.is_client_error() => {
-            let retried = offload(gw, body.len(), {
-                let (model, stable) = (model.to_owned(), Arc::clone(stable));
-                move || compute_v2(&model, &stable, &body, json_len)
-            })
-            .await;
-            match retried {
-                Ok(done) => {
-                    measure.charge();
-                    answered_by = stable;
-                    Ok(done)
-                }
-                Err(_) => Err(f),
-            }
-        }
-        (computed, _) => computed,
-    };
+    let (computed, answered_by) = or_stable(gw, &routed, &mut measure, computed, body.len(), {
+        let model = model.to_owned();
+        move |stable| compute_v2(&model, &stable, &body, json_len)
+    })
+    .await;
     let mut resp = match computed {
         Ok(done) => {
             mirror(gw, &routed, &done.inputs, &done.outputs);
@@ -650,6 +634,36 @@ async fn infer(
     measure.finish(resp.status());
     tag_revision(&mut resp, answered_by);
     resp
+}
+
+/// A request the split's revision refused as the client's fault, and that the route's stable
+/// revision takes (`work` on it): the stable one answers, and the refusal is charged to the
+/// other. Returns the result to send and the revision that answered.
+async fn or_stable<'t, T: Send + 'static>(
+    gw: &Gateway,
+    routed: &Routed<'t>,
+    measure: &mut Measure<'_>,
+    computed: Result<T, Failure>,
+    size: usize,
+    work: impl FnOnce(Arc<Revision>) -> Result<T, Failure> + Send + 'static,
+) -> (Result<T, Failure>, &'t Arc<Revision>) {
+    match (computed, routed.fallback) {
+        (Err(f), Some((stable, _))) if f.status.is_client_error() => {
+            let retried = offload(gw, size, {
+                let stable = Arc::clone(stable);
+                move || work(stable)
+            })
+            .await;
+            match retried {
+                Ok(done) => {
+                    measure.charge();
+                    (Ok(done), stable)
+                }
+                Err(_) => (Err(f), routed.rev),
+            }
+        }
+        (computed, _) => (computed, routed.rev),
+    }
 }
 
 /// What an in-process inference produced: the tensors (for the mirror) and the answer.
@@ -807,27 +821,10 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
         move || compute_v1(&rev, &body)
     })
     .await;
-    // As for V2: what the split's revision refuses and the stable one takes is answered by
-    // the stable one and charged to the other.
-    let mut answered_by = rev;
-    let computed = match (computed, routed.fallback) {
-        (Err(f), Some((stable, _))) if f.status.is_client_error() => {
-            let retried = offload(gw, body.len(), {
-                let stable = Arc::clone(stable);
-                move || compute_v1(&stable, &body)
-            })
-            .await;
-            match retried {
-                Ok(done) => {
-                    measure.charge();
-                    answered_by = stable;
-                    Ok(done)
-                }
-                Err(_) => Err(f),
-            }
-        }
-        (computed, _) => computed,
-    };
+    let (computed, answered_by) = or_stable(gw, &routed, &mut measure, computed, body.len(), {
+        move |stable| compute_v1(&stable, &body)
+    })
+    .await;
     let mut resp = match computed {
         Ok(done) => {
             mirror(gw, &routed, &done.inputs, &done.outputs);

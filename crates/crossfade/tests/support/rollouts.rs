@@ -176,6 +176,17 @@ pub fn aborted_back_to(r: &Value, stable: &str) -> Value {
     run
 }
 
+/// The first measurement of `run` that failed.
+pub fn failed_measurement(run: &Value) -> Value {
+    run["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["phase"] == "Failed")
+        .unwrap_or_else(|| panic!("{run:#}"))
+        .clone()
+}
+
 impl Up {
     pub fn rollout(&self) -> Value {
         serde_json::from_str(&http_get(&self.server, "/api/v1/rollouts/iris")).unwrap()
