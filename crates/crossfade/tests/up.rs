@@ -1005,6 +1005,17 @@ fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
     assert_eq!(max, 50, "{r:#}");
     let run = &r["analysisRuns"][0];
     assert_eq!(run["phase"], "Successful", "{r:#}");
+    // Each look covers the whole run so far: the samples only grow.
+    let samples: Vec<u64> = run["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let v: Value = serde_json::from_str(m["value"].as_str().unwrap()).unwrap();
+            v["canarySample"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(samples.windows(2).all(|w| w[0] <= w[1]), "{samples:?}");
     let last = run["measurements"]
         .as_array()
         .unwrap()

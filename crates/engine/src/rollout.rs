@@ -380,6 +380,8 @@ pub enum Effect {
         /// The revisions the built-in provider's `canary` and `stable` mean.
         canary: String,
         stable: Option<String>,
+        /// When the run started (Unix seconds): a judged metric covers the run so far.
+        run_started_at: i64,
     },
     /// Mark this revision rolled out (stable).
     Promote { revision: String },
@@ -1021,6 +1023,7 @@ impl Machine<'_> {
             }
             let due = run.take_due(&specs, now);
             let name = run.name.clone();
+            let run_started_at = run.started_at;
             let next = run.next_due(&specs);
             for i in due {
                 self.effects.push(Effect::Measure {
@@ -1029,6 +1032,7 @@ impl Machine<'_> {
                     provider: specs[i].provider.clone(),
                     canary: canary.to_owned(),
                     stable: self.s.stable.clone(),
+                    run_started_at,
                 });
             }
             if let Some(at) = next {

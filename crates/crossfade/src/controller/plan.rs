@@ -111,6 +111,8 @@ pub struct MeasureJob {
     pub stable: Option<String>,
     /// Unix seconds.
     pub started_at: i64,
+    /// When its analysis run started, Unix seconds.
+    pub run_started_at: i64,
 }
 
 /// An answer to a command.

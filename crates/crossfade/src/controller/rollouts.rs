@@ -72,6 +72,7 @@ impl AppState {
                         provider,
                         canary,
                         stable,
+                        run_started_at,
                     } => plan.measures.push(MeasureJob {
                         service: id.clone(),
                         run,
@@ -80,6 +81,7 @@ impl AppState {
                         canary,
                         stable,
                         started_at: now,
+                        run_started_at,
                     }),
                     RolloutEffect::Event { kind, message } => {
                         plan.logs.push((

@@ -307,11 +307,12 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
     let reading = match &job.provider {
         ProviderSpec::Builtin(b) if let Some(compare) = &b.compare => {
             // The whole run so far (within the windows' ten minutes), unless a window is given.
-            let since_start = drivers.clock.now().as_secs() - job.started_at;
+            let since_start = drivers.clock.now().as_secs() - job.run_started_at;
+            // The run's first second included: the windows nest, so each look sees more.
             let seconds = if compare.window_given {
                 b.window.as_secs()
             } else {
-                u64::try_from(since_start).unwrap_or(0)
+                u64::try_from(since_start + 1).unwrap_or(0)
             }
             .clamp(1, gateway::WINDOW_SECONDS);
             let service = job.service.to_string();
