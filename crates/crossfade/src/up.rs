@@ -108,6 +108,17 @@ pub struct Args {
     /// program (`*` matches any; a trailing `*` a prefix).
     #[arg(long, value_name = "FILE")]
     runtime_allowlist: Option<PathBuf>,
+    /// Keep each service's recent inference requests on disk (`capture/` in the data
+    /// directory) and replay them against a canary whose judged metrics have too few live
+    /// requests. This stores request data (model inputs): off by default.
+    #[arg(long)]
+    capture_requests: bool,
+    /// The most bytes of captured requests kept per service (the oldest go first).
+    #[arg(long, default_value_t = 16 << 20, value_name = "BYTES", requires = "capture_requests")]
+    capture_max_bytes: u64,
+    /// Captured requests older than this are deleted and never replayed.
+    #[arg(long, default_value = "24h", value_parser = parse_duration, requires = "capture_requests")]
+    capture_retention: Duration,
     #[command(flatten)]
     limits: LimitArgs,
 }
@@ -273,6 +284,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         admin_max_connections = admin_limits.max_connections,
         "connection limits"
     );
+    let gateway = gateway::Gateway::new(gateway::Config {
+        body_limit: args.max_body_bytes,
+        limits,
+        clock: clock::Clock::system(),
+    });
+    if args.capture_requests {
+        let dir = data_dir.join("capture");
+        gateway
+            .capture(gateway::CaptureConfig {
+                dir: dir.clone(),
+                max_bytes: args.capture_max_bytes,
+                retention: args.capture_retention,
+            })
+            .with_context(|| format!("cannot capture requests into {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), max_bytes = args.capture_max_bytes, "capturing requests for replay");
+    }
     let settings = Settings {
         data_dir: data_dir.clone(),
         poll_interval: args.poll_interval,
@@ -284,11 +311,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         admin_hosts: args.admin_hosts.clone(),
         clock: clock::Clock::system(),
         notify: args.notify.clone(),
-        gateway: gateway::Gateway::new(gateway::Config {
-            body_limit: args.max_body_bytes,
-            limits,
-            clock: clock::Clock::system(),
-        }),
+        gateway,
         admin_limits,
         upstream: args.limits.upstream(),
         load_timeout: args.load_timeout,

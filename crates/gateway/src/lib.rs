@@ -20,6 +20,7 @@
 //! - Client errors (JSON, shapes, datatypes) are 400 with `{"error": ...}` naming the input;
 //!   unknown models 404; bodies over the limit 413; a model failing on an input 500.
 
+mod capture;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -43,6 +44,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
+pub use capture::{CAPTURE_MAX_BODY, CaptureConfig, Captured, Protocol};
 pub use protocol::BadRequest;
 pub use routes::{
     Backend, Chosen, HeaderRoute, Match, Mirror, RequestFacts, Revision, Route, RouteTable, bucket,
@@ -92,6 +94,41 @@ pub struct Gateway {
     /// Large inference requests run on blocking threads, this many at once (one per core), so
     /// that they never hold the async workers that answer everything else.
     heavy: tokio::sync::Semaphore,
+    /// Capture of recent requests for replay, once turned on.
+    capture: std::sync::OnceLock<capture::Capture>,
+    /// Services with a replay running.
+    replays: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Per service and canary: the run replayed for last, and the span of capture times it
+    /// replayed (later replays of that run take requests outside it, so none counts twice).
+    cursors: std::sync::Mutex<std::collections::HashMap<(String, String), Cursor>>,
+}
+
+/// The analysis run a canary's requests were last replayed for, and the span of capture
+/// times (milliseconds) replayed for it.
+type Cursor = (i64, std::ops::RangeInclusive<i64>);
+
+/// What [`Gateway::replay`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replay {
+    /// This many captured requests are being replayed in the background.
+    Started(usize),
+    /// A replay of the service is still running.
+    Running,
+    /// Nothing to replay, and why.
+    Nothing(String),
+}
+
+/// Marks a service's replay finished when dropped (also when its task panics).
+struct ReplayDone(Arc<Gateway>, String);
+
+impl Drop for ReplayDone {
+    fn drop(&mut self) {
+        let gw = &self.0;
+        gw.replays.lock().expect("replays").remove(&self.1);
+        if gw.mirrors.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            gw.mirrors_done.notify_waiters();
+        }
+    }
 }
 
 /// Request bodies larger than this are decoded, run and encoded off the async workers.
@@ -117,6 +154,9 @@ impl Gateway {
             heavy: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             ),
+            capture: std::sync::OnceLock::new(),
+            replays: std::sync::Mutex::default(),
+            cursors: std::sync::Mutex::default(),
         })
     }
 
@@ -157,6 +197,30 @@ impl Gateway {
         Arc::new(route)
     }
 
+    /// Turns on the capture of the split's successful requests (holds request data on
+    /// disk), for [`replay`](Self::replay). Fails when the directory cannot be made, or when
+    /// capture is on already.
+    pub fn capture(&self, config: CaptureConfig) -> std::io::Result<()> {
+        let capture = capture::Capture::open(config)?;
+        self.capture.set(capture).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::AlreadyExists, "capture is on already")
+        })
+    }
+
+    /// Blocks until every request captured so far is on disk (for tests and shutdown).
+    pub fn capture_sync(&self) {
+        if let Some(c) = self.capture.get() {
+            c.sync();
+        }
+    }
+
+    /// Captured requests dropped because the writer fell behind.
+    pub fn capture_dropped(&self) -> u64 {
+        self.capture
+            .get()
+            .map_or(0, |c| c.dropped.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Seconds since the gateway started: the clock of its statistics.
     pub fn second(&self) -> u64 {
         self.config.clock.since(self.started).as_secs()
@@ -169,7 +233,105 @@ impl Gateway {
             .map(|w| w.summary(self.second(), seconds))
     }
 
-    /// Resolves once no mirrored request is running (for shutdown, and for tests).
+    /// Replays up to `count` of the service's captured requests (newest first, within the
+    /// capture's retention) to its `canary` revision and its stable one, in the background
+    /// and one at a time: each answer pair is compared like a mirrored request's and counted
+    /// in both revisions' windows (as replayed), and never reaches a client. One replay per
+    /// service at a time; both revisions must be served in-process. `run` names the analysis
+    /// run asking: a captured request is replayed at most once per run (each replay of a run
+    /// takes requests captured before or after those the ones before it took).
+    pub async fn replay(
+        self: &Arc<Self>,
+        service: &str,
+        canary: &str,
+        count: usize,
+        run: i64,
+    ) -> Replay {
+        const MOST: usize = 1000;
+        let nothing = |why: &str| Replay::Nothing(why.to_owned());
+        if self.capture.get().is_none() {
+            return nothing("request capture is off (crossfade up --capture-requests)");
+        }
+        let table = self.table();
+        let Some((model, route)) = table.models.iter().find(|(_, r)| r.service == service) else {
+            return nothing("the service has no route");
+        };
+        let pair = route
+            .revisions
+            .iter()
+            .position(|r| r.name == canary)
+            .and_then(|c| Some((c, route.stable.filter(|s| *s != c)?)));
+        let Some((ci, si)) = pair else {
+            return nothing("no stable revision to compare the canary with");
+        };
+        let (Some(canary_metrics), Some(stable_metrics)) =
+            (route.metrics.get(ci), route.metrics.get(si))
+        else {
+            return nothing("the route is not prepared");
+        };
+        let (canary, stable) = (&route.revisions[ci], &route.revisions[si]);
+        if canary.model().is_none() || stable.model().is_none() {
+            return nothing("replay compares revisions served in-process only");
+        }
+        if !self
+            .replays
+            .lock()
+            .expect("replays")
+            .insert(service.to_owned())
+        {
+            return Replay::Running;
+        }
+        self.mirrors
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let gw = Arc::clone(self);
+        let done = ReplayDone(Arc::clone(self), service.to_owned());
+        let (service, model) = (service.to_owned(), model.to_string());
+        let now_ms = self.config.clock.now().as_millis();
+        let (stable, stable_metrics) = (Arc::clone(stable), stable_metrics.clone());
+        let (canary, canary_metrics) = (Arc::clone(canary), canary_metrics.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _done = done;
+            let key = (service.clone(), canary.name.clone());
+            let done_before = match gw.cursors.lock().expect("cursors").get(&key) {
+                Some((r, span)) if *r == run => span.clone(),
+                #[allow(clippy::reversed_empty_ranges)]
+                _ => 1..=0,
+            };
+            let records = match gw.capture.get() {
+                Some(c) => c.recent(&service, count.min(MOST), now_ms, done_before.clone()),
+                None => Vec::new(),
+            };
+            let times = records.iter().map(|r| r.at_ms);
+            if let (Some(oldest), Some(newest)) = (times.clone().min(), times.max()) {
+                let span = if done_before.is_empty() {
+                    oldest..=newest
+                } else {
+                    oldest.min(*done_before.start())..=newest.max(*done_before.end())
+                };
+                gw.cursors.lock().expect("cursors").insert(key, (run, span));
+            }
+            let _ = tx.send(records.len());
+            for (i, record) in records.iter().enumerate() {
+                replay_one(
+                    &gw,
+                    &model,
+                    (&stable, &stable_metrics),
+                    (&canary, &canary_metrics),
+                    record,
+                    i % 2 == 1,
+                );
+            }
+        });
+        match rx.await {
+            Ok(0) => nothing("no captured request left to replay within the retention"),
+            Ok(n) => Replay::Started(n),
+            Err(_) => nothing("the replay task failed"),
+        }
+    }
+
+    /// Resolves once no mirrored or replayed request is running (for shutdown, and for
+    /// tests).
     pub async fn mirrors_idle(&self) {
         loop {
             let notified = self.mirrors_done.notified();
@@ -595,6 +757,7 @@ async fn infer(
         .get("inference-header-content-length")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
+    let captured = capturable(gw, &routed, &body);
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v2/models/{model}/infer");
         return proxy_infer(up, &path, headers, body, measure, &routed).await;
@@ -632,8 +795,47 @@ async fn infer(
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
+    keep(
+        gw,
+        &routed,
+        resp.status(),
+        captured,
+        Protocol::V2 { json_len },
+    );
     tag_revision(&mut resp, answered_by);
     resp
+}
+
+/// The body of a request to keep for replay, if capture is on and the split routed it to an
+/// in-process revision.
+fn capturable(gw: &Gateway, routed: &Routed, body: &Bytes) -> Option<Bytes> {
+    (gw.capture.get().is_some()
+        && routed.controlled
+        && routed.rev.model().is_some()
+        && body.len() <= CAPTURE_MAX_BODY)
+        .then(|| body.clone())
+}
+
+/// Captures a request that was answered successfully.
+fn keep(
+    gw: &Gateway,
+    routed: &Routed,
+    status: StatusCode,
+    body: Option<Bytes>,
+    protocol: Protocol,
+) {
+    if let (Some(capture), Some(body)) = (gw.capture.get(), body)
+        && status.is_success()
+    {
+        capture.record(
+            routed.service,
+            Captured {
+                at_ms: gw.config.clock.now().as_millis(),
+                protocol,
+                body,
+            },
+        );
+    }
 }
 
 /// A request the split's revision refused as the client's fault, and that the route's stable
@@ -812,6 +1014,7 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     };
     let rev = routed.rev;
     let mut measure = Measure::start(gw, &routed);
+    let captured = capturable(gw, &routed, &body);
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v1/models/{model}:predict");
         return proxy_infer(up, &path, headers, body, measure, &routed).await;
@@ -833,6 +1036,7 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
         Err(f) => f.into_response(),
     };
     measure.finish(resp.status());
+    keep(gw, &routed, resp.status(), captured, Protocol::V1);
     tag_revision(&mut resp, answered_by);
     resp
 }
@@ -883,6 +1087,64 @@ fn mirror(
             gw.mirrors_done.notify_waiters();
         }
     });
+}
+
+/// Compares the canary's and stable's answers on one replayed request and counts them, as a
+/// mirrored request's and in both revisions' windows. A request the stable revision no longer
+/// takes is skipped; one the canary refuses or fails where stable answered is its failure.
+/// Returns whether the request was counted.
+fn replay_one(
+    gw: &Gateway,
+    model: &str,
+    (stable, stable_metrics): (&Revision, &metrics::RevisionMetrics),
+    (canary, canary_metrics): (&Revision, &metrics::RevisionMetrics),
+    record: &Captured,
+    canary_first: bool,
+) -> bool {
+    type Answer = Result<(Vec<runtime::Tensor>, Vec<runtime::Tensor>), Failure>;
+    let run = |rev: &Revision| -> (Answer, u64) {
+        let start = gw.config.clock.instant();
+        let answer = match record.protocol {
+            Protocol::V1 => compute_v1(rev, &record.body).map(|c| (c.inputs, c.outputs)),
+            Protocol::V2 { json_len } => {
+                compute_v2(model, rev, &record.body, json_len).map(|c| (c.inputs, c.outputs))
+            }
+        };
+        (answer, gw.config.clock.since(start).as_micros() as u64)
+    };
+    // Alternated, so that neither always runs on caches the other warmed.
+    let ((s, s_us), (c, c_us)) = if canary_first {
+        let c = run(canary);
+        (run(stable), c)
+    } else {
+        let s = run(stable);
+        (s, run(canary))
+    };
+    let Ok((_, primary)) = s else {
+        return false;
+    };
+    let second = gw.second();
+    stable_metrics
+        .window
+        .record_replay(second, Outcome::Ok, s_us);
+    stable_metrics.replayed(Outcome::Ok);
+    let (outcome, agreed, distance) = match &c {
+        Ok((_, outputs)) => {
+            let (p, q) = (predictions(&primary), predictions(outputs));
+            canary_metrics
+                .window
+                .record_predictions(second, (&p.0, &p.1), (&q.0, &q.1));
+            let (agreed, distance) = compare(&primary, outputs);
+            (Outcome::Ok, agreed, distance)
+        }
+        Err(_) => (Outcome::ServerError, false, f64::INFINITY),
+    };
+    canary_metrics.window.record_replay(second, outcome, c_us);
+    canary_metrics.replayed(outcome);
+    canary_metrics
+        .window
+        .record_mirror(second, agreed, distance);
+    true
 }
 
 /// Whether two answers agree on the predicted class, and the largest absolute difference

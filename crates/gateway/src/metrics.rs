@@ -36,6 +36,8 @@ struct Cells {
     labels: String,
     /// By [`Outcome`]: ok, client error, server error.
     requests: [AtomicU64; 3],
+    /// Captured requests replayed to the revision, by [`Outcome`] (not in `requests`).
+    replayed: [AtomicU64; 3],
     /// Requests per latency bucket (not cumulative); the last is `+Inf`.
     buckets: [AtomicU64; BUCKETS + 1],
     /// The sum of latencies in seconds, as `f64` bits.
@@ -74,12 +76,7 @@ impl RevisionMetrics {
     pub fn finished(&self, outcome: Outcome, seconds: f64) {
         let c = &self.cells;
         c.in_flight.fetch_sub(1, Ordering::Relaxed);
-        let which = match outcome {
-            Outcome::Ok => 0,
-            Outcome::ClientError => 1,
-            Outcome::ServerError => 2,
-        };
-        c.requests[which].fetch_add(1, Ordering::Relaxed);
+        c.requests[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
         let bucket = (0..BUCKETS)
             .find(|&i| seconds <= bucket_bound(i))
             .unwrap_or(BUCKETS);
@@ -91,6 +88,27 @@ impl RevisionMetrics {
             });
     }
 }
+
+impl RevisionMetrics {
+    /// A captured request was replayed to the revision, with this outcome.
+    pub fn replayed(&self, outcome: Outcome) {
+        self.cells.replayed[outcome_index(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Ok => 0,
+        Outcome::ClientError => 1,
+        Outcome::ServerError => 2,
+    }
+}
+
+const OUTCOME_LABELS: [&str; 3] = [
+    ",outcome=\"ok\"",
+    ",outcome=\"client_error\"",
+    ",outcome=\"server_error\"",
+];
 
 // === impl MirrorCells ===
 
@@ -118,6 +136,7 @@ impl Metrics {
                     revision: revision.to_owned(),
                     labels: label_set(&[("service", service), ("revision", revision)]),
                     requests: Default::default(),
+                    replayed: Default::default(),
                     buckets: Default::default(),
                     latency_sum: AtomicU64::new(0f64.to_bits()),
                     in_flight: AtomicI64::new(0),
@@ -203,18 +222,34 @@ impl Metrics {
             "Inference requests by service, revision and outcome",
         );
         for c in &revisions {
-            for (i, outcome) in [
-                ",outcome=\"ok\"",
-                ",outcome=\"client_error\"",
-                ",outcome=\"server_error\"",
-            ]
-            .into_iter()
-            .enumerate()
-            {
+            for (i, outcome) in OUTCOME_LABELS.into_iter().enumerate() {
                 let n = c.requests[i].load(Ordering::Relaxed);
                 line(
                     &mut out,
                     "crossfade_requests_total",
+                    &c.labels,
+                    outcome,
+                    num.format(n),
+                );
+            }
+        }
+
+        family(
+            &mut out,
+            "crossfade_replayed_requests",
+            "counter",
+            "Captured requests replayed to a canary and its stable revision, by outcome",
+        );
+        for c in &revisions {
+            let counts: [u64; 3] = std::array::from_fn(|i| c.replayed[i].load(Ordering::Relaxed));
+            // Only revisions that were replayed to (most never are).
+            if counts == [0; 3] {
+                continue;
+            }
+            for (n, outcome) in counts.into_iter().zip(OUTCOME_LABELS) {
+                line(
+                    &mut out,
+                    "crossfade_replayed_requests_total",
                     &c.labels,
                     outcome,
                     num.format(n),
@@ -409,6 +444,8 @@ mod tests {
         }
         assert!(text.ends_with("# EOF\n"));
         // Each family is described once, before its series.
-        assert_eq!(text.matches("# TYPE ").count(), 5);
+        assert_eq!(text.matches("# TYPE ").count(), 6);
+        // Replayed requests are counted apart, and only for revisions replayed to.
+        assert!(!text.contains("crossfade_replayed_requests_total{"));
     }
 }

@@ -49,6 +49,8 @@ struct Slot {
     distance_micro: AtomicU64,
     /// Requests the client sent to this revision by name or tag: counted, not judged.
     pinned: AtomicU64,
+    /// Of the requests counted above, those replayed from the capture (not a client's).
+    replayed: AtomicU64,
     /// On mirrored requests: the predicted class of the primary (stable) and of this
     /// revision, and the top score of each.
     stable_classes: [AtomicU64; DRIFT_CLASSES],
@@ -75,6 +77,9 @@ pub struct Summary {
     /// Requests the client pinned to the revision (`/versions/<rev>`, a tag, a header route):
     /// not in any figure above, so that no client sways a judgement.
     pub pinned: u64,
+    /// Of `requests`, those replayed from the capture (compared with stable, never answered
+    /// to a client).
+    pub replayed: u64,
     /// On mirrored requests: predicted classes and top scores of the primary (stable)
     /// revision and of this one, on the same requests.
     pub drift: Drift,
@@ -156,6 +161,14 @@ impl Window {
         slot.latency[bucket(latency_us)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records a captured request replayed to the revision: judged like the split's.
+    pub fn record_replay(&self, second: u64, outcome: Outcome, latency_us: u64) {
+        self.record(second, outcome, latency_us);
+        if let Some(slot) = self.slot(second) {
+            slot.replayed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Records a request the client pinned to the revision: counted apart, never judged.
     pub fn record_pinned(&self, second: u64) {
         if let Some(slot) = self.slot(second) {
@@ -234,6 +247,7 @@ impl Window {
             s.mirrored += slot.mirrored.load(Ordering::Relaxed);
             s.agreed += slot.agreed.load(Ordering::Relaxed);
             s.pinned += slot.pinned.load(Ordering::Relaxed);
+            s.replayed += slot.replayed.load(Ordering::Relaxed);
             let add = |acc: &mut Vec<u64>, from: &[AtomicU64]| {
                 acc.resize(from.len(), 0);
                 for (a, c) in acc.iter_mut().zip(from) {
@@ -320,6 +334,7 @@ impl Default for Slot {
             agreed: AtomicU64::new(0),
             distance_micro: AtomicU64::new(0),
             pinned: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             stable_classes: Default::default(),
             classes: Default::default(),
             stable_scores: Default::default(),
@@ -338,6 +353,7 @@ impl Slot {
             &self.agreed,
             &self.distance_micro,
             &self.pinned,
+            &self.replayed,
         ] {
             c.store(0, Ordering::Relaxed);
         }

@@ -1138,3 +1138,135 @@ async fn what_a_canary_refuses_and_its_stable_takes_is_the_canary_s_failure() {
         (6, 1, 1)
     );
 }
+
+/// Requests captured from the split replayed to a canary at 0%: compared with stable's answers
+/// like mirrored ones, counted in both windows as replayed, never a client's.
+#[tokio::test]
+async fn captured_requests_are_replayed_against_the_canary_and_stable() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::new(Config::default());
+    assert_eq!(
+        gw.replay("default/iris", "iris-predictor-00002", 10, 1)
+            .await,
+        Replay::Nothing("request capture is off (crossfade up --capture-requests)".into())
+    );
+    gw.capture(CaptureConfig {
+        dir: dir.path().join("capture"),
+        max_bytes: 1 << 20,
+        retention: std::time::Duration::from_secs(3600),
+    })
+    .unwrap();
+    let mut route = Route::new(
+        "default/iris",
+        vec![
+            revision("iris-predictor-00001", "iris-logreg-v1"),
+            revision("iris-predictor-00002", "iris-fails-some"),
+        ],
+        vec![(0, 100)],
+    );
+    route.stable = Some(0);
+    let mut table = RouteTable::default();
+    table.insert("iris".into(), route);
+    gw.publish(table);
+
+    // Small sepals the canary takes, large ones it fails on (its table has three entries).
+    let small = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                                   "data": [2.0, 3.5, 1.4, 0.2]}]});
+    let large = json!({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32",
+                                   "data": [6.7, 3.1, 4.4, 1.4]}]});
+    for body in std::iter::repeat_n(&small, 6).chain(std::iter::repeat_n(&large, 4)) {
+        let (s, _, _) = send(&gw, infer("/v2/models/iris/infer", body, &[])).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        let (s, _, _) = send(
+            &gw,
+            infer(
+                "/v1/models/iris:predict",
+                &json!({"instances": [[2.0, 3.0, 1.0, 0.5]]}),
+                &[],
+            ),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    // Neither a refused request nor one the client pinned is captured.
+    let bad =
+        json!({"inputs": [{"name": "X", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]});
+    assert_eq!(
+        send(&gw, infer("/v2/models/iris/infer", &bad, &[])).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    let pinned = "/v2/models/iris/versions/iris-predictor-00001/infer";
+    assert_eq!(
+        send(&gw, infer(pinned, &small, &[])).await.0,
+        StatusCode::OK
+    );
+    gw.capture_sync();
+
+    assert_eq!(
+        gw.replay("default/iris", "iris-predictor-00001", 100, 1)
+            .await,
+        Replay::Nothing("no stable revision to compare the canary with".into())
+    );
+    assert_eq!(
+        gw.replay("default/iris", "iris-predictor-00002", 100, 1)
+            .await,
+        Replay::Started(12)
+    );
+    gw.mirrors_idle().await;
+    let canary = gw
+        .summary("default/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    assert_eq!(
+        (
+            canary.replayed,
+            canary.ok,
+            canary.server_errors,
+            canary.client_errors
+        ),
+        (12, 8, 4, 0),
+        "{canary:?}"
+    );
+    assert_eq!((canary.mirrored, canary.agreed), (12, 8));
+    assert_eq!(canary.drift.classes.iter().sum::<u64>(), 8);
+    let stable = gw
+        .summary("default/iris", "iris-predictor-00001", 60)
+        .unwrap();
+    // Its 12 live requests, the refused one and the 12 replayed; the pinned one apart.
+    assert_eq!(
+        (
+            stable.replayed,
+            stable.ok,
+            stable.client_errors,
+            stable.pinned
+        ),
+        (12, 24, 1, 1)
+    );
+    let text = gw.metrics_text();
+    for line in [
+        r#"crossfade_replayed_requests_total{service="default/iris",revision="iris-predictor-00002",outcome="server_error"} 4"#,
+        r#"crossfade_replayed_requests_total{service="default/iris",revision="iris-predictor-00001",outcome="ok"} 12"#,
+        r#"crossfade_requests_total{service="default/iris",revision="iris-predictor-00002",outcome="ok"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    // Each captured request once per run.
+    assert_eq!(
+        gw.replay("default/iris", "iris-predictor-00002", 100, 1)
+            .await,
+        Replay::Nothing("no captured request left to replay within the retention".into())
+    );
+    // Another run: newest first and bounded by the count asked for.
+    assert_eq!(
+        gw.replay("default/iris", "iris-predictor-00002", 2, 2)
+            .await,
+        Replay::Started(2)
+    );
+    gw.mirrors_idle().await;
+    let canary = gw
+        .summary("default/iris", "iris-predictor-00002", 60)
+        .unwrap();
+    // The two newest were the V1 requests, which the canary answers.
+    assert_eq!((canary.replayed, canary.ok), (14, 10));
+}

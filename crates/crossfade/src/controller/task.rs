@@ -300,6 +300,37 @@ impl AppTask {
     }
 }
 
+/// A judged reading short of its minimum sample has captured requests replayed to the canary
+/// and its stable revision (when capture is on), for the looks that follow; its reason says so.
+async fn replay_if_short(
+    drivers: &Drivers,
+    job: &MeasureJob,
+    reading: analysis::Reading,
+) -> analysis::Reading {
+    let analysis::Reading::Value(mut v) = reading else {
+        return reading;
+    };
+    let needed = v["needed"].as_u64().unwrap_or(0);
+    if v["verdict"] != "Inconclusive" || needed == 0 {
+        return analysis::Reading::Value(v);
+    }
+    let service = job.service.to_string();
+    let count = usize::try_from(needed).unwrap_or(usize::MAX);
+    let said = match drivers
+        .gateway
+        .replay(&service, &job.canary, count, job.run_started_at)
+        .await
+    {
+        gateway::Replay::Started(n) => format!("; replaying {n} captured requests"),
+        gateway::Replay::Running => "; a replay of captured requests is under way".into(),
+        gateway::Replay::Nothing(_) => String::new(),
+    };
+    if let Some(reason) = v["reason"].as_str() {
+        v["reason"] = format!("{reason}{said}").into();
+    }
+    analysis::Reading::Value(v)
+}
+
 /// Takes a reading and hands it back to the rollout.
 async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSender<Msg>) {
     use analysis::ProviderSpec;
@@ -335,13 +366,14 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
             };
             let canary = counts(&job.canary);
             let stable = job.stable.as_deref().and_then(counts);
-            analysis::builtin::compared(
+            let reading = analysis::builtin::compared(
                 b,
                 compare,
                 canary.as_ref(),
                 stable.as_ref(),
                 &gateway::latency_bounds(),
-            )
+            );
+            replay_if_short(&drivers, &job, reading).await
         }
         ProviderSpec::Builtin(b) => {
             let revision = match b.revision {

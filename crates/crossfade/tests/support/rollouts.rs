@@ -68,6 +68,38 @@ spec:
     )
 }
 
+/// A Rollout of `iris` whose canary is judged over `template` before it gets any live
+/// traffic (its first step is the analysis, at 0%), again at 20%, then promoted by itself.
+pub fn judged_before_traffic_yaml(template: &str) -> String {
+    format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata: {{name: iris}}
+spec:
+  workloadRef: {{apiVersion: serving.kserve.io/v1beta1, kind: InferenceService, name: iris}}
+  strategy:
+    canary:
+      steps:
+        - analysis: &judged
+            templates: [{{templateName: health}}]
+            args: [{{name: canary, valueFrom: {{podTemplateHashValue: Latest}}}}]
+        - setWeight: 20
+        - analysis: *judged
+        - setWeight: 50
+        - pause: {{duration: 1s}}
+---
+{template}"#
+    )
+}
+
+/// Half the flowers have a sepal length that `iris-fails-some` cannot look up.
+pub fn mixed_flowers(i: u64) -> String {
+    let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
+    format!(
+        r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
+    )
+}
+
 /// The built-in provider: the canary's success rate over the last 3 s, three times.
 pub const BUILTIN_TEMPLATE: &str = r#"apiVersion: argoproj.io/v1alpha1
 kind: AnalysisTemplate
@@ -129,12 +161,28 @@ pub struct Load {
 
 impl Load {
     pub fn start(base: &str) -> Self {
-        Self::sending(base, |i| {
-            let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
-            format!(
-                r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.5, 1.4, 0.2]}}]}}"#
-            )
-        })
+        Self::sending(base, mixed_flowers)
+    }
+
+    /// Sends `body(i)` as the i-th request, about `per_second` requests a second (a pause of
+    /// 1 / per_second after each answer).
+    pub fn at_rate(base: &str, per_second: u32, body: fn(u64) -> String) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let base = base.to_owned();
+        let thread = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::new();
+            let mut i = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body(i));
+                *seen.entry((revision_of(&head), code)).or_default() += 1;
+                i += 1;
+                // Pacing the load, not waiting for anything.
+                std::thread::sleep(std::time::Duration::from_secs(1) / per_second);
+            }
+            seen
+        });
+        Self { stop, thread }
     }
 
     /// Sends `body(i)` as the i-th request.
