@@ -247,11 +247,14 @@ pub fn latency(
     };
     // Half of alpha for stable's bound, half for the canary's test.
     let Some(stable_high) = quantile_bound(&stable.latency, bounds, q, s.alpha / 2.0) else {
+        // Requests (of each revision: a replay adds to both) still needed for the bound.
+        let short = bound_sample(q, s.alpha / 2.0).saturating_sub(ns);
+        c.needed = c.needed.max(short);
         c.reason = if ns == 0 {
             "the stable revision answered no request in the window: nothing to compare with".into()
         } else {
             format!(
-                "{ns} stable requests are too few to bound its p{} latency yet",
+                "{ns} stable requests are too few to bound its p{} latency yet: about {short} more needed",
                 round(q * 100.0)
             )
         };
@@ -386,27 +389,37 @@ pub fn agreement(canary: &Counts, s: &Settings) -> Comparison {
 }
 
 /// Prediction drift on mirrored requests: the canary's predicted classes against stable's on
-/// the same requests (population stability index, PSI), and its top scores against stable's
-/// (two-sample Kolmogorov-Smirnov distance). Fails when either passes `tolerance` (0.2 by
-/// default: a major shift by the usual PSI convention) and, for the KS distance, also its
-/// critical value at `alpha` for the two samples' sizes. Descriptive statistics, not an
-/// e-process: the minimum sample and the critical value keep small samples from failing.
+/// the same requests (population stability index, PSI), and its top scores against stable's:
+/// how far their distribution moved (the Wasserstein-1 distance of the binned scores, in
+/// probability: a shift of every score by 0.1 is 0.1), once a two-sample Kolmogorov-Smirnov
+/// test at `alpha` says they differ at all. Fails when the PSI passes `tolerance` (0.2 by
+/// default: a major shift by the usual PSI convention) or the scores moved by more than half
+/// of it (0.1): a model retrained to a little more or less confidence moves them by a few
+/// hundredths; one whose scores are broken (flattened, doubled softmax, constant) by tenths.
+/// Descriptive statistics, not an e-process: the minimum sample and the KS test keep small
+/// samples from failing.
 pub fn drift(canary: &Counts, s: &Settings) -> Comparison {
     let n: u64 = canary.classes.iter().sum();
     let m: u64 = canary.stable_classes.iter().sum();
     let psi = psi(&canary.stable_classes, &canary.classes);
     let (ks, ns, nc) = ks(&canary.stable_scores, &canary.scores);
+    let shift = wasserstein(&canary.stable_scores, &canary.scores);
     let critical = if ns > 0 && nc > 0 {
         (-(s.alpha / 2.0).ln() / 2.0).sqrt() * ((ns + nc) as f64 / (ns * nc) as f64).sqrt()
     } else {
         f64::INFINITY
     };
+    let tolerated_shift = s.tolerance / 2.0;
     let mut c = Comparison {
         verdict: Verdict::Inconclusive,
         statistic: "prediction-drift".into(),
         canary: psi,
         stable: 0.0,
-        effect: psi.max(ks) / s.tolerance.max(1e-12),
+        effect: (psi / s.tolerance.max(1e-12)).max(if ks > critical {
+            shift / tolerated_shift.max(1e-12)
+        } else {
+            0.0
+        }),
         evidence: ks,
         canary_sample: n,
         stable_sample: m,
@@ -420,30 +433,47 @@ pub fn drift(canary: &Counts, s: &Settings) -> Comparison {
         );
         return c;
     }
-    let ks_fails = ks > s.tolerance && ks > critical;
-    if psi > s.tolerance || ks_fails {
+    let scores_moved = shift > tolerated_shift && ks > critical;
+    let figures = format!(
+        "class PSI {} (tolerated {}), top scores moved by {} (tolerated {}; KS distance {}{})",
+        round(psi),
+        round(s.tolerance),
+        round(shift),
+        round(tolerated_shift),
+        round(ks),
+        if critical.is_finite() {
+            format!(", critical {}", round(critical))
+        } else {
+            String::new()
+        }
+    );
+    if psi > s.tolerance || scores_moved {
         c.verdict = Verdict::Fail;
         c.reason = format!(
-            "the canary's predictions drifted from stable's on the same {n} requests: class PSI {}, top-score KS distance {} (tolerated {}{})",
-            round(psi),
-            round(ks),
-            round(s.tolerance),
-            if critical.is_finite() {
-                format!(", KS critical value {}", round(critical))
-            } else {
-                String::new()
-            }
+            "the canary's predictions drifted from stable's on the same {n} requests: {figures}"
         );
     } else {
         c.verdict = Verdict::Pass;
-        c.reason = format!(
-            "predictions as stable's on the same {n} requests: class PSI {}, top-score KS distance {} (tolerated {})",
-            round(psi),
-            round(ks),
-            round(s.tolerance)
-        );
+        c.reason = format!("predictions as stable's on the same {n} requests: {figures}");
     }
     c
+}
+
+/// The Wasserstein-1 distance of two histograms of equal-width bins over [0, 1]: the area
+/// between their cumulative shares.
+fn wasserstein(a: &[u64], b: &[u64]) -> f64 {
+    let (na, nb): (u64, u64) = (a.iter().sum(), b.iter().sum());
+    let bins = a.len().max(b.len());
+    if na == 0 || nb == 0 || bins == 0 {
+        return 0.0;
+    }
+    let (mut ca, mut cb, mut area) = (0u64, 0u64, 0f64);
+    for i in 0..bins {
+        ca += a.get(i).copied().unwrap_or(0);
+        cb += b.get(i).copied().unwrap_or(0);
+        area += (ca as f64 / na as f64 - cb as f64 / nb as f64).abs();
+    }
+    area / bins as f64
 }
 
 /// Population stability index of `actual` against `expected` counts (shares smoothed so that
@@ -574,6 +604,31 @@ fn quantile_bound(counts: &[u64], bounds: &[f64], q: f64, alpha: f64) -> Option<
         }
     }
     None
+}
+
+/// About how many requests bound the `q` quantile at `alpha`: the fewest with which a quarter
+/// of the expected share beyond the quantile, or less, gives the evidence (so the bound lies
+/// somewhat above the quantile itself; about 1,000 for p99 at 0.025).
+fn bound_sample(q: f64, alpha: f64) -> u64 {
+    let tail = 1.0 - q;
+    if tail <= 0.0 {
+        return u64::MAX;
+    }
+    let enough =
+        |n: u64| lower_evidence((tail * n as f64 / 4.0).round() as u64, n, tail) >= 1.0 / alpha;
+    let mut high = 16u64;
+    while !enough(high) {
+        if high > 1 << 40 {
+            return high;
+        }
+        high *= 2;
+    }
+    let mut low = high / 2;
+    while high - low > 1 {
+        let mid = low + (high - low) / 2;
+        if enough(mid) { high = mid } else { low = mid }
+    }
+    high
 }
 
 /// E-value of `k` successes in `n` trials against "the chance is at least `p0`": the mean of

@@ -291,7 +291,7 @@ impl Gateway {
         let (canary, canary_metrics) = (Arc::clone(canary), canary_metrics.clone());
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::task::spawn_blocking(move || {
-            let _done = done;
+            let done = done;
             let key = (service.clone(), canary.name.clone());
             let done_before = match gw.cursors.lock().expect("cursors").get(&key) {
                 Some((r, span)) if *r == run => span.clone(),
@@ -310,6 +310,12 @@ impl Gateway {
                     oldest.min(*done_before.start())..=newest.max(*done_before.end())
                 };
                 gw.cursors.lock().expect("cursors").insert(key, (run, span));
+            }
+            if records.is_empty() {
+                // Finished before the caller hears of it: a replay asked for next may start.
+                drop(done);
+                let _ = tx.send(0);
+                return;
             }
             let _ = tx.send(records.len());
             for (i, record) in records.iter().enumerate() {

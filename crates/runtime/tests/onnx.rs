@@ -92,6 +92,37 @@ fn outputs_match_onnxruntime() {
     }
 }
 
+/// The judge's fixtures (`generate_judge.py`): the iris signature, the logistic regression's
+/// labels, and scores as onnxruntime computes them (a NaN in the reference is a null).
+#[test]
+fn the_judge_fixtures_match_onnxruntime() {
+    for name in [
+        "iris-nan-scores",
+        "iris-flat-scores",
+        "iris-logreg-v1-retrained",
+    ] {
+        let model = OnnxModel::load(&fixtures().join(format!("{name}.onnx"))).unwrap();
+        let reference = reference(name);
+        let outputs = model.infer(&[input_x(&reference)]).unwrap();
+        assert_eq!(
+            outputs[0].data,
+            TensorData::I64(vec![0, 0, 1, 1, 2, 2]),
+            "{name}"
+        );
+        let want = reference["outputs"]["probabilities"]["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN));
+        for (got, want) in outputs[1].data.to_f64().into_iter().zip(want) {
+            assert!(
+                (got.is_nan() && want.is_nan()) || (got - want).abs() < 1e-5,
+                "{name}: {got} against {want}"
+            );
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_name_the_input() {
     let model = OnnxModel::load(&fixtures().join("iris-logreg-v1.onnx")).unwrap();

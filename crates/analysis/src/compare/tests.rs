@@ -361,7 +361,23 @@ fn drifting_predictions_fail_and_a_retrained_model_passes() {
         &s,
     );
     assert_eq!(skewed.verdict, Verdict::Fail, "{}", skewed.reason);
-    // Same classes, but no longer confident (scores drifted): fails on the KS distance.
+    // Retrained to a little less confidence (every top score one bin, 1/16, lower): the KS
+    // test sees the difference, but the scores moved by 0.06, under the 0.1 tolerated.
+    let calmer = drift(
+        &mirrored([100, 100, 100], [100, 100, 100], confident(300), {
+            let mut v = vec![0; 16];
+            v[14] = 300;
+            v
+        }),
+        &s,
+    );
+    assert_eq!(calmer.verdict, Verdict::Pass, "{}", calmer.reason);
+    assert!(
+        calmer.reason.contains("moved by 0.0625"),
+        "{}",
+        calmer.reason
+    );
+    // Same classes, but no longer confident (scores drifted): fails on how far they moved.
     let hesitant = drift(
         &mirrored(
             [100, 100, 100],
@@ -373,7 +389,9 @@ fn drifting_predictions_fail_and_a_retrained_model_passes() {
     );
     assert_eq!(hesitant.verdict, Verdict::Fail, "{}", hesitant.reason);
     assert!(
-        hesitant.reason.contains("KS distance 1"),
+        hesitant
+            .reason
+            .contains("moved by 0.438 (tolerated 0.1; KS distance 1"),
         "{}",
         hesitant.reason
     );
@@ -382,4 +400,29 @@ fn drifting_predictions_fail_and_a_retrained_model_passes() {
         &s,
     );
     assert_eq!((few.verdict, few.needed), (Verdict::Inconclusive, 70));
+}
+
+/// A p99 needs many stable requests before it can be bounded: below that the verdict says how
+/// many more (of both revisions: what a replay adds), and with them it decides.
+#[test]
+fn a_p99_too_few_stable_requests_can_bound_says_how_many_more() {
+    let mut rng = Rng(5);
+    let mut counts = [Counts::default(), Counts::default()];
+    serve(&mut rng, &mut counts, [STABLE, STABLE], 0.5, 800);
+    let judge = latency_at(0.99, settings(1.2));
+    let short = judge(&counts[1], &counts[0]);
+    assert_eq!(short.verdict, Verdict::Inconclusive, "{}", short.reason);
+    let ns = short.stable_sample;
+    assert!(ns < 500, "{ns}");
+    let more = short.needed;
+    assert!((400..1000).contains(&more), "{more}: {}", short.reason);
+    assert!(
+        short.reason.ends_with(&format!("about {more} more needed")),
+        "{}",
+        short.reason
+    );
+    // As many more of each: now it can bound stable's p99 and decide.
+    serve(&mut rng, &mut counts, [STABLE, STABLE], 0.5, 2 * more);
+    let enough = judge(&counts[1], &counts[0]);
+    assert_eq!(enough.verdict, Verdict::Pass, "{}", enough.reason);
 }

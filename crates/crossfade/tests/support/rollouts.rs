@@ -92,6 +92,35 @@ spec:
     )
 }
 
+/// The Rollout and templates README.md recommends, as written there, with every `interval`
+/// made `interval` (the README's 10 s makes a rollout take minutes).
+pub fn readme_rollout(interval: &str) -> String {
+    let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"));
+    let block = readme
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(yaml, _)| yaml))
+        .find(|yaml| yaml.contains("kind: Rollout") && yaml.contains("name: canary-vs-stable"))
+        .expect("README.md shows the Rollout to start from");
+    block.replace("interval: 10s", &format!("interval: {interval}"))
+}
+
+/// Six iris flowers, two of each species (the last two with petals wider than 1.6), in turn.
+pub fn six_flowers(i: u64) -> String {
+    const FLOWERS: [&str; 6] = [
+        "5.1, 3.5, 1.4, 0.2",
+        "6.4, 3.2, 4.5, 1.5",
+        "6.3, 3.3, 6.0, 2.5",
+        "4.9, 3.0, 1.4, 0.2",
+        "5.9, 3.0, 4.2, 1.5",
+        "6.5, 3.0, 5.8, 2.2",
+    ];
+    format!(
+        r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{}]}}]}}"#,
+        FLOWERS[(i % 6) as usize]
+    )
+}
+
 /// Half the flowers have a sepal length that `iris-fails-some` cannot look up.
 pub fn mixed_flowers(i: u64) -> String {
     let sepal = if i.is_multiple_of(2) { 5.1 } else { 0.5 };
@@ -243,8 +272,18 @@ impl Up {
     /// Polls the rollout until `done` holds (30 s at most); returns it, with the largest
     /// weight `canary` had on the way.
     pub fn wait_rollout(&self, canary: &str, done: impl Fn(&Value) -> bool) -> (Value, u64) {
+        self.wait_rollout_for(30, canary, done)
+    }
+
+    /// [`Up::wait_rollout`], giving up after `seconds`.
+    pub fn wait_rollout_for(
+        &self,
+        seconds: u64,
+        canary: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Value, u64) {
         let mut max = 0;
-        for _ in 0..300 {
+        for _ in 0..seconds * 10 {
             let r = self.rollout();
             max = max.max(r["weights"][canary].as_u64().unwrap_or(0));
             if done(&r) {
