@@ -45,8 +45,8 @@ const MODELS: [(&str, &[u8]); 3] = [
     ),
 ];
 
-const ROLLOUT: &str = r#"# Each new model earns its traffic: 20% first, checked by crossfade's own measurements,
-# then 50%, then all of it.
+const ROLLOUT: &str = r#"# Each new model earns its traffic: 20% first, judged against the stable revision by
+# crossfade's own measurements (no threshold to guess), then 50%, then all of it.
 apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata: {name: iris, namespace: demo}
@@ -58,22 +58,23 @@ spec:
         - setWeight: 20
         - pause: {duration: 4s}
         - analysis:
-            templates: [{templateName: success-rate}]
+            templates: [{templateName: errors-vs-stable}]
         - setWeight: 50
         - pause: {duration: 4s}
 ---
 apiVersion: argoproj.io/v1alpha1
 kind: AnalysisTemplate
-metadata: {name: success-rate, namespace: demo}
+metadata: {name: errors-vs-stable, namespace: demo}
 spec:
   metrics:
-    - name: success-rate
+    - name: errors-vs-stable       # the canary's 5xx rate at most 1.5x stable's
       initialDelay: 2s
       interval: 2s
       count: 3
-      successCondition: result >= 0.95
+      successCondition: result.verdict == "Pass"
+      failureCondition: result.verdict == "Fail"
       provider:
-        crossfade: {metric: success-rate, window: 4s}
+        crossfade: {metric: error-rate, compare: stable, minSample: 40}
 "#;
 
 fn isvc(uri: &str) -> String {
@@ -226,7 +227,7 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
     println!("3. Steady traffic starts: real flowers, and some odd ones (a sepal of 0.5 cm).\n");
 
     println!(
-        "4. A better model is committed. It gets 20% of the traffic, is measured, then 50%, then all."
+        "4. A better model is committed. It gets 20% of the traffic, is judged against the stable one, then 50%, then all."
     );
     commit(repo, &uris[1], "iris v2: retrained")?;
     c.clone().sync_all(api::Trigger::Manual).await;
