@@ -114,8 +114,11 @@ pub struct Comparison {
     pub evidence: f64,
     pub canary_sample: u64,
     pub stable_sample: u64,
-    /// Canary requests still needed before any verdict (0 once the minimum is reached).
+    /// Requests still needed before any verdict (0 once the minimum is reached): the
+    /// canary's, or for latency also stable's, to bound its quantile.
     pub needed: u64,
+    /// The minimum sample of the canary before any verdict (`minSample`).
+    pub min_sample: u64,
     /// Why, in plain words.
     pub reason: String,
 }
@@ -165,6 +168,7 @@ fn rate(
         canary_sample: nc,
         stable_sample: ns,
         needed: s.min_sample.saturating_sub(nc),
+        min_sample: s.min_sample,
         reason: String::new(),
     };
     // The most tolerated rate (the slack keeps it above 0 when stable had no error), and the
@@ -243,6 +247,7 @@ pub fn latency(
         canary_sample: nc,
         stable_sample: ns,
         needed: s.min_sample.saturating_sub(nc),
+        min_sample: s.min_sample,
         reason: String::new(),
     };
     // Half of alpha for stable's bound, half for the canary's test.
@@ -339,6 +344,7 @@ pub fn agreement(canary: &Counts, s: &Settings) -> Comparison {
         canary_sample: n,
         stable_sample: n,
         needed: s.min_sample.saturating_sub(n),
+        min_sample: s.min_sample,
         reason: String::new(),
     };
     let allowed = s.tolerance.clamp(0.0, 1.0);
@@ -424,6 +430,7 @@ pub fn drift(canary: &Counts, s: &Settings) -> Comparison {
         canary_sample: n,
         stable_sample: m,
         needed: s.min_sample.saturating_sub(n),
+        min_sample: s.min_sample,
         reason: String::new(),
     };
     if c.needed > 0 {

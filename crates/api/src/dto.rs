@@ -362,6 +362,55 @@ pub struct Measurement {
     pub message: Option<String>,
 }
 
+/// `GET /api/v1/rollouts/<name>/series`: the canary and the stable revision side by side
+/// over the last minutes, as the gateway measured them (the traffic the rollout controls).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSeries {
+    /// Seconds each point covers.
+    pub step_seconds: u64,
+    /// The canary first (if any), then the stable revision.
+    pub revisions: Vec<RevisionSeries>,
+}
+
+/// One revision's points, oldest first, the last ending now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionSeries {
+    pub revision: String,
+    /// `canary` or `stable`.
+    pub role: String,
+    pub points: Vec<SeriesPoint>,
+}
+
+/// What a revision did in one step of time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SeriesPoint {
+    /// How long ago the step ended, in seconds.
+    pub seconds_ago: u64,
+    /// Requests answered (of the split, and replayed).
+    pub requests: u64,
+    /// Of `requests`, those replayed from the capture.
+    pub replayed: u64,
+    /// Requests per second.
+    pub rate: f64,
+    /// 5xx among answered requests (`None` without requests), 0 to 1.
+    pub error_rate: Option<f64>,
+    /// 4xx among requests, 0 to 1.
+    pub client_error_rate: Option<f64>,
+    /// Latency quantiles, in seconds.
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    /// Requests mirrored (or replayed) to this revision and compared with stable's answers.
+    pub mirrored: u64,
+    /// Share of them on which the predicted class agreed, 0 to 1.
+    pub agreement: Option<f64>,
+    /// On those requests: the mean top score of this revision's answers and of stable's.
+    pub top_score: Option<f64>,
+    pub stable_top_score: Option<f64>,
+}
+
 /// `POST /api/v1/rollouts/<name>/{promote|abort|retry}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

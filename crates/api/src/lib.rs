@@ -114,6 +114,11 @@ pub trait Backend: Send + Sync + 'static {
     ) -> BoxFuture<Result<(), String>>;
     /// Every Rollout and where it stands.
     fn rollouts(&self) -> Vec<dto::Rollout>;
+    /// A Rollout's canary and stable revision side by side over the last minutes.
+    fn rollout_series(&self, rollout: &dto::Rollout) -> dto::RolloutSeries {
+        let _ = rollout;
+        dto::RolloutSeries::default()
+    }
     /// An operator's command to a Rollout: `promote` (with `full`), `abort` or `retry`.
     fn rollout_command(
         &self,
@@ -256,6 +261,7 @@ pub fn router(backend: Arc<dyn Backend>) -> Router {
         )
         .route("/api/v1/rollouts", get(rollouts))
         .route("/api/v1/rollouts/{name}", get(rollout))
+        .route("/api/v1/rollouts/{name}/series", get(rollout_series))
         .route("/api/v1/rollouts/{name}/{action}", post(rollout_action))
         .route("/api/v1/webhook/git", post(webhook))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint".into()) })
@@ -453,6 +459,17 @@ async fn rollout(
 ) -> Response {
     match find_rollout(b.as_ref(), q.namespace.as_deref(), &name) {
         Ok(r) => axum::Json(r).into_response(),
+        Err(resp) => *resp,
+    }
+}
+
+async fn rollout_series(
+    State(b): Shared,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    Query(q): Query<NamespaceQuery>,
+) -> Response {
+    match find_rollout(b.as_ref(), q.namespace.as_deref(), &name) {
+        Ok(r) => axum::Json(b.rollout_series(&r)).into_response(),
         Err(resp) => *resp,
     }
 }

@@ -943,6 +943,37 @@ impl api::Backend for SharedController {
             .map(|(spec, status)| rollouts::rollout_dto(spec, status))
             .collect()
     }
+    fn rollout_series(&self, rollout: &dto::Rollout) -> dto::RolloutSeries {
+        // Five minutes in steps of five seconds.
+        const STEP: u64 = 5;
+        const POINTS: u64 = 60;
+        let gateway = &self.0.settings.gateway;
+        let roles = [
+            (rollout.canary_revision.as_deref(), "canary"),
+            (rollout.stable_revision.as_deref(), "stable"),
+        ];
+        let revisions = roles
+            .into_iter()
+            .filter_map(|(rev, role)| {
+                let rev = rev?;
+                let series = gateway.series(&rollout.service, rev, STEP, POINTS)?;
+                let points = series
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| series_point(s, (POINTS - 1 - i as u64) * STEP, STEP))
+                    .collect();
+                Some(dto::RevisionSeries {
+                    revision: rev.to_owned(),
+                    role: role.into(),
+                    points,
+                })
+            })
+            .collect();
+        dto::RolloutSeries {
+            step_seconds: STEP,
+            revisions,
+        }
+    }
     fn rollout_command(
         &self,
         namespace: Option<&str>,
@@ -981,6 +1012,26 @@ impl api::Backend for SharedController {
     }
     fn admin_hosts(&self) -> &[String] {
         &self.0.settings.admin_hosts
+    }
+}
+
+/// One step of a revision's statistics, for the dashboard.
+fn series_point(s: &gateway::Summary, seconds_ago: u64, step: u64) -> dto::SeriesPoint {
+    let answered = s.ok + s.server_errors;
+    let share = |part: u64, of: u64| (of > 0).then(|| part as f64 / of as f64);
+    dto::SeriesPoint {
+        seconds_ago,
+        requests: s.requests,
+        replayed: s.replayed,
+        rate: s.requests as f64 / step as f64,
+        error_rate: share(s.server_errors, answered),
+        client_error_rate: share(s.client_errors, s.requests),
+        p50: s.p50,
+        p99: s.p99,
+        mirrored: s.mirrored,
+        agreement: share(s.agreed, s.mirrored),
+        top_score: s.drift.mean_score(),
+        stable_top_score: s.drift.stable_mean_score(),
     }
 }
 

@@ -1041,10 +1041,62 @@ fn a_rollout_judged_against_the_stable_revision_needs_no_threshold() {
     let (code, out) = up.cli(&["rollout", "get", "iris"]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("Pass (error-rate "), "{out}");
+    // Both revisions side by side over time, from the API and on the dashboard.
+    let series: Value =
+        serde_json::from_str(&http_get(&up.server, "/api/v1/rollouts/iris/series")).unwrap();
+    let roles: Vec<(&str, &str)> = series["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["role"].as_str().unwrap(), r["revision"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        roles,
+        [
+            ("canary", "iris-predictor-00002"),
+            ("stable", "iris-predictor-00001")
+        ],
+        "{series:#}"
+    );
+    for r in series["revisions"].as_array().unwrap() {
+        let requests: u64 = r["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["requests"].as_u64().unwrap())
+            .sum();
+        assert!(requests > 0, "{series:#}");
+    }
     let page = dom(&format!("{}/", up.server));
     assert!(
         page.contains(r#"data-metric="errors-vs-stable""#)
             && page.contains("1 = tolerated (effect)"),
+        "{page}"
+    );
+    assert!(page.contains(r#"data-series="canary-vs-stable""#), "{page}");
+    for chart in ["request-rate", "error-rate", "latency", "top-score"] {
+        assert!(
+            page.contains(&format!(r#"data-chart="{chart}""#)),
+            "{chart}: {page}"
+        );
+    }
+    let error_chart = page
+        .split(r#"data-chart="error-rate""#)
+        .nth(1)
+        .unwrap()
+        .split("</figure>")
+        .next()
+        .unwrap();
+    for rev in ["iris-predictor-00001", "iris-predictor-00002"] {
+        assert!(
+            error_chart.contains(&format!(r#"data-revision="{rev}""#)),
+            "{rev}: {error_chart}"
+        );
+    }
+    assert!(
+        page.contains(r#"data-verdict="Pass""#)
+            && page.contains("sample ")
+            && page.contains(" of at least 20"),
         "{page}"
     );
     let (code, out) = up.cli(&["rollout", "promote", "iris"]);
@@ -1343,7 +1395,7 @@ metadata: {name: agree}
 spec:
   metrics:
     - name: agreement
-      initialDelay: 1s
+      initialDelay: 2s
       interval: 1s
       count: 3
       successCondition: result >= 0.9

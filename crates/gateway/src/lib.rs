@@ -336,6 +336,20 @@ impl Gateway {
         }
     }
 
+    /// A revision's statistics as `points` consecutive summaries of `step` seconds, oldest
+    /// first, the last ending now; `None` if it never served.
+    pub fn series(
+        &self,
+        service: &str,
+        revision: &str,
+        step: u64,
+        points: u64,
+    ) -> Option<Vec<Summary>> {
+        self.metrics
+            .window(service, revision)
+            .map(|w| w.series(self.second(), step, points))
+    }
+
     /// Resolves once no mirrored or replayed request is running (for shutdown, and for
     /// tests).
     pub async fn mirrors_idle(&self) {

@@ -221,6 +221,19 @@ impl Window {
         slot.distance_micro.fetch_add(micro, Ordering::Relaxed);
     }
 
+    /// `points` consecutive summaries of `step` seconds each, oldest first, the last ending
+    /// at `now` (those that would begin before the gateway's first second are empty).
+    pub fn series(&self, now: u64, step: u64, points: u64) -> Vec<Summary> {
+        let step = step.clamp(1, WINDOW_SECONDS);
+        (0..points)
+            .rev()
+            .map(|k| match now.checked_sub(k * step) {
+                Some(end) if k * step < WINDOW_SECONDS => self.summary(end, step),
+                _ => Summary::default(),
+            })
+            .collect()
+    }
+
     /// Everything from the `seconds` seconds up to and including `now`.
     pub fn summary(&self, now: u64, seconds: u64) -> Summary {
         let seconds = seconds.clamp(1, WINDOW_SECONDS);
@@ -269,6 +282,29 @@ impl Window {
         }
         s
     }
+}
+
+impl Drift {
+    /// The mean of this revision's top scores on mirrored requests (bin centres), if any.
+    pub fn mean_score(&self) -> Option<f64> {
+        mean_of_bins(&self.scores)
+    }
+
+    /// The same for the primary (stable) revision's answers to those requests.
+    pub fn stable_mean_score(&self) -> Option<f64> {
+        mean_of_bins(&self.stable_scores)
+    }
+}
+
+fn mean_of_bins(bins: &[u64]) -> Option<f64> {
+    let n: u64 = bins.iter().sum();
+    (n > 0).then(|| {
+        bins.iter()
+            .enumerate()
+            .map(|(i, c)| (i as f64 + 0.5) / bins.len() as f64 * *c as f64)
+            .sum::<f64>()
+            / n as f64
+    })
 }
 
 impl Summary {
@@ -423,6 +459,29 @@ mod tests {
                 ..Summary::default()
             }
         );
+    }
+
+    #[test]
+    fn a_series_splits_the_window_into_steps_oldest_first() {
+        let w = Window::new();
+        for second in 100..120u64 {
+            for _ in 0..second - 99 {
+                w.record(second, Outcome::Ok, 1000);
+            }
+        }
+        w.record(119, Outcome::ServerError, 1000);
+        w.record_predictions(118, (&[0], &[0.97]), (&[0], &[0.51]));
+        let series = w.series(119, 5, 6);
+        assert_eq!(series.len(), 6);
+        let counts: Vec<u64> = series.iter().map(|s| s.requests).collect();
+        // 95..99 and 90..94 hold nothing; 100..104 hold 1+2+3+4+5, and so on.
+        assert_eq!(counts, [0, 0, 15, 40, 65, 91]);
+        assert_eq!(series[5].server_errors, 1);
+        let d = &series[5].drift;
+        assert_eq!(d.mean_score(), Some(8.5 / 16.0));
+        assert_eq!(d.stable_mean_score(), Some(15.5 / 16.0));
+        // Before the first second: empty points, not the first second over and over.
+        assert!(w.series(3, 2, 4)[..2].iter().all(|s| s.requests == 0));
     }
 
     #[test]
