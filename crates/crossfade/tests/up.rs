@@ -1313,6 +1313,83 @@ fn a_slower_canary_is_stopped_by_the_latency_judge() {
     assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
 }
 
+/// A model server that runs one request at a time is as fast as stable alone, and slower
+/// only when requests come together: with one client its canary passes the latency judge;
+/// retried under eight concurrent clients, the same canary is stopped at 20%.
+#[test]
+fn a_canary_slower_only_under_concurrency_is_stopped_when_requests_come_together() {
+    let store = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
+    let push = |name: &str| {
+        artifact::push(
+            &dir.join(name),
+            &format!("file://{}/{name}", store.path().display()),
+        )
+        .unwrap()
+    };
+    let (parallel, serial) = (push("parallel"), push("one-at-a-time"));
+    let repo = GitRepo::new();
+    repo.write("runtime.yaml", &queue_runtime());
+    repo.write("iris.yaml", &queue_isvc(&parallel));
+    // Requests take 20 ms here: eight looks, so that a single client's 20% reaches the sample.
+    repo.write(
+        "rollout.yaml",
+        &rollout_yaml(&LATENCY_JUDGE_TEMPLATE.replace("count: 4", "count: 8")),
+    );
+    repo.commit("iris on a model server, judged on latency");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--allow-runtime-commands",
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    assert_eq!(service(&status, "iris")["health"], "Healthy", "{status:#}");
+
+    // One client: the canary is as fast as stable, and goes on to 50%.
+    let load = Load::sending(&up.data, |_| IRIS_V2.to_owned());
+    repo.write("iris.yaml", &queue_isvc(&serial));
+    repo.commit("iris on a server that runs one request at a time");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+    });
+    assert_eq!(max, 50, "{r:#}");
+    assert_eq!(r["analysisRuns"][0]["phase"], "Successful", "{r:#}");
+    let mut seen = load.finish();
+    let (code, out) = up.cli(&["rollout", "abort", "iris", "--reason", "try it under load"]);
+    assert_eq!(code, 0, "{out}");
+    up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Degraded");
+
+    // Eight clients at once: requests queue behind each other on the canary only.
+    let loads: Vec<Load> = (0..8)
+        .map(|_| Load::sending(&up.data, |_| IRIS_V2.to_owned()))
+        .collect();
+    let (code, out) = up.cli(&["rollout", "retry", "iris"]);
+    assert_eq!(code, 0, "{out}");
+    let (r, max) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Degraded" && r["analysisRuns"].as_array().unwrap().len() == 2
+    });
+    for load in loads {
+        for (k, n) in load.finish() {
+            *seen.entry(k).or_default() += n;
+        }
+    }
+    assert_eq!(max, 20, "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00001");
+    let why = failed_measurement(&run)["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(why.starts_with("p50 latency "), "{why}");
+    // Slower, never failing: every client request was answered.
+    assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);

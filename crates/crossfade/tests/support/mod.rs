@@ -322,6 +322,25 @@ pub fn mlserver_runtime() -> String {
     )
 }
 
+/// A ServingRuntime of `fixtures/runtimes/queue_server.py` (format `queue`): a model server
+/// whose concurrency its model file sets.
+pub fn queue_runtime() -> String {
+    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue_server.py");
+    format!(
+        "apiVersion: serving.kserve.io/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: queue}}\nspec:\n  supportedModelFormats:\n    - {{name: queue, autoSelect: true}}\n  protocolVersions: [v2]\n  containers:\n    - name: kserve-container\n      command: [\"{python}\", \"{}\", /mnt/models]\n",
+        script.display()
+    )
+}
+
+/// An InferenceService `iris` of format `queue` at `uri`.
+pub fn queue_isvc(uri: &str) -> String {
+    format!(
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model:\n      modelFormat: {{name: queue}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+    )
+}
+
 /// A ServingRuntime that, once started, writes its environment and the pid of a process it
 /// forks to `$OUT`, then serves readiness: what an attacker with a commit would try.
 pub fn sneaky_runtime(python: &str, out: &Path) -> String {
