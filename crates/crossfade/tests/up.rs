@@ -1390,6 +1390,86 @@ fn a_canary_slower_only_under_concurrency_is_stopped_when_requests_come_together
     assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
 }
 
+/// A model server canary that declares other inputs (V2 metadata) than its stable one is
+/// Failed as it loads, naming the difference. Annotated as intended, it gets its 20%, where
+/// every request it refuses and the stable model server takes is answered by stable and
+/// charged to the canary: no client sees a refusal, and the judge stops it.
+#[test]
+fn a_model_server_canary_with_other_inputs_is_refused_or_charged_for_what_it_refuses() {
+    let store = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
+    let push = |name: &str| {
+        artifact::push(
+            &dir.join(name),
+            &format!("file://{}/{name}", store.path().display()),
+        )
+        .unwrap()
+    };
+    let (four, five) = (push("parallel"), push("five-features"));
+    let repo = GitRepo::new();
+    repo.write("runtime.yaml", &queue_runtime());
+    repo.write("iris.yaml", &queue_isvc(&four));
+    repo.write("rollout.yaml", &rollout_yaml(JUDGE_TEMPLATE));
+    repo.commit("iris on a model server");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--allow-runtime-commands",
+        ],
+    );
+    up.sync();
+    let load = Load::sending(&up.data, |_| IRIS_V2.to_owned());
+
+    repo.write("iris.yaml", &queue_isvc(&five));
+    repo.commit("iris v2 takes five features");
+    up.sync();
+    let status = up.status();
+    let v2 = &service(&status, "iris")["revisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "iris-predictor-00002")
+        .unwrap()
+        .clone();
+    assert_eq!(v2["state"], "Failed", "{status:#}");
+    let reason = v2["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("input X has shape [N, 5] where stable's has [N, 4]"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("crossfade.dev/signature-change"),
+        "{reason}"
+    );
+
+    repo.write(
+        "iris.yaml",
+        &queue_isvc_with(&five, r#"{crossfade.dev/signature-change: intended}"#),
+    );
+    repo.commit("iris v2 takes five features, on purpose");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00003", |r| {
+        r["phase"] == "Degraded" && r["canaryRevision"] == "iris-predictor-00003"
+    });
+    let seen = load.finish();
+    assert_eq!(max, 20, "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00001");
+    let why = failed_measurement(&run)["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(why.starts_with("error rate "), "{why}");
+    // Its refusals were answered by stable: every client got a 200.
+    assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
+    assert!(
+        !seen.keys().any(|(rev, _)| rev == "iris-predictor-00003"),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);

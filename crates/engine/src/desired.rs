@@ -93,21 +93,47 @@ pub fn desired_service(isvc: &InferenceService, drivers: &Drivers<'_>) -> Desire
         .by_workload
         .get(&(id.namespace.as_str(), id.name.as_str()))
         .map(|name| (*name).to_owned());
+    let signature_change = isvc
+        .meta
+        .annotations
+        .get(SIGNATURE_CHANGE)
+        .is_some_and(|v| v == "intended");
     DesiredService {
-        spec_hash: spec_hash(&isvc.predictor.model),
+        spec_hash: revision_hash(&isvc.predictor.model, signature_change),
         model: isvc.predictor.model.clone(),
         canary_traffic_percent: isvc.predictor.canary_traffic_percent,
         tag_routing: isvc.tag_routing,
         request_timeout: isvc.predictor.timeout,
         rollout,
         rollout_weight: None,
-        signature_change: isvc
-            .meta
-            .annotations
-            .get(SIGNATURE_CHANGE)
-            .is_some_and(|v| v == "intended"),
+        signature_change,
         id,
     }
+}
+
+/// A revision's identity: [`spec_hash`], and whether its signature may change. Allowing it
+/// makes another revision (a model refused for its signature is loaded afresh, under the new
+/// allowance); without the annotation the hash is `spec_hash` alone, as revisions were named
+/// before it existed.
+pub fn revision_hash(model: &ModelSpec, signature_change: bool) -> String {
+    let base = spec_hash(model);
+    if !signature_change {
+        return base;
+    }
+    let mut h = Sha256::new();
+    h.update(base.as_bytes());
+    h.update(b"\0signature-change=intended");
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 /// sha256 over the fields of a predictor that change what is served: model format and version,
@@ -133,11 +159,5 @@ pub fn spec_hash(model: &ModelSpec) -> String {
         h.update((f.len() as u64).to_le_bytes());
         h.update(f.as_bytes());
     }
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in h.finalize() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
-    }
-    out
+    hex(&h.finalize())
 }

@@ -671,7 +671,8 @@ fn route_request<'t>(
             .stable
             .filter(|s| *s != idx && matches!(how, Chosen::Split | Chosen::Sticky))
             .and_then(|s| Some((route.revisions.get(s)?, route.metrics.get(s)?)))
-            .filter(|(r, _)| r.model().is_some() && route.revisions[idx].model().is_some()),
+            // Both in-process or both proxied: the same request means the same to both.
+            .filter(|(r, _)| r.model().is_some() == route.revisions[idx].model().is_some()),
     })
 }
 
@@ -1274,11 +1275,34 @@ async fn proxy_infer(
     mut measure: Measure<'_>,
     routed: &Routed<'_>,
 ) -> Response {
-    let revision = routed.rev;
+    let mut revision = routed.rev;
     let mut resp = up
-        .forward(Method::POST, path, headers, body, routed.answer_timeout)
+        .forward(
+            Method::POST,
+            path,
+            headers,
+            body.clone(),
+            routed.answer_timeout,
+        )
         .await
         .unwrap_or_else(|(s, m)| error(s, m));
+    // Refused as the client's fault where the stable model server takes it: the stable one
+    // answers, and the refusal is the other's failure.
+    if resp.status().is_client_error()
+        && let Some((stable, _)) = routed.fallback
+        && let Backend::Proxy(stable_up) = &stable.backend
+    {
+        let retried = stable_up
+            .forward(Method::POST, path, headers, body, routed.answer_timeout)
+            .await;
+        if let Ok(answer) = retried
+            && answer.status().is_success()
+        {
+            measure.charge();
+            resp = answer;
+            revision = stable;
+        }
+    }
     measure.finish(resp.status());
     tag_revision(&mut resp, revision);
     resp

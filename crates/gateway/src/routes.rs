@@ -16,6 +16,9 @@ pub struct Revision {
     pub guard: Option<Box<dyn std::any::Any + Send + Sync>>,
     /// `name` as the value of the `x-crossfade-revision` header, made once.
     pub(crate) header: axum::http::HeaderValue,
+    /// A proxied revision's inputs and outputs as its model server declares them (V2 model
+    /// metadata), when it declares them; an in-process model's come from the model.
+    pub(crate) declared: Option<(Vec<TensorSpec>, Vec<TensorSpec>)>,
 }
 
 /// Revision names are DNS-1123 labels, always valid header values; anything else is dropped.
@@ -40,6 +43,7 @@ impl Revision {
             name,
             backend: Backend::Onnx(model),
             guard: None,
+            declared: None,
         }
     }
 
@@ -50,7 +54,20 @@ impl Revision {
             name,
             backend: Backend::Proxy(Box::new(upstream)),
             guard: None,
+            declared: None,
         }
+    }
+
+    /// A proxied revision whose model server declares these inputs and outputs.
+    pub fn with_signature(mut self, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Self {
+        self.declared = Some((inputs, outputs));
+        self
+    }
+
+    /// Whether its inputs and outputs are known: an in-process model's always are, a model
+    /// server's when its metadata declares them.
+    pub fn signature_known(&self) -> bool {
+        self.model().is_some() || self.declared.is_some()
     }
 
     /// The in-process model, if this revision runs one.
@@ -62,11 +79,19 @@ impl Revision {
     }
 
     pub fn inputs(&self) -> &[TensorSpec] {
-        self.model().map_or(&[], |m| m.inputs())
+        match (self.model(), &self.declared) {
+            (Some(m), _) => m.inputs(),
+            (None, Some((inputs, _))) => inputs,
+            (None, None) => &[],
+        }
     }
 
     pub fn outputs(&self) -> &[TensorSpec] {
-        self.model().map_or(&[], |m| m.outputs())
+        match (self.model(), &self.declared) {
+            (Some(m), _) => m.outputs(),
+            (None, Some((_, outputs))) => outputs,
+            (None, None) => &[],
+        }
     }
 }
 

@@ -286,6 +286,31 @@ impl Upstream {
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     }
 
+    /// The inputs and outputs a model server declares for `model` (`GET /v2/models/<model>`,
+    /// the Open Inference model metadata), or `None` when it declares none or does not answer
+    /// with metadata.
+    pub async fn signature(
+        &self,
+        model: &str,
+    ) -> Option<(Vec<runtime::TensorSpec>, Vec<runtime::TensorSpec>)> {
+        use http_body_util::BodyExt;
+        let answer = self
+            .forward(
+                Method::GET,
+                &format!("/v2/models/{model}"),
+                &HeaderMap::new(),
+                Bytes::new(),
+                None,
+            )
+            .await
+            .ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        let body = answer.into_body().collect().await.ok()?.to_bytes();
+        declared_signature(&serde_json::from_slice(&body).ok()?)
+    }
+
     fn late(&self, allowed: Duration) -> Failure {
         (
             StatusCode::GATEWAY_TIMEOUT,
@@ -461,5 +486,65 @@ mod tests {
             out.push(h.await.unwrap());
         }
         out
+    }
+}
+
+/// The tensors of V2 model metadata (`{"inputs": [{"name", "datatype", "shape"}], "outputs":
+/// [...]}`); a dimension of -1 is open. `None` when either list is missing, empty or malformed:
+/// a server that does not say is not taken to have no inputs.
+pub(crate) fn declared_signature(
+    metadata: &serde_json::Value,
+) -> Option<(Vec<runtime::TensorSpec>, Vec<runtime::TensorSpec>)> {
+    let tensors = |key: &str| -> Option<Vec<runtime::TensorSpec>> {
+        let list = metadata.get(key)?.as_array()?;
+        if list.is_empty() {
+            return None;
+        }
+        list.iter()
+            .map(|t| {
+                Some(runtime::TensorSpec {
+                    name: t.get("name")?.as_str()?.to_owned(),
+                    datatype: runtime::DataType::parse(t.get("datatype")?.as_str()?)?,
+                    shape: t
+                        .get("shape")?
+                        .as_array()?
+                        .iter()
+                        .map(|d| d.as_i64().map(|d| (d >= 0).then_some(d)))
+                        .collect::<Option<Vec<_>>>()?,
+                })
+            })
+            .collect()
+    };
+    Some((tensors("inputs")?, tensors("outputs")?))
+}
+
+#[cfg(test)]
+mod signature_tests {
+    use super::*;
+
+    #[test]
+    fn declared_tensors_are_read_and_a_silent_server_is_not_taken_for_an_empty_one() {
+        let metadata = serde_json::json!({
+            "name": "iris",
+            "inputs": [{"name": "X", "datatype": "FP32", "shape": [-1, 4]}],
+            "outputs": [{"name": "label", "datatype": "INT64", "shape": [-1]}],
+        });
+        let (inputs, outputs) = declared_signature(&metadata).unwrap();
+        assert_eq!(
+            (
+                inputs[0].name.as_str(),
+                inputs[0].datatype,
+                inputs[0].shape.clone()
+            ),
+            ("X", runtime::DataType::F32, vec![None, Some(4)])
+        );
+        assert_eq!(outputs[0].datatype, runtime::DataType::I64);
+        for silent in [
+            serde_json::json!({"name": "iris", "platform": "x"}),
+            serde_json::json!({"name": "iris", "inputs": [], "outputs": []}),
+            serde_json::json!({"inputs": [{"name": "X", "datatype": "FLOAT", "shape": [1]}], "outputs": [{"name": "y", "datatype": "FP32", "shape": [1]}]}),
+        ] {
+            assert_eq!(declared_signature(&silent), None, "{silent}");
+        }
     }
 }

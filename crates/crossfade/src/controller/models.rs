@@ -64,6 +64,7 @@ impl Loader {
         };
         let this = Arc::clone(&self);
         let revision = job.revision.clone();
+        let job_model = job.service.name.clone();
         let loading = tokio::task::spawn_blocking(move || this.load_blocking(&job));
         let loaded = match tokio::time::timeout(self.deadline, loading).await {
             Ok(done) => done.unwrap_or_else(|e| Err(format!("the load task failed: {e}"))),
@@ -81,7 +82,12 @@ impl Loader {
                     format!("127.0.0.1:{}", p.port()),
                     self.upstream,
                 );
+                // What the model server says it takes and gives, for the signature check.
+                let declared = upstream.signature(&job_model).await;
                 let mut r = gateway::Revision::proxy(revision, upstream);
+                if let Some((inputs, outputs)) = declared {
+                    r = r.with_signature(inputs, outputs);
+                }
                 // The process lives until the last request routed to it is done.
                 r.guard = Some(Box::new(p));
                 r

@@ -999,10 +999,15 @@ pub(super) fn service_record(
     }
 }
 
-/// Why `canary` breaks the contract of `stable` (both served in-process; a model server's
-/// signature is not known here), if it does.
+/// Why `canary` breaks the contract of `stable`, if it does: both signatures must be known
+/// (an in-process model's always is; a model server's when its V2 metadata declares it).
 fn contract_broken(stable: &gateway::Revision, canary: &gateway::Revision) -> Option<String> {
-    let (s, c) = (stable.model()?, canary.model()?);
-    let broken = runtime::contract_breaks((s.inputs(), s.outputs()), (c.inputs(), c.outputs()));
+    if !stable.signature_known() || !canary.signature_known() {
+        return None;
+    }
+    let broken = runtime::contract_breaks(
+        (stable.inputs(), stable.outputs()),
+        (canary.inputs(), canary.outputs()),
+    );
     (!broken.is_empty()).then(|| broken.join("; "))
 }

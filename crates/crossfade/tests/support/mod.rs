@@ -336,8 +336,13 @@ pub fn queue_runtime() -> String {
 
 /// An InferenceService `iris` of format `queue` at `uri`.
 pub fn queue_isvc(uri: &str) -> String {
+    queue_isvc_with(uri, "{}")
+}
+
+/// The same, with these annotations (a YAML flow map).
+pub fn queue_isvc_with(uri: &str, annotations: &str) -> String {
     format!(
-        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: iris}}\nspec:\n  predictor:\n    model:\n      modelFormat: {{name: queue}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+        "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: iris, annotations: {annotations}}}\nspec:\n  predictor:\n    model:\n      modelFormat: {{name: queue}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
     )
 }
 

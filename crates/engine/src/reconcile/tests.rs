@@ -339,6 +339,14 @@ fn spec_hash_ignores_spelling_and_traffic() {
 }
 
 #[test]
+fn allowing_a_signature_change_makes_another_revision_and_nothing_else_does() {
+    let m = model("file:///1");
+    // Without the annotation, a revision is named as it always was.
+    assert_eq!(crate::desired::revision_hash(&m, false), spec_hash(&m));
+    assert_ne!(crate::desired::revision_hash(&m, true), spec_hash(&m));
+}
+
+#[test]
 fn a_restart_waits_for_the_rolled_out_revision() {
     // After a restart both revisions load again; the new one happens to finish first.
     let d = [want("iris", "file:///2", Some(10))];
