@@ -1470,6 +1470,64 @@ fn a_model_server_canary_with_other_inputs_is_refused_or_charged_for_what_it_ref
     );
 }
 
+/// The README's Rollout with model servers for both revisions: their answers are mirrored and
+/// compared like in-process ones (read from their V2 answers), so a server that answers
+/// wrongly is stopped in the shadow and a retrained one is promoted, at about 50 requests a
+/// second, with capture on for the p99's sample.
+#[test]
+fn model_server_canaries_are_judged_in_the_shadow_too() {
+    let store = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
+    let push = |name: &str| {
+        artifact::push(
+            &dir.join(name),
+            &format!("file://{}/{name}", store.path().display()),
+        )
+        .unwrap()
+    };
+    let (v1, wrong, retrained) = (push("quick"), push("quick-wrong"), push("quick-retrained"));
+    let repo = GitRepo::new();
+    repo.write("runtime.yaml", &queue_runtime());
+    repo.write("iris.yaml", &queue_isvc(&v1));
+    repo.write("rollout.yaml", &readme_rollout("3s"));
+    repo.commit("iris on a model server with the README's rollout");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--allow-runtime-commands",
+            "--capture-requests",
+        ],
+    );
+    up.sync();
+    let load = Load::at_rate(&up.data, 50, six_flowers);
+
+    repo.write("iris.yaml", &queue_isvc(&wrong));
+    repo.commit("a model server that answers wrongly");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00002", |r| r["phase"] == "Degraded");
+    assert_eq!(max, 0, "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00001");
+    let failed = failed_measurement(&run);
+    assert_eq!(failed["metric"], "answers-agree", "{r:#}");
+
+    repo.write("iris.yaml", &queue_isvc(&retrained));
+    repo.commit("the model server retrained");
+    up.sync();
+    let (r, max) = up.wait_rollout_for(120, "iris-predictor-00003", |r| {
+        r["stableRevision"] == "iris-predictor-00003" || r["phase"] == "Degraded"
+    });
+    assert_eq!((r["phase"].as_str(), max), (Some("Healthy"), 100), "{r:#}");
+    let seen = load.finish();
+    assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
+    assert!(
+        !seen.keys().any(|(rev, _)| rev == "iris-predictor-00002"),
+        "{seen:?}"
+    );
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);

@@ -270,9 +270,6 @@ impl Gateway {
             return nothing("the route is not prepared");
         };
         let (canary, stable) = (&route.revisions[ci], &route.revisions[si]);
-        if canary.model().is_none() || stable.model().is_none() {
-            return nothing("replay compares revisions served in-process only");
-        }
         if !self
             .replays
             .lock()
@@ -779,9 +776,11 @@ async fn infer(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok());
     let captured = capturable(gw, &routed, &body);
+    let captured_body = body.clone();
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v2/models/{model}/infer");
-        return proxy_infer(up, &path, headers, body, measure, &routed).await;
+        let protocol = Protocol::V2 { json_len };
+        return proxy_infer(gw, up, &path, headers, body, measure, &routed, protocol).await;
     }
     let computed = offload(gw, body.len(), {
         let (model, rev, body) = (model.to_owned(), Arc::clone(rev), body.clone());
@@ -795,7 +794,14 @@ async fn infer(
     .await;
     let mut resp = match computed {
         Ok(done) => {
-            mirror(gw, &routed, &done.inputs, &done.outputs);
+            let copy = Copy {
+                path: format!("/v2/models/{model}/infer"),
+                headers,
+                body: &captured_body,
+                protocol: Protocol::V2 { json_len },
+                inputs: Some(&done.inputs),
+            };
+            mirror(gw, &routed, copy, done.outputs.clone());
             let rendered = done.rendered;
             if rendered.binary.is_empty() {
                 axum::Json(rendered.json).into_response()
@@ -830,10 +836,7 @@ async fn infer(
 /// The body of a request to keep for replay, if capture is on and the split routed it to an
 /// in-process revision.
 fn capturable(gw: &Gateway, routed: &Routed, body: &Bytes) -> Option<Bytes> {
-    (gw.capture.get().is_some()
-        && routed.controlled
-        && routed.rev.model().is_some()
-        && body.len() <= CAPTURE_MAX_BODY)
+    (gw.capture.get().is_some() && routed.controlled && body.len() <= CAPTURE_MAX_BODY)
         .then(|| body.clone())
 }
 
@@ -1036,9 +1039,10 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     let rev = routed.rev;
     let mut measure = Measure::start(gw, &routed);
     let captured = capturable(gw, &routed, &body);
+    let captured_body = body.clone();
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v1/models/{model}:predict");
-        return proxy_infer(up, &path, headers, body, measure, &routed).await;
+        return proxy_infer(gw, up, &path, headers, body, measure, &routed, Protocol::V1).await;
     }
     let computed = offload(gw, body.len(), {
         let (rev, body) = (Arc::clone(rev), body.clone());
@@ -1051,7 +1055,14 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     .await;
     let mut resp = match computed {
         Ok(done) => {
-            mirror(gw, &routed, &done.inputs, &done.outputs);
+            let copy = Copy {
+                path: format!("/v1/models/{model}:predict"),
+                headers,
+                body: &captured_body,
+                protocol: Protocol::V1,
+                inputs: Some(&done.inputs),
+            };
+            mirror(gw, &routed, copy, done.outputs.clone());
             axum::Json(done.rendered).into_response()
         }
         Err(f) => f.into_response(),
@@ -1062,36 +1073,122 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     resp
 }
 
+/// A request as the mirror needs it: where it went, its headers and body, and its inputs
+/// when the primary decoded them in-process.
+struct Copy<'a> {
+    path: String,
+    headers: &'a HeaderMap,
+    body: &'a Bytes,
+    protocol: Protocol,
+    inputs: Option<&'a [runtime::Tensor]>,
+}
+
+/// A revision's answer to a request as tensors, in-process or from its model server (`None`:
+/// it failed, or its answer could not be read). V1 answers of a model server are compared as
+/// V1 `predictions`, so `as_v1` also renders an in-process model's outputs that way.
+async fn answer_of(
+    rev: &Arc<Revision>,
+    copy: &OwnedCopy,
+    timeout: Option<std::time::Duration>,
+    as_v1: bool,
+) -> Option<Vec<runtime::Tensor>> {
+    match &rev.backend {
+        Backend::Onnx(_) => {
+            let (rev, copy) = (Arc::clone(rev), copy.clone());
+            let outputs = tokio::task::spawn_blocking(move || {
+                let m = rev.model()?;
+                let inputs = match (&copy.inputs, copy.protocol) {
+                    (Some(inputs), _) => inputs.clone(),
+                    (None, Protocol::V1) => vec![protocol::parse_v1(&copy.body, m.inputs()).ok()?],
+                    (None, Protocol::V2 { json_len }) => {
+                        protocol::parse_v2(&copy.body, json_len, m.inputs())
+                            .ok()?
+                            .inputs
+                    }
+                };
+                m.infer(&inputs).ok()
+            })
+            .await
+            .ok()??;
+            if as_v1 {
+                as_predictions(&outputs)
+            } else {
+                Some(outputs)
+            }
+        }
+        Backend::Proxy(up) => {
+            use http_body_util::BodyExt;
+            let answer = up
+                .forward(
+                    Method::POST,
+                    &copy.path,
+                    &copy.headers,
+                    copy.body.clone(),
+                    timeout,
+                )
+                .await
+                .ok()?;
+            if !answer.status().is_success() {
+                return None;
+            }
+            let body = answer.into_body().collect().await.ok()?.to_bytes();
+            protocol::answer_tensors(&body, matches!(copy.protocol, Protocol::V1))
+        }
+    }
+}
+
+/// In-process outputs as a model server's V1 answer reads: one `predictions` tensor.
+fn as_predictions(outputs: &[runtime::Tensor]) -> Option<Vec<runtime::Tensor>> {
+    let rendered = protocol::render_v1(outputs).ok()?;
+    protocol::answer_tensors(&serde_json::to_vec(&rendered).ok()?, true)
+}
+
+/// [`Copy`] owned, for the background task.
+#[derive(Clone)]
+struct OwnedCopy {
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    protocol: Protocol,
+    inputs: Option<Vec<runtime::Tensor>>,
+}
+
 /// Sends the request to the mirror revision in the background, compares its answer with the
-/// primary's, and counts the comparison. The client never waits for it.
-fn mirror(
-    gw: &Arc<Gateway>,
-    routed: &Routed,
-    inputs: &[runtime::Tensor],
-    primary: &[runtime::Tensor],
-) {
+/// primary's (`primary`: its outputs), and counts the comparison. The client never waits for
+/// it. Either revision may be in-process or a model server's.
+fn mirror(gw: &Arc<Gateway>, routed: &Routed, copy: Copy, primary: Vec<runtime::Tensor>) {
     let Some((mirror, metrics)) = routed.mirror else {
         return;
     };
-    // A revision served by a model server process cannot be compared tensor by tensor here:
-    // it is not mirrored to (counting it as disagreeing would abort every such canary; not
-    // counting it leaves a mirror-agreement analysis without data, which is inconclusive).
-    if mirror.model().is_none() {
-        return;
-    }
     gw.mirrors.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     let gw = Arc::clone(gw);
-    let inputs = inputs.to_vec();
-    let primary = primary.to_vec();
+    let copy = OwnedCopy {
+        path: copy.path,
+        headers: copy.headers.clone(),
+        body: copy.body.clone(),
+        protocol: copy.protocol,
+        inputs: copy.inputs.map(<[runtime::Tensor]>::to_vec),
+    };
     let (mirror, metrics) = (Arc::clone(mirror), metrics.clone());
     let service = routed.service.to_owned();
     let primary_name = routed.rev.name.clone();
+    let primary_in_process = routed.rev.model().is_some();
+    let timeout = routed.answer_timeout;
     let second = gw.second();
     let counters = gw.metrics.mirror(&service, &primary_name, &mirror.name);
-    tokio::task::spawn_blocking(move || {
+    tokio::spawn(async move {
+        // A model server's V1 answer is compared as V1 predictions on both sides.
+        let v1_text = matches!(copy.protocol, Protocol::V1)
+            && (!primary_in_process || mirror.model().is_none());
+        let primary = if v1_text && primary_in_process {
+            as_predictions(&primary)
+        } else {
+            Some(primary)
+        };
         // A canary that fails on an input the stable one answers disagrees.
-        let (agreed, distance) = match mirror.model().map(|m| m.infer(&inputs)) {
-            Some(Ok(outputs)) => {
+        let (agreed, distance) = match (primary, answer_of(&mirror, &copy, timeout, v1_text).await)
+        {
+            (Some(primary), Some(outputs)) => {
                 let (stable, canary) = (predictions(&primary), predictions(&outputs));
                 metrics.window.record_predictions(
                     second,
@@ -1110,6 +1207,55 @@ fn mirror(
     });
 }
 
+/// A captured request sent to a model server from a replay's blocking thread; its answer as
+/// tensors.
+fn forward_replay(
+    up: &upstream::Upstream,
+    model: &str,
+    record: &Captured,
+    protocol: Protocol,
+) -> Result<Vec<runtime::Tensor>, Failure> {
+    use http_body_util::BodyExt;
+    let (path, mut headers) = match protocol {
+        Protocol::V1 => (format!("/v1/models/{model}:predict"), HeaderMap::new()),
+        Protocol::V2 { .. } => (format!("/v2/models/{model}/infer"), HeaderMap::new()),
+    };
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Protocol::V2 {
+        json_len: Some(n), ..
+    } = protocol
+    {
+        headers.insert("inference-header-content-length", HeaderValue::from(n));
+    }
+    let handle = tokio::runtime::Handle::current();
+    let answer = handle.block_on(async {
+        let resp = up
+            .forward(Method::POST, &path, &headers, record.body.clone(), None)
+            .await
+            .map_err(|(status, why)| fail(status, why))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        Ok::<_, Failure>((status, body))
+    })?;
+    if !answer.0.is_success() {
+        return Err(fail(answer.0, "the model server refused it".into()));
+    }
+    protocol::answer_tensors(&answer.1, matches!(protocol, Protocol::V1)).ok_or_else(|| {
+        fail(
+            StatusCode::BAD_GATEWAY,
+            "the model server's answer could not be read".into(),
+        )
+    })
+}
+
 /// Compares the canary's and stable's answers on one replayed request and counts them, as a
 /// mirrored request's and in both revisions' windows. A request the stable revision no longer
 /// takes is skipped; one the canary refuses or fails where stable answered is its failure.
@@ -1122,13 +1268,28 @@ fn replay_one(
     record: &Captured,
     canary_first: bool,
 ) -> bool {
-    type Answer = Result<(Vec<runtime::Tensor>, Vec<runtime::Tensor>), Failure>;
+    type Answer = Result<Vec<runtime::Tensor>, Failure>;
+    // A model server's V1 answers are compared as V1 predictions on both sides.
+    let v1_text = matches!(record.protocol, Protocol::V1)
+        && (stable.model().is_none() || canary.model().is_none());
     let run = |rev: &Revision| -> (Answer, u64) {
         let start = gw.config.clock.instant();
-        let answer = match record.protocol {
-            Protocol::V1 => compute_v1(rev, &record.body).map(|c| (c.inputs, c.outputs)),
-            Protocol::V2 { json_len } => {
-                compute_v2(model, rev, &record.body, json_len).map(|c| (c.inputs, c.outputs))
+        let answer = match (&rev.backend, record.protocol) {
+            (Backend::Proxy(up), protocol) => forward_replay(up, model, record, protocol),
+            (Backend::Onnx(_), Protocol::V1) => compute_v1(rev, &record.body).and_then(|c| {
+                if v1_text {
+                    as_predictions(&c.outputs).ok_or_else(|| {
+                        fail(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the outputs have no V1 form".into(),
+                        )
+                    })
+                } else {
+                    Ok(c.outputs)
+                }
+            }),
+            (Backend::Onnx(_), Protocol::V2 { json_len }) => {
+                compute_v2(model, rev, &record.body, json_len).map(|c| c.outputs)
             }
         };
         (answer, gw.config.clock.since(start).as_micros() as u64)
@@ -1141,7 +1302,7 @@ fn replay_one(
         let s = run(stable);
         (s, run(canary))
     };
-    let Ok((_, primary)) = s else {
+    let Ok(primary) = s else {
         return false;
     };
     let second = gw.second();
@@ -1150,7 +1311,7 @@ fn replay_one(
         .record_replay(second, Outcome::Ok, s_us);
     stable_metrics.replayed(Outcome::Ok);
     let (outcome, agreed, distance) = match &c {
-        Ok((_, outputs)) => {
+        Ok(outputs) => {
             let (p, q) = (predictions(&primary), predictions(outputs));
             canary_metrics
                 .window
@@ -1266,14 +1427,17 @@ pub fn predictions(set: &[runtime::Tensor]) -> (Vec<usize>, Vec<f64>) {
 }
 
 /// An inference request sent on to a model server process, measured and tagged like one
-/// served in-process.
+/// served in-process, and mirrored like one.
+#[allow(clippy::too_many_arguments)]
 async fn proxy_infer(
+    gw: &Arc<Gateway>,
     up: &upstream::Upstream,
     path: &str,
     headers: &HeaderMap,
     body: Bytes,
     mut measure: Measure<'_>,
     routed: &Routed<'_>,
+    protocol: Protocol,
 ) -> Response {
     let mut revision = routed.rev;
     let mut resp = up
@@ -1293,7 +1457,13 @@ async fn proxy_infer(
         && let Backend::Proxy(stable_up) = &stable.backend
     {
         let retried = stable_up
-            .forward(Method::POST, path, headers, body, routed.answer_timeout)
+            .forward(
+                Method::POST,
+                path,
+                headers,
+                body.clone(),
+                routed.answer_timeout,
+            )
             .await;
         if let Ok(answer) = retried
             && answer.status().is_success()
@@ -1303,7 +1473,29 @@ async fn proxy_infer(
             revision = stable;
         }
     }
+    if routed.mirror.is_some() && resp.status().is_success() && std::ptr::eq(revision, routed.rev) {
+        use http_body_util::BodyExt;
+        let (parts, answer) = resp.into_parts();
+        let bytes = answer
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        if let Some(primary) = protocol::answer_tensors(&bytes, matches!(protocol, Protocol::V1)) {
+            let copy = Copy {
+                path: path.to_owned(),
+                headers,
+                body: &body,
+                protocol,
+                inputs: None,
+            };
+            mirror(gw, routed, copy, primary);
+        }
+        resp = Response::from_parts(parts, axum::body::Body::from(bytes));
+    }
     measure.finish(resp.status());
+    let captured = capturable(gw, routed, &body);
+    keep(gw, routed, resp.status(), captured, protocol);
     tag_revision(&mut resp, revision);
     resp
 }

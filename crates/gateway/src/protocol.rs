@@ -451,6 +451,50 @@ pub fn render_v1(outputs: &[Tensor]) -> Result<Value, BadRequest> {
     Ok(json!({ "predictions": predictions }))
 }
 
+/// A model server's answer as tensors, to compare it with another revision's: V2 `outputs`
+/// (JSON data; an answer with binary data is not read), or V1 `predictions` as one tensor of
+/// that name (INT64 when every value is an integer, else FP64). `None` when it is neither.
+pub fn answer_tensors(body: &[u8], v1: bool) -> Option<Vec<Tensor>> {
+    let answer: Value = serde_json::from_slice(body).ok()?;
+    if v1 {
+        let predictions = answer.get("predictions")?;
+        let mut values = Vec::new();
+        flatten(predictions, &mut values);
+        let datatype = if values.iter().all(|v| v.is_i64() || v.is_u64()) {
+            DataType::I64
+        } else {
+            DataType::F64
+        };
+        return Some(vec![Tensor {
+            name: "predictions".into(),
+            shape: shape_of(predictions),
+            data: convert("predictions", datatype, &values).ok()?,
+        }]);
+    }
+    answer
+        .get("outputs")?
+        .as_array()?
+        .iter()
+        .map(|o| {
+            let name = o.get("name")?.as_str()?;
+            let datatype = DataType::parse(o.get("datatype")?.as_str()?)?;
+            let shape = o
+                .get("shape")?
+                .as_array()?
+                .iter()
+                .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                .collect::<Option<Vec<usize>>>()?;
+            let mut values = Vec::new();
+            flatten(o.get("data")?, &mut values);
+            Some(Tensor {
+                name: name.to_owned(),
+                shape,
+                data: convert(name, datatype, &values).ok()?,
+            })
+        })
+        .collect()
+}
+
 fn shape_of(v: &Value) -> Vec<usize> {
     match v {
         Value::Array(items) => {
