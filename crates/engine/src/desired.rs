@@ -144,6 +144,7 @@ pub fn spec_hash(model: &ModelSpec) -> String {
         None => "",
         Some(ProtocolVersion::V1) => "v1",
         Some(ProtocolVersion::V2) => "v2",
+        Some(ProtocolVersion::GrpcV1) => "grpc-v1",
         Some(ProtocolVersion::GrpcV2) => "grpc-v2",
     };
     let fields = [

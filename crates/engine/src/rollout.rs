@@ -512,14 +512,43 @@ pub fn metric_specs(
         args.insert(arg.name.clone(), value);
     }
     let mut templates = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
     for t in &analysis.templates {
-        let found = spec
-            .templates
-            .get(&(t.cluster_scope, t.template_name.clone()))
-            .ok_or_else(|| analysis::Error::MissingTemplate(t.template_name.clone()))?;
-        templates.push(found);
+        compose(spec, t, &mut seen, &mut templates)?;
+    }
+    // As Argo merges a composition's args: a default any of its templates gives serves all
+    // of them, after the Rollout's own.
+    for t in &templates {
+        for arg in &t.args {
+            if let Some(v) = &arg.value {
+                args.entry(arg.name.clone()).or_insert_with(|| v.clone());
+            }
+        }
     }
     analysis::resolve(&templates, &args)
+}
+
+/// `t` and the templates it is composed of (`spec.templates`), depth first, each once (a
+/// template included twice, or including itself, counts once).
+fn compose<'a>(
+    spec: &'a RolloutSpec,
+    t: &manifest::TemplateRef,
+    seen: &mut std::collections::BTreeSet<(bool, String)>,
+    out: &mut Vec<&'a AnalysisTemplate>,
+) -> Result<(), analysis::Error> {
+    let key = (t.cluster_scope, t.template_name.clone());
+    if !seen.insert(key.clone()) {
+        return Ok(());
+    }
+    let found = spec
+        .templates
+        .get(&key)
+        .ok_or_else(|| analysis::Error::MissingTemplate(t.template_name.clone()))?;
+    out.push(found);
+    for inner in &found.templates {
+        compose(spec, inner, seen, out)?;
+    }
+    Ok(())
 }
 
 /// The next state of a rollout. See the module documentation for the semantics.

@@ -164,6 +164,8 @@ pub struct ModelFormat {
 pub enum ProtocolVersion {
     V1,
     V2,
+    /// TensorFlow Serving's gRPC API (KServe's TF Serving runtime lists it).
+    GrpcV1,
     GrpcV2,
 }
 
@@ -476,6 +478,9 @@ pub struct AnalysisTemplate {
     pub cluster_scoped: bool,
     pub args: Vec<TemplateArg>,
     pub metrics: Vec<Metric>,
+    /// `spec.templates`: the templates this one is composed of (their metrics and args are
+    /// this one's too, as Argo merges them); a ClusterAnalysisTemplate may only name others.
+    pub templates: Vec<TemplateRef>,
 }
 
 /// `spec.args[]`: an argument without a value must be given by the Rollout.

@@ -82,6 +82,9 @@ pub(crate) struct Ref {
     pub field: String,
     /// For template references: the argument names the Rollout gives.
     pub args_given: Option<Vec<String>>,
+    /// For a template's reference to the templates it is composed of: the referring
+    /// template (cluster-scoped, name; its namespace is `namespace`).
+    pub from_template: Option<(bool, String)>,
 }
 
 pub(crate) fn check(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
@@ -98,16 +101,37 @@ fn check_unsupported_metrics(index: &Index, diags: &mut [Diagnostic]) {
     if index.unsupported_metrics.is_empty() {
         return;
     }
-    // (cluster-scoped, namespace, template) of every template a Rollout uses.
-    let used: HashSet<(bool, &str, &str)> = index
-        .refs
-        .iter()
-        .filter_map(|r| match r.target {
+    // (cluster-scoped, namespace, template) of every template a Rollout uses, directly or
+    // through the templates it is composed of.
+    fn key(r: &Ref) -> Option<(bool, &str, &str)> {
+        match r.target {
             RefTarget::AnalysisTemplate => Some((false, r.namespace.as_str(), r.name.as_str())),
             RefTarget::ClusterAnalysisTemplate => Some((true, "", r.name.as_str())),
             _ => None,
-        })
+        }
+    }
+    let mut used: HashSet<(bool, &str, &str)> = index
+        .refs
+        .iter()
+        .filter(|r| r.from_template.is_none())
+        .filter_map(key)
         .collect();
+    loop {
+        let before = used.len();
+        for r in &index.refs {
+            if let Some((cluster, from)) = &r.from_template {
+                let ns = if *cluster { "" } else { r.namespace.as_str() };
+                if used.contains(&(*cluster, ns, from.as_str()))
+                    && let Some(k) = key(r)
+                {
+                    used.insert(k);
+                }
+            }
+        }
+        if used.len() == before {
+            break;
+        }
+    }
     for u in &index.unsupported_metrics {
         let namespace = if u.cluster_scoped {
             ""
@@ -251,7 +275,7 @@ fn check_refs(
             let Some(template) = templates.get(&key) else {
                 continue;
             };
-            for arg in template.args.iter().filter(|a| a.is_required()) {
+            for arg in required_args(&templates, template, &r.namespace) {
                 if !given.contains(&arg.name) {
                     diags.push(
                         Diagnostic::error(
@@ -273,6 +297,42 @@ fn check_refs(
             }
         }
     }
+}
+
+/// The arguments a Rollout must give `template`: its own required ones and those of the
+/// templates it is composed of (each template once, so a cycle ends).
+fn required_args<'a>(
+    templates: &HashMap<(bool, &str, &str), &'a crate::AnalysisTemplate>,
+    template: &'a crate::AnalysisTemplate,
+    namespace: &str,
+) -> Vec<&'a crate::TemplateArg> {
+    let mut out: Vec<&crate::TemplateArg> = Vec::new();
+    let mut given: HashSet<&str> = HashSet::new();
+    let mut seen: HashSet<(bool, &str)> = HashSet::new();
+    let mut todo = vec![template];
+    while let Some(t) = todo.pop() {
+        if !seen.insert((t.cluster_scoped, t.meta.name.as_str())) {
+            continue;
+        }
+        for arg in &t.args {
+            if !arg.is_required() {
+                // A default in one template of a composition serves them all (as Argo merges).
+                given.insert(arg.name.as_str());
+            } else if !out.iter().any(|a| a.name == arg.name) {
+                out.push(arg);
+            }
+        }
+        for inner in &t.templates {
+            let ns = if inner.cluster_scope { "" } else { namespace };
+            if let Some(found) =
+                templates.get(&(inner.cluster_scope, ns, inner.template_name.as_str()))
+            {
+                todo.push(found);
+            }
+        }
+    }
+    out.retain(|a| !given.contains(a.name.as_str()));
+    out
 }
 
 /// Two Rollouts must not drive one InferenceService, and a Rollout makes

@@ -194,21 +194,33 @@ struct Builder<'f> {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// Spaces put in front of a closing bracket, by the parser's (1-based) line (see
+    /// [`parse_chunk`]): positions the parser reports on that line, from that column on, are
+    /// that many columns to the right of where they are in the file.
+    shifts: &'f HashMap<usize, usize>,
 }
 
 impl Builder<'_> {
+    fn col(&self, line: usize, col: usize) -> u32 {
+        let shift = self.shifts.get(&line).copied().unwrap_or(0);
+        col.saturating_sub(shift) as u32
+    }
+
     fn span(&self, s: &YSpan) -> Span {
         let start = (
             s.start.line() as u32 + self.line_offset,
-            s.start.col() as u32,
+            self.col(s.start.line(), s.start.col()),
         );
-        let end = (s.end.line() as u32 + self.line_offset, s.end.col() as u32);
+        let end = (
+            s.end.line() as u32 + self.line_offset,
+            self.col(s.end.line(), s.end.col()),
+        );
         self.file.span_between(start, end)
     }
 
     fn point(&self, line: usize, col: usize, len: usize) -> Span {
         self.file
-            .span_at(line as u32 + self.line_offset, col as u32, len)
+            .span_at(line as u32 + self.line_offset, self.col(line, col), len)
     }
 
     /// The field path of the node being built at the top of the stack.
@@ -277,6 +289,13 @@ impl Builder<'_> {
     }
 }
 
+/// How many closing brackets of one document are re-indented at most (see [`parse_chunk`]).
+const MAX_BRACKET_FIXES: usize = 64;
+
+/// Parses one document. A closing `]` or `}` alone on its line, at or left of the indentation
+/// of the key it belongs to (`scopes: [` ... `]` under the key), is an indentation error to
+/// the YAML spec but accepted by libyaml and go-yaml, so by Kubernetes and Argo: the document
+/// is parsed again with that bracket moved right, and positions mapped back to the file.
 fn parse_chunk(
     file_id: FileId,
     file: &SourceFile,
@@ -285,6 +304,67 @@ fn parse_chunk(
     docs: &mut Vec<Document>,
     diags: &mut Vec<Diagnostic>,
 ) {
+    let mut text = std::borrow::Cow::Borrowed(chunk);
+    let mut shifts: HashMap<usize, usize> = HashMap::new();
+    let (docs_before, diags_before) = (docs.len(), diags.len());
+    for _ in 0..=MAX_BRACKET_FIXES {
+        let Some(line) = parse_chunk_once(file_id, file, first_line, &text, &shifts, docs, diags)
+        else {
+            return;
+        };
+        if shifts.values().sum::<usize>() >= MAX_BRACKET_FIXES {
+            break;
+        }
+        docs.truncate(docs_before);
+        diags.truncate(diags_before);
+        let mut fixed = String::with_capacity(text.len() + 1);
+        for (i, l) in text.split_inclusive('\n').enumerate() {
+            if i == line {
+                fixed.push(' ');
+            }
+            fixed.push_str(l);
+        }
+        // The parser's lines are 1-based.
+        *shifts.entry(line + 1).or_default() += 1;
+        text = std::borrow::Cow::Owned(fixed);
+    }
+    // Out of fixes: report the document as it is.
+    docs.truncate(docs_before);
+    diags.truncate(diags_before);
+    let none = HashMap::new();
+    parse_chunk_once(file_id, file, first_line, chunk, &none, docs, diags);
+}
+
+/// Whether line `line` (0-based) of `text` holds only a closing bracket (with a comma or a
+/// comment after it), starting at column `col`.
+fn lone_closing_bracket(text: &str, line: usize, col: usize) -> bool {
+    let Some(l) = text.lines().nth(line) else {
+        return false;
+    };
+    let trimmed = l.trim_start();
+    let indent = l.len() - trimmed.len();
+    let rest = trimmed
+        .strip_prefix(']')
+        .or_else(|| trimmed.strip_prefix('}'))
+        .map(str::trim_start);
+    indent == col
+        && rest.is_some_and(|r| {
+            let r = r.strip_prefix(',').unwrap_or(r).trim_start();
+            r.is_empty() || r.starts_with('#')
+        })
+}
+
+/// One parse of a document's text; `Some(line)` instead of reporting an indentation error at
+/// a lone closing bracket on that line of the chunk, which [`parse_chunk`] fixes.
+fn parse_chunk_once(
+    file_id: FileId,
+    file: &SourceFile,
+    first_line: u32,
+    chunk: &str,
+    shifts: &HashMap<usize, usize>,
+    docs: &mut Vec<Document>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<usize> {
     let mut b = Builder {
         file_id,
         file,
@@ -292,6 +372,7 @@ fn parse_chunk(
         stack: Vec::new(),
         anchors: HashMap::new(),
         nodes: 0,
+        shifts,
     };
     let mut doc_diags = Vec::new();
     for event in Parser::new_from_str(chunk) {
@@ -299,6 +380,13 @@ fn parse_chunk(
             Ok(e) => e,
             Err(err) => {
                 let m = err.marker();
+                // saphyr's lines are 1-based, its columns 0-based.
+                let chunk_line = m.line().saturating_sub(1);
+                if err.info() == "invalid indentation"
+                    && lone_closing_bracket(chunk, chunk_line, m.col())
+                {
+                    return Some(chunk_line);
+                }
                 let span = b.point(m.line(), m.col(), 1);
                 let mut d = Diagnostic::error(
                     Code::YamlSyntax,
@@ -325,7 +413,7 @@ fn parse_chunk(
                     });
                 }
                 diags.push(d);
-                return;
+                return None;
             }
         };
         let span = b.span(&yspan);
@@ -351,7 +439,8 @@ fn parse_chunk(
                         span,
                         "alias refers to an unknown anchor",
                     ));
-                    return;
+                    diags.append(&mut doc_diags);
+                    return None;
                 }
             },
             Event::Scalar(value, style, anchor, tag) => {
@@ -439,7 +528,7 @@ fn parse_chunk(
                 format!("the document nests deeper than {MAX_DEPTH} levels")
             };
             diags.push(Diagnostic::error(Code::YamlSyntax, file_id, span, what));
-            return;
+            return None;
         }
         if let Some(root) = finished {
             diags.append(&mut doc_diags);
@@ -447,4 +536,5 @@ fn parse_chunk(
         }
     }
     diags.append(&mut doc_diags);
+    None
 }

@@ -90,3 +90,36 @@ spec:
         vec![(Code::MissingField, 6, 3, "spec.predictor.model".to_owned())]
     );
 }
+
+/// A flow sequence closed at the key's indentation (or further left), as go-yaml accepts:
+/// parsed, and positions on and after the bracket's line are the file's.
+#[test]
+fn a_closing_bracket_left_of_its_key_is_accepted_where_it_stands() {
+    for bracket_indent in ["  ", ""] {
+        let text = format!(
+            "apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: iris
+  labels: {{team: ml}}
+  finalizers: [
+    \"a\"
+{bracket_indent}]
+spec:
+  predictor:
+    canaryTrafficPercent: 120
+    onnx: {{storageUri: \"file:///m.onnx\"}}
+"
+        );
+        assert_eq!(
+            diagnostics(&text),
+            out_of_range_at(11, 27),
+            "with the bracket at column {}",
+            bracket_indent.len() + 1
+        );
+    }
+    // A bracket followed by more than a comment is still an error, where it is.
+    let text = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n  finalizers: [\n    \"a\"\n  ] x\n";
+    let d = diagnostics(text);
+    assert_eq!((d[0].0, d[0].1), (Code::YamlSyntax, 7), "{d:?}");
+}

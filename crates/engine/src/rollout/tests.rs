@@ -537,3 +537,44 @@ fn after_a_restart_the_canary_gets_its_share_back_once_it_is_loaded_again() {
     world.feed(Ready);
     assert_eq!((world.status.step_index, world.status.weight), before);
 }
+
+/// A template composed of others (`spec.templates`) runs their metrics too, each template
+/// once, the composition's argument defaults serving them all.
+#[test]
+fn a_composed_template_runs_the_metrics_of_its_parts() {
+    let text =
+        include_str!("../../../manifest/tests/data/valid/argo-rollouts-composed-template.yaml");
+    let mut sources = Sources::new();
+    sources.push(SourceFile::new("composed.yaml", text.to_owned()));
+    let parsed = manifest::parse(&sources, Options::default());
+    assert!(!parsed.has_errors(), "{:#?}", parsed.diagnostics);
+    let spec = rollout_specs(&parsed.manifests).remove(0);
+    let Step::Analysis(analysis) = &spec.steps[1] else {
+        panic!("{:?}", spec.steps[1]);
+    };
+    let metrics = metric_specs(
+        &spec,
+        analysis,
+        Some("iris-predictor-00001"),
+        "iris-predictor-00002",
+    )
+    .unwrap();
+    let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["agreement", "errors", "latency"]);
+
+    // A template that includes itself, or one included twice, runs once.
+    let looped = text.replace(
+        "    - templateName: canary-health\n  metrics:",
+        "    - templateName: canary-health\n    - templateName: canary-health-and-agreement\n    - templateName: errors\n  metrics:",
+    );
+    let mut sources = Sources::new();
+    sources.push(SourceFile::new("composed.yaml", looped));
+    let parsed = manifest::parse(&sources, Options::default());
+    assert!(!parsed.has_errors(), "{:#?}", parsed.diagnostics);
+    let spec = rollout_specs(&parsed.manifests).remove(0);
+    let Step::Analysis(analysis) = &spec.steps[1] else {
+        panic!();
+    };
+    let metrics = metric_specs(&spec, analysis, None, "iris-predictor-00002").unwrap();
+    assert_eq!(metrics.len(), 3);
+}

@@ -9,7 +9,7 @@ use crate::types::*;
 use crate::yaml::{NodeKind, Resolved};
 
 use super::{Doc, one_line};
-use crate::validate::UnsupportedMetric;
+use crate::validate::{RefTarget, UnsupportedMetric};
 
 // === Argo Rollouts AnalysisTemplate / ClusterAnalysisTemplate ===
 
@@ -36,7 +36,7 @@ pub(crate) fn analysis_template(
     let spec = cx.map(
         spec,
         &Fields {
-            known: &["args", "metrics", "dryRun"],
+            known: &["args", "metrics", "dryRun", "templates"],
             tolerated: &["measurementRetention"],
         },
     )?;
@@ -81,15 +81,64 @@ pub(crate) fn analysis_template(
             }
         }
     }
-    let metrics_at = spec.req(cx, "metrics")?;
-    let items = cx.seq(&metrics_at);
-    if items.is_empty() {
-        cx.error(
-            Code::MissingField,
-            &metrics_at,
-            "`metrics` is empty: a template needs at least one metric",
-        );
+    // Composed of other templates (Argo's `spec.templates`), with or without metrics of its
+    // own.
+    let mut templates = Vec::new();
+    for t in cx.maps_in(
+        spec.get("templates"),
+        &Fields {
+            known: &["templateName", "clusterScope"],
+            tolerated: &[],
+        },
+    ) {
+        let cluster_scope = t
+            .get("clusterScope")
+            .and_then(|a| cx.bool(&a))
+            .unwrap_or(false);
+        let Some(name_at) = t.req(cx, "templateName") else {
+            continue;
+        };
+        let Some(template_name) = cx.nonempty_string(&name_at) else {
+            continue;
+        };
+        if cluster_scoped && !cluster_scope {
+            cx.error(
+                Code::InvalidValue,
+                &name_at,
+                "a ClusterAnalysisTemplate can only be composed of ClusterAnalysisTemplates",
+            )
+            .hint =
+                Some("add `clusterScope: true`, or make this a namespaced AnalysisTemplate".into());
+        }
+        templates.push((
+            TemplateRef {
+                template_name,
+                cluster_scope,
+            },
+            name_at.span(),
+            name_at.path.clone(),
+        ));
     }
+    let cx = &mut doc.cx;
+    let composed = !templates.is_empty();
+    let items = match spec.get("metrics") {
+        Some(metrics_at) => {
+            let items = cx.seq(&metrics_at);
+            if items.is_empty() && !composed {
+                cx.error(
+                    Code::MissingField,
+                    &metrics_at,
+                    "`metrics` is empty: a template needs at least one metric",
+                );
+            }
+            items
+        }
+        None if composed => Vec::new(),
+        None => {
+            spec.req(cx, "metrics")?;
+            return None;
+        }
+    };
     let mut metrics = Vec::new();
     for item in &items {
         let before = doc.cx.diags.len();
@@ -110,12 +159,34 @@ pub(crate) fn analysis_template(
             }
         }
     }
-    (metrics.len() == items.len() && !items.is_empty()).then_some(AnalysisTemplate {
-        meta,
-        cluster_scoped,
-        args,
-        metrics,
-    })
+    let mut refs = Vec::with_capacity(templates.len());
+    for (t, span, field) in templates {
+        let target = if t.cluster_scope {
+            RefTarget::ClusterAnalysisTemplate
+        } else {
+            RefTarget::AnalysisTemplate
+        };
+        doc.index.refs.push(crate::validate::Ref {
+            target,
+            namespace: doc.namespace.clone(),
+            name: t.template_name.clone(),
+            file: doc.cx.file,
+            span,
+            field,
+            args_given: None,
+            from_template: Some((cluster_scoped, meta.name.clone())),
+        });
+        refs.push(t);
+    }
+    (metrics.len() == items.len() && (!items.is_empty() || !refs.is_empty())).then_some(
+        AnalysisTemplate {
+            meta,
+            cluster_scoped,
+            args,
+            metrics,
+            templates: refs,
+        },
+    )
 }
 
 fn metric(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) -> Option<Metric> {

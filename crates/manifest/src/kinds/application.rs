@@ -13,7 +13,14 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
     let spec = cx.map(
         spec,
         &Fields {
-            known: &["project", "source", "destination", "syncPolicy", "sources"],
+            known: &[
+                "project",
+                "source",
+                "destination",
+                "syncPolicy",
+                "sources",
+                "sourceHydrator",
+            ],
             tolerated: &["ignoreDifferences", "info", "revisionHistoryLimit"],
         },
     )?;
@@ -77,6 +84,18 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
     if spec.has("sources") && !spec.has("source") {
         return None;
     }
+    if !spec.has("source")
+        && let Some(at) = spec.get("sourceHydrator")
+    {
+        let source = hydrated_source(cx, &at)?;
+        return Some(Application {
+            meta,
+            project,
+            source,
+            destination,
+            automated,
+        });
+    }
     let source_at = spec.req(cx, "source")?;
     let source = cx.map(
         &source_at,
@@ -125,5 +144,54 @@ pub(crate) fn application(doc: &mut Doc<'_, '_>, meta: Meta, spec: &At<'_>) -> O
         },
         destination,
         automated,
+    })
+}
+
+/// `spec.sourceHydrator`: Argo CD renders `drySource` and commits the result to
+/// `syncSource.targetBranch` under `syncSource.path`, then syncs that. crossfade does not
+/// render; it serves what the hydrator wrote, from the dry source's repository.
+fn hydrated_source(cx: &mut Cx<'_>, at: &At<'_>) -> Option<ApplicationSource> {
+    let hydrator = cx.map(
+        at,
+        &Fields {
+            known: &["drySource", "syncSource"],
+            tolerated: &["hydrateTo"],
+        },
+    )?;
+    let dry = hydrator.req(cx, "drySource").and_then(|a| {
+        cx.map(
+            &a,
+            &Fields {
+                known: &["repoURL"],
+                tolerated: &[
+                    "targetRevision",
+                    "path",
+                    "helm",
+                    "kustomize",
+                    "directory",
+                    "plugin",
+                ],
+            },
+        )
+    });
+    let sync = hydrator.req(cx, "syncSource").and_then(|a| {
+        cx.map(
+            &a,
+            &Fields {
+                known: &["targetBranch", "path"],
+                tolerated: &[],
+            },
+        )
+    });
+    let (dry, sync) = (dry?, sync?);
+    let repo_url = dry.req(cx, "repoURL").and_then(|a| cx.nonempty_string(&a));
+    let branch = sync
+        .req(cx, "targetBranch")
+        .and_then(|a| cx.nonempty_string(&a));
+    let path = sync.req(cx, "path").and_then(|a| cx.nonempty_string(&a));
+    Some(ApplicationSource {
+        repo_url: repo_url?,
+        path: path?,
+        target_revision: branch?,
     })
 }

@@ -58,6 +58,7 @@ pub(crate) const CONTAINER_TOLERATED: &[&str] = &[
 pub(crate) const PROTOCOLS: &[(&str, ProtocolVersion)] = &[
     ("v1", ProtocolVersion::V1),
     ("v2", ProtocolVersion::V2),
+    ("grpc-v1", ProtocolVersion::GrpcV1),
     ("grpc-v2", ProtocolVersion::GrpcV2),
 ];
 
@@ -75,6 +76,7 @@ pub(crate) fn doc_ref(doc: &mut Doc<'_, '_>, target: RefTarget, name: &str, at: 
         span: at.span(),
         field: at.path.clone(),
         args_given: None,
+        from_template: None,
     });
     doc.index.refs.len() - 1
 }
