@@ -1587,6 +1587,134 @@ fn model_server_canaries_are_judged_in_the_shadow_too() {
     );
 }
 
+/// XGBoost and LightGBM models are served in-process with no ServingRuntime, answering as the
+/// libraries predict (`fixtures/trees`), over V2 and V1, with V2 metadata from the model.
+#[test]
+fn xgboost_and_lightgbm_models_are_served_natively() {
+    let store = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/trees");
+    // As KServe's servers find them: a directory with `model.json` (XGBoost) or `model.bst`
+    // (LightGBM, text).
+    let staging = tempfile::tempdir().unwrap();
+    let publish = |file: &str, as_name: &str| {
+        let dir = staging.path().join(file);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixtures.join(file), dir.join(as_name)).unwrap();
+        artifact::push(&dir, &format!("file://{}/{file}", store.path().display())).unwrap()
+    };
+    let xgb = publish("xgb-iris-softprob.json", "model.json");
+    let lgb = publish("lgb-iris-multiclass.txt", "model.bst");
+    let repo = GitRepo::new();
+    let isvc = |name: &str, format: &str, uri: &str| {
+        format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: {name}}}\nspec:\n  predictor:\n    model:\n      modelFormat: {{name: {format}}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+        )
+    };
+    repo.write("xgb.yaml", &isvc("iris-xgb", "xgboost", &xgb));
+    repo.write("lgb.yaml", &isvc("iris-lgb", "lightgbm", &lgb));
+    repo.commit("iris as XGBoost and LightGBM");
+    let (code, out) = {
+        let out = Command::new(BIN)
+            .args(["lint", repo.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("0 error(s), 0 warning(s)"), "{out}");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(data.path(), &["--repo", repo.path().to_str().unwrap()]);
+    up.sync();
+    let status = up.status();
+    for svc in ["iris-xgb", "iris-lgb"] {
+        assert_eq!(service(&status, svc)["health"], "Healthy", "{status:#}");
+    }
+    let expected = |name: &str| -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(format!("{name}.expected.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    for (svc, fixture, datatype) in [
+        ("iris-xgb", "xgb-iris-softprob", "FP32"),
+        ("iris-lgb", "lgb-iris-multiclass", "FP64"),
+    ] {
+        let want = expected(fixture);
+        // The rows without missing values (JSON has no NaN).
+        let rows: Vec<(usize, Vec<f64>)> = want["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                Some((
+                    i,
+                    r.as_array()?
+                        .iter()
+                        .map(Value::as_f64)
+                        .collect::<Option<Vec<f64>>>()?,
+                ))
+            })
+            .collect();
+        assert!(rows.len() > 5);
+        let data: Vec<f64> = rows.iter().flat_map(|(_, r)| r.clone()).collect();
+        let body = serde_json::json!({"inputs": [{"name": "input-0", "shape": [rows.len(), 4], "datatype": "FP32", "data": data}]});
+        let (code, _, answer) =
+            up.infer(&format!("/v2/models/{svc}/infer"), &[], &body.to_string());
+        assert_eq!(code, 200, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        let output = &answer["outputs"][0];
+        assert_eq!(output["name"], "predict", "{answer}");
+        assert_eq!(output["datatype"], datatype, "{answer}");
+        assert_eq!(
+            output["shape"],
+            serde_json::json!([rows.len(), 3]),
+            "{answer}"
+        );
+        let got: Vec<f64> = output["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (k, (i, _)) in rows.iter().enumerate() {
+            for c in 0..3 {
+                let w = want["predictions"][*i][c].as_f64().unwrap();
+                let g = got[k * 3 + c];
+                assert!(
+                    (g - w).abs() < 2e-6,
+                    "{svc} row {i} class {c}: {g} against the library's {w}"
+                );
+            }
+        }
+        // Metadata from the model.
+        let meta: Value =
+            serde_json::from_str(&http_get(&up.data, &format!("/v2/models/{svc}"))).unwrap();
+        assert_eq!(meta["inputs"][0]["name"], "input-0", "{meta}");
+        assert_eq!(
+            meta["inputs"][0]["shape"],
+            serde_json::json!([-1, 4]),
+            "{meta}"
+        );
+        // And V1.
+        let (code, _, answer) = up.infer(
+            &format!("/v1/models/{svc}:predict"),
+            &[],
+            &serde_json::json!({"instances": [rows[0].1]}).to_string(),
+        );
+        assert_eq!(code, 200, "{answer}");
+        let answer: Value = serde_json::from_str(&answer).unwrap();
+        let w = want["predictions"][rows[0].0][0].as_f64().unwrap();
+        assert!(
+            (answer["predictions"][0][0].as_f64().unwrap() - w).abs() < 2e-6,
+            "{answer}"
+        );
+    }
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);

@@ -494,7 +494,7 @@ async fn metadata(gw: &Gateway, model: &str, version: Option<&str>) -> Response 
     };
     let versions: Vec<String> = route.revisions.iter().map(|r| r.name.clone()).collect();
     let mut resp = match &rev.backend {
-        Backend::Onnx(m) => axum::Json(protocol::metadata_v2(
+        Backend::InProcess(m) => axum::Json(protocol::metadata_v2(
             model,
             &versions,
             m.inputs(),
@@ -1093,7 +1093,7 @@ async fn answer_of(
     as_v1: bool,
 ) -> Option<Vec<runtime::Tensor>> {
     match &rev.backend {
-        Backend::Onnx(_) => {
+        Backend::InProcess(_) => {
             let (rev, copy) = (Arc::clone(rev), copy.clone());
             let outputs = tokio::task::spawn_blocking(move || {
                 let m = rev.model()?;
@@ -1276,7 +1276,7 @@ fn replay_one(
         let start = gw.config.clock.instant();
         let answer = match (&rev.backend, record.protocol) {
             (Backend::Proxy(up), protocol) => forward_replay(up, model, record, protocol),
-            (Backend::Onnx(_), Protocol::V1) => compute_v1(rev, &record.body).and_then(|c| {
+            (Backend::InProcess(_), Protocol::V1) => compute_v1(rev, &record.body).and_then(|c| {
                 if v1_text {
                     as_predictions(&c.outputs).ok_or_else(|| {
                         fail(
@@ -1288,7 +1288,7 @@ fn replay_one(
                     Ok(c.outputs)
                 }
             }),
-            (Backend::Onnx(_), Protocol::V2 { json_len }) => {
+            (Backend::InProcess(_), Protocol::V2 { json_len }) => {
                 compute_v2(model, rev, &record.body, json_len).map(|c| c.outputs)
             }
         };

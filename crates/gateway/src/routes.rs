@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use runtime::{OnnxModel, TensorSpec};
+use runtime::{Model, TensorSpec};
 
 /// A loaded revision, ready to serve.
 pub struct Revision {
@@ -29,19 +29,24 @@ fn header_value(name: &str) -> axum::http::HeaderValue {
 
 /// What answers a revision's requests.
 pub enum Backend {
-    /// An ONNX model run in-process.
-    Onnx(OnnxModel),
+    /// A model run in-process (ONNX, or a native tree ensemble).
+    InProcess(Model),
     /// A model server process, proxied to.
     Proxy(Box<crate::upstream::Upstream>),
 }
 
 impl Revision {
-    pub fn onnx(name: impl Into<String>, model: OnnxModel) -> Self {
+    pub fn onnx(name: impl Into<String>, model: runtime::OnnxModel) -> Self {
+        Self::in_process(name, Model::Onnx(model))
+    }
+
+    /// A revision whose model runs in-process.
+    pub fn in_process(name: impl Into<String>, model: Model) -> Self {
         let name = name.into();
         Self {
             header: header_value(&name),
             name,
-            backend: Backend::Onnx(model),
+            backend: Backend::InProcess(model),
             guard: None,
             declared: None,
         }
@@ -71,9 +76,9 @@ impl Revision {
     }
 
     /// The in-process model, if this revision runs one.
-    pub fn model(&self) -> Option<&OnnxModel> {
+    pub fn model(&self) -> Option<&Model> {
         match &self.backend {
-            Backend::Onnx(m) => Some(m),
+            Backend::InProcess(m) => Some(m),
             Backend::Proxy(_) => None,
         }
     }

@@ -159,6 +159,10 @@ pub struct ModelFormat {
     pub version: Option<String>,
 }
 
+/// Model formats crossfade serves in-process, needing no ServingRuntime: ONNX (tract),
+/// XGBoost's JSON models and LightGBM's text models (native tree ensembles).
+pub const NATIVE_FORMATS: &[&str] = &["onnx", "xgboost", "lightgbm"];
+
 /// `protocolVersion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtocolVersion {

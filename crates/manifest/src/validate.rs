@@ -392,10 +392,10 @@ fn check_rollout_targets(index: &Index, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-/// A model format other than ONNX needs a ServingRuntime that can serve it.
+/// A model format crossfade does not serve natively needs a ServingRuntime that can serve it.
 fn check_runtimes(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
     for f in &index.formats {
-        if f.format == "onnx" {
+        if crate::NATIVE_FORMATS.contains(&f.format.as_str()) {
             continue;
         }
         let served = manifests.serving_runtimes.iter().any(|rt| {
@@ -414,7 +414,7 @@ fn check_runtimes(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnost
                     f.file,
                     f.span,
                     format!(
-                        "no ServingRuntime here serves model format `{}`: crossfade runs ONNX in-process and other formats through a ServingRuntime",
+                        "no ServingRuntime here serves model format `{}`: crossfade runs ONNX, XGBoost and LightGBM in-process and other formats through a ServingRuntime",
                         f.format
                     ),
                 )

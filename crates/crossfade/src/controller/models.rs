@@ -76,7 +76,7 @@ impl Loader {
         .map_err(|reason| manifest::redact_uris(&reason))?;
         let (model, digest) = loaded;
         let revision = match model {
-            Loaded::Onnx(m) => gateway::Revision::onnx(revision, m),
+            Loaded::InProcess(m) => gateway::Revision::in_process(revision, m),
             Loaded::Process(p) => {
                 let upstream = gateway::Upstream::with_timeouts(
                     format!("127.0.0.1:{}", p.port()),
@@ -123,15 +123,27 @@ impl Loader {
                 .map_err(|e| format!("runtime {}: {e}", rt.meta.name))?;
             return Ok((Loaded::Process(process), fetched.digest));
         }
-        if job.format != "onnx" {
-            return Err(format!(
-                "model format {} needs a ServingRuntime",
-                job.format
-            ));
+        match job.format.as_str() {
+            "onnx" => {}
+            "xgboost" | "lightgbm" => {
+                let file = tree_file(&fetched.path, &job.format)?;
+                let forest = if job.format == "xgboost" {
+                    runtime::Forest::load_xgboost(&file)
+                } else {
+                    runtime::Forest::load_lightgbm(&file)
+                }
+                .map_err(|e| e.to_string())?;
+                let model = runtime::Model::Trees(Arc::new(forest));
+                model
+                    .warm_up()
+                    .map_err(|e| format!("the warm-up inference failed: {e}"))?;
+                return Ok((Loaded::InProcess(model), fetched.digest));
+            }
+            other => return Err(format!("model format {other} needs a ServingRuntime")),
         }
         let key = fetched.digest.to_string();
         if let Some(model) = self.shared.lock().expect("models").get(&key) {
-            return Ok((Loaded::Onnx(model.clone()), fetched.digest));
+            return Ok((Loaded::InProcess(model.clone().into()), fetched.digest));
         }
         let file = onnx_file(&fetched.path)?;
         let model = runtime::OnnxModel::load(&file).map_err(|e| e.to_string())?;
@@ -142,14 +154,59 @@ impl Loader {
         // Models no revision holds any more are let go.
         shared.retain(|_, m| m.holders() > 1);
         let model = shared.entry(key).or_insert(model).clone();
-        Ok((Loaded::Onnx(model), fetched.digest))
+        Ok((Loaded::InProcess(model.into()), fetched.digest))
     }
 }
 
 /// A loaded model: in-process, or a model server process.
 enum Loaded {
-    Onnx(runtime::OnnxModel),
+    InProcess(runtime::Model),
     Process(Arc<runtime::ProcessRuntime>),
+}
+
+/// The model file of a tree ensemble's artifact: the file itself, or in a directory the file
+/// KServe's server of the format loads (`model.json` for XGBoost, `model.bst` or `model.txt`
+/// for LightGBM, which writes text), else the one file of the format's extension.
+fn tree_file(path: &Path, format: &str) -> Result<PathBuf, String> {
+    if path.is_file() {
+        return Ok(path.to_owned());
+    }
+    let (names, extension, what): (&[&str], &str, &str) = if format == "xgboost" {
+        (
+            &["model.json"],
+            "json",
+            "an XGBoost JSON model (model.json)",
+        )
+    } else {
+        (
+            &["model.bst", "model.txt"],
+            "txt",
+            "a LightGBM text model (model.txt)",
+        )
+    };
+    for name in names {
+        if path.join(name).is_file() {
+            return Ok(path.join(name));
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .collect();
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        _ if format == "xgboost"
+            && (path.join("model.ubj").is_file() || path.join("model.bst").is_file()) =>
+        {
+            Err(
+            "the artifact holds an XGBoost model in UBJSON or the old binary format: save it with `booster.save_model(\"model.json\")`".into(),
+        )
+        }
+        [] => Err(format!("the artifact has no {what}")),
+        _ => Err(format!("the artifact has several .{extension} files and none is named {}", names[0])),
+    }
 }
 
 /// The model file of an artifact: the file itself, or the one `.onnx` file of a directory
@@ -177,7 +234,12 @@ fn onnx_file(path: &Path) -> Result<PathBuf, String> {
     }
 }
 
-/// The runtime for a predictor: the one `runtime:` names, else, for ONNX, none (in-process),
+fn native(format: &str) -> bool {
+    manifest::NATIVE_FORMATS.contains(&format)
+}
+
+/// The runtime for a predictor: the one `runtime:` names, else, for a format served natively
+/// (ONNX, XGBoost, LightGBM), none (in-process),
 /// else the auto-selectable runtime of the highest priority that supports the format.
 pub fn choose_runtime(
     runtimes: &[manifest::ServingRuntime],
@@ -194,11 +256,12 @@ pub fn choose_runtime(
             .find(|r| &r.meta.name == name)
         {
             Some(r) => Ok(Some(r.clone())),
-            None if model.format.name == "onnx" => Ok(None),
+            None if native(&model.format.name) => Ok(None),
             None => Err(format!("runtime {name} is not defined in the manifests")),
         };
     }
-    if model.format.name == "onnx" {
+    // Natively served formats run in-process unless a runtime is named.
+    if native(&model.format.name) {
         return Ok(None);
     }
     runtimes
@@ -217,7 +280,7 @@ pub fn choose_runtime(
         .map(|(_, r)| Some(r.clone()))
         .ok_or_else(|| {
             format!(
-                "no ServingRuntime supports model format {}; crossfade runs ONNX in-process and other formats through a ServingRuntime",
+                "no ServingRuntime supports model format {}; crossfade runs ONNX, XGBoost and LightGBM in-process and other formats through a ServingRuntime",
                 model.format.name
             )
         })

@@ -1,0 +1,741 @@
+//! Tree ensembles evaluated natively: XGBoost's JSON model files and LightGBM's text model
+//! files, with the libraries' own semantics (XGBoost compares in single precision, `x <
+//! threshold`, and sums in single precision; LightGBM compares and sums in double, `x <=
+//! threshold`, with its missing-value types), laid out flat: one array of nodes for every
+//! tree, a row walked down each tree with no allocation.
+//!
+//! The model takes one input, `input-0` (FP32 [N, features]), and gives one output,
+//! `predict`, what the library's `predict` gives: the probability of the positive class for a
+//! binary classifier ([N]), the class probabilities for a multiclass one ([N, classes]), the
+//! value for a regressor ([N]). Missing values are NaN.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::{DataType, Error, Tensor, TensorData, TensorSpec};
+
+/// A node: a split (children `left`, `right`) or a leaf (`left == LEAF`, its value in `value`).
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    /// The threshold of a numeric split, the leaf's value, or for a categorical split the
+    /// index of its category set in `Forest::cats`.
+    value: f64,
+    feature: u32,
+    left: u32,
+    right: u32,
+    flags: u8,
+}
+
+const LEAF: u32 = u32::MAX;
+/// Missing values go left.
+const DEFAULT_LEFT: u8 = 1;
+/// A categorical split.
+const CATEGORICAL: u8 = 2;
+/// LightGBM's missing types: zero counts as missing; NaN counts as missing.
+const MISSING_ZERO: u8 = 4;
+const MISSING_NAN: u8 = 8;
+
+/// Whose semantics the forest follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Library {
+    XGBoost,
+    LightGBM,
+}
+
+/// From the summed margins to the prediction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Link {
+    Identity,
+    /// `1 / (1 + exp(-scale * x))`, per output.
+    Sigmoid(f64),
+    /// Over the groups.
+    Softmax,
+    Exp,
+}
+
+/// A tree ensemble, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Forest {
+    library: Library,
+    nodes: Vec<Node>,
+    /// The root of each tree, and the output group it adds to.
+    trees: Vec<(u32, u32)>,
+    groups: usize,
+    features: usize,
+    /// The starting margin of each group.
+    base: Vec<f64>,
+    link: Link,
+    /// LightGBM's `average_output` (random forest mode): the margins are means over trees.
+    average: bool,
+    /// Category sets (bitsets over category numbers), by categorical node.
+    cats: Vec<Vec<u32>>,
+    inputs: Vec<TensorSpec>,
+    outputs: Vec<TensorSpec>,
+}
+
+fn load_error(path: &Path, message: impl Into<String>) -> Error {
+    Error::Load {
+        path: path.to_owned(),
+        message: message.into(),
+    }
+}
+
+impl Forest {
+    /// Loads an XGBoost model saved as JSON (`Booster.save_model("model.json")`).
+    pub fn load_xgboost(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read(path).map_err(|e| load_error(path, e.to_string()))?;
+        let json: Value = serde_json::from_slice(&text).map_err(|e| {
+            load_error(
+                path,
+                format!("not an XGBoost JSON model: {e} (UBJSON and the old binary format are not read; save it as .json)"),
+            )
+        })?;
+        xgboost(&json).map_err(|m| load_error(path, m))
+    }
+
+    /// Loads a LightGBM model saved as text (`Booster.save_model("model.txt")`).
+    pub fn load_lightgbm(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| load_error(path, e.to_string()))?;
+        lightgbm(&text).map_err(|m| load_error(path, m))
+    }
+
+    pub fn inputs(&self) -> &[TensorSpec] {
+        &self.inputs
+    }
+
+    pub fn outputs(&self) -> &[TensorSpec] {
+        &self.outputs
+    }
+
+    /// The number of trees.
+    pub fn trees(&self) -> usize {
+        self.trees.len()
+    }
+
+    /// Predicts every row of the one input (FP32 or FP64, [N, features]).
+    pub fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
+        let name = self.inputs[0].name.clone();
+        let bad = |message: String| Error::Input {
+            input: name.clone(),
+            message,
+        };
+        let [input] = inputs else {
+            return Err(bad(format!(
+                "the model takes one input, {} were given",
+                inputs.len()
+            )));
+        };
+        let width = self.features;
+        let rows: Vec<f64> = match &input.data {
+            TensorData::F32(v) => v.iter().map(|x| f64::from(*x)).collect(),
+            TensorData::F64(v) => v.clone(),
+            other => {
+                return Err(bad(format!(
+                    "expected FP32 values, got {}",
+                    other.datatype().as_str()
+                )));
+            }
+        };
+        if input.shape.len() != 2 || input.shape[1] != width {
+            return Err(bad(format!(
+                "shape {:?} does not match [N, {width}]",
+                input.shape
+            )));
+        }
+        let n = input.shape[0];
+        let mut margins = vec![0f64; self.groups];
+        let mut out = Vec::with_capacity(n * self.groups);
+        for row in rows.chunks(width.max(1)).take(n) {
+            self.margins(row, &mut margins);
+            self.transform(&mut margins);
+            out.extend_from_slice(&margins);
+        }
+        let shape = if self.groups == 1 {
+            vec![n]
+        } else {
+            vec![n, self.groups]
+        };
+        let data = match self.library {
+            XG => TensorData::F32(out.iter().map(|v| *v as f32).collect()),
+            LG => TensorData::F64(out),
+        };
+        Ok(vec![Tensor {
+            name: self.outputs[0].name.clone(),
+            shape,
+            data,
+        }])
+    }
+
+    /// The summed margins of one row.
+    fn margins(&self, row: &[f64], margins: &mut [f64]) {
+        match self.library {
+            XG => {
+                // XGBoost sums in single precision, from the base margin.
+                let mut sums: Vec<f32> = self.base.iter().map(|b| *b as f32).collect();
+                for &(root, group) in &self.trees {
+                    sums[group as usize] += self.leaf(root, row) as f32;
+                }
+                for (m, s) in margins.iter_mut().zip(sums) {
+                    *m = f64::from(s);
+                }
+            }
+            LG => {
+                margins.fill(0.0);
+                for &(root, group) in &self.trees {
+                    margins[group as usize] += self.leaf(root, row);
+                }
+                if self.average && !self.trees.is_empty() {
+                    let per_group = (self.trees.len() / self.groups).max(1) as f64;
+                    for m in margins.iter_mut() {
+                        *m /= per_group;
+                    }
+                }
+                for (m, b) in margins.iter_mut().zip(&self.base) {
+                    *m += b;
+                }
+            }
+        }
+    }
+
+    fn transform(&self, margins: &mut [f64]) {
+        match (self.link, self.library) {
+            (Link::Identity, _) => {}
+            (Link::Exp, XG) => margins
+                .iter_mut()
+                .for_each(|m| *m = f64::from((*m as f32).exp())),
+            (Link::Exp, LG) => margins.iter_mut().for_each(|m| *m = m.exp()),
+            (Link::Sigmoid(_), XG) => margins.iter_mut().for_each(|m| {
+                *m = f64::from(1.0f32 / (1.0f32 + (-(*m as f32)).exp()));
+            }),
+            (Link::Sigmoid(scale), LG) => margins
+                .iter_mut()
+                .for_each(|m| *m = 1.0 / (1.0 + (-scale * *m).exp())),
+            (Link::Softmax, XG) => {
+                let top = margins
+                    .iter()
+                    .fold(f32::NEG_INFINITY, |a, m| a.max(*m as f32));
+                let exps: Vec<f32> = margins.iter().map(|m| (*m as f32 - top).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                for (m, e) in margins.iter_mut().zip(exps) {
+                    *m = f64::from(e / sum);
+                }
+            }
+            (Link::Softmax, LG) => {
+                let top = margins.iter().fold(f64::NEG_INFINITY, |a, m| a.max(*m));
+                let mut sum = 0.0;
+                for m in margins.iter_mut() {
+                    *m = (*m - top).exp();
+                    sum += *m;
+                }
+                margins.iter_mut().for_each(|m| *m /= sum);
+            }
+        }
+    }
+
+    /// The value of the leaf `row` reaches from `root`.
+    #[inline]
+    fn leaf(&self, root: u32, row: &[f64]) -> f64 {
+        let mut i = root as usize;
+        loop {
+            let n = &self.nodes[i];
+            if n.left == LEAF {
+                return n.value;
+            }
+            let x = row[n.feature as usize];
+            let left = match self.library {
+                XG => xgboost_goes_left(n, x, &self.cats),
+                LG => lightgbm_goes_left(n, x, &self.cats),
+            };
+            i = if left { n.left } else { n.right } as usize;
+        }
+    }
+}
+
+use Library::{LightGBM as LG, XGBoost as XG};
+
+/// XGBoost: a missing value takes the default direction; a numeric split sends `x <
+/// threshold` left (in single precision); a categorical split sends the categories in its set
+/// right (a value that is not a category: the default direction... as XGBoost, left).
+#[inline]
+fn xgboost_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
+    if x.is_nan() {
+        return n.flags & DEFAULT_LEFT != 0;
+    }
+    if n.flags & CATEGORICAL != 0 {
+        let x = x as f32;
+        if x < 0.0 || x.fract() != 0.0 || x >= 16_777_216.0 {
+            return true;
+        }
+        return !in_bitset(&cats[n.value as usize], x as u32);
+    }
+    (x as f32) < (n.value as f32)
+}
+
+/// LightGBM: as its `NumericalDecision` and `CategoricalDecision`.
+#[inline]
+fn lightgbm_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
+    if n.flags & CATEGORICAL != 0 {
+        if x.is_nan() || x < 0.0 {
+            return false;
+        }
+        return in_bitset(&cats[n.value as usize], x as u32);
+    }
+    let mut x = x;
+    if n.flags & MISSING_NAN == 0 && x.is_nan() {
+        x = 0.0;
+    }
+    if (n.flags & MISSING_ZERO != 0 && x.abs() <= 1e-35)
+        || (n.flags & MISSING_NAN != 0 && x.is_nan())
+    {
+        return n.flags & DEFAULT_LEFT != 0;
+    }
+    x <= n.value
+}
+
+fn in_bitset(bits: &[u32], i: u32) -> bool {
+    bits.get((i / 32) as usize)
+        .is_some_and(|w| (w >> (i % 32)) & 1 == 1)
+}
+
+fn specs(features: usize, groups: usize, output: DataType) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let inputs = vec![TensorSpec {
+        name: "input-0".into(),
+        datatype: DataType::F32,
+        shape: vec![None, Some(features as i64)],
+    }];
+    let shape = if groups == 1 {
+        vec![None]
+    } else {
+        vec![None, Some(groups as i64)]
+    };
+    let outputs = vec![TensorSpec {
+        name: "predict".into(),
+        datatype: output,
+        shape,
+    }];
+    (inputs, outputs)
+}
+
+// === XGBoost ===
+
+fn xgboost(json: &Value) -> Result<Forest, String> {
+    let learner = json
+        .get("learner")
+        .ok_or("no `learner`: not an XGBoost model")?;
+    let params = &learner["learner_model_param"];
+    let number = |v: &Value, what: &str| -> Result<f64, String> {
+        v.as_str()
+            .and_then(|s| {
+                s.trim_matches(['[', ']'])
+                    .split(',')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .or_else(|| v.as_f64())
+            .ok_or(format!("`{what}` is not a number"))
+    };
+    let booster = &learner["gradient_booster"];
+    let booster_name = booster["name"].as_str().unwrap_or("");
+    if booster_name != "gbtree" {
+        return Err(format!(
+            "booster `{booster_name}` is not supported (gbtree only: dart and gblinear are not)"
+        ));
+    }
+    let model = &booster["model"];
+    let num_class = number(&params["num_class"], "num_class")? as usize;
+    let features = number(&params["num_feature"], "num_feature")? as usize;
+    let groups = num_class.max(1);
+    let objective = learner["objective"]["name"].as_str().unwrap_or("");
+    let link = match objective {
+        "binary:logistic" | "reg:logistic" => Link::Sigmoid(1.0),
+        "multi:softprob" => Link::Softmax,
+        "count:poisson" | "reg:gamma" | "reg:tweedie" | "survival:cox" => Link::Exp,
+        "reg:squarederror"
+        | "reg:squaredlogerror"
+        | "reg:pseudohubererror"
+        | "reg:absoluteerror"
+        | "reg:quantileerror"
+        | "binary:logitraw"
+        | "binary:hinge"
+        | "rank:pairwise"
+        | "rank:ndcg"
+        | "rank:map"
+        | "reg:linear" => Link::Identity,
+        "multi:softmax" => {
+            return Err("objective multi:softmax predicts a class index: save the model with multi:softprob".into());
+        }
+        other => return Err(format!("objective `{other}` is not supported")),
+    };
+    // The base score is kept in the prediction's space; the margin starts from its inverse.
+    let scores: Vec<f64> = match &params["base_score"] {
+        Value::String(s) => s
+            .trim_matches(['[', ']'])
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("base_score {s:?} is not a number"))
+            })
+            .collect::<Result<_, _>>()?,
+        v => vec![v.as_f64().ok_or("base_score is not a number")?],
+    };
+    let to_margin = |p: f64| match objective {
+        "binary:logistic" | "reg:logistic" | "binary:logitraw" => {
+            let p = p.clamp(1e-16, 1.0 - 1e-16);
+            (p / (1.0 - p)).ln()
+        }
+        "count:poisson" | "reg:gamma" | "reg:tweedie" | "survival:cox" => p.max(1e-16).ln(),
+        _ => p,
+    };
+    let base: Vec<f64> = (0..groups)
+        .map(|g| to_margin(*scores.get(g).or(scores.first()).unwrap_or(&0.5)))
+        .collect();
+    let info = model["tree_info"].as_array().ok_or("no `tree_info`")?;
+    let trees = model["trees"].as_array().ok_or("no `trees`")?;
+    let mut forest = Forest {
+        library: XG,
+        nodes: Vec::new(),
+        trees: Vec::with_capacity(trees.len()),
+        groups,
+        features,
+        base,
+        link,
+        average: false,
+        cats: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+    };
+    for (t, tree) in trees.iter().enumerate() {
+        let group = info.get(t).and_then(Value::as_u64).unwrap_or(0) as u32;
+        if group as usize >= groups {
+            return Err(format!("tree {t} adds to output {group} of {groups}"));
+        }
+        if tree["tree_param"]["size_leaf_vector"]
+            .as_str()
+            .is_some_and(|s| s != "1" && s != "0")
+        {
+            return Err(format!(
+                "tree {t} has vector leaves (multi-target trees are not supported)"
+            ));
+        }
+        let ints = |key: &str| -> Result<Vec<i64>, String> {
+            tree[key]
+                .as_array()
+                .ok_or(format!("tree {t}: no `{key}`"))?
+                .iter()
+                .map(|v| {
+                    v.as_i64()
+                        .or_else(|| v.as_bool().map(i64::from))
+                        .ok_or(format!("tree {t}: `{key}` holds a non-integer"))
+                })
+                .collect()
+        };
+        let left = ints("left_children")?;
+        let right = ints("right_children")?;
+        let feature = ints("split_indices")?;
+        let default_left = ints("default_left")?;
+        let split_type = ints("split_type").unwrap_or_else(|_| vec![0; left.len()]);
+        let conditions: Vec<f64> = tree["split_conditions"]
+            .as_array()
+            .ok_or(format!("tree {t}: no `split_conditions`"))?
+            .iter()
+            .map(|v| v.as_f64().unwrap_or(f64::NAN))
+            .collect();
+        let n = left.len();
+        if [
+            right.len(),
+            feature.len(),
+            default_left.len(),
+            conditions.len(),
+        ]
+        .iter()
+        .any(|l| *l != n)
+        {
+            return Err(format!("tree {t}: its node arrays differ in length"));
+        }
+        // Categorical nodes: their category lists.
+        let cat_nodes = ints("categories_nodes").unwrap_or_default();
+        let cat_segments = ints("categories_segments").unwrap_or_default();
+        let cat_sizes = ints("categories_sizes").unwrap_or_default();
+        let categories = ints("categories").unwrap_or_default();
+        let offset = forest.nodes.len() as u32;
+        for i in 0..n {
+            let leaf = left[i] == -1;
+            let child = |c: i64| -> Result<u32, String> {
+                usize::try_from(c)
+                    .ok()
+                    .filter(|c| *c < n)
+                    .map(|c| offset + c as u32)
+                    .ok_or(format!("tree {t}: node {i} has child {c}"))
+            };
+            let mut node = Node {
+                value: conditions[i],
+                feature: 0,
+                left: LEAF,
+                right: LEAF,
+                flags: 0,
+            };
+            if !leaf {
+                let f = usize::try_from(feature[i]).ok().filter(|f| *f < features);
+                node.feature = f.ok_or(format!(
+                    "tree {t}: node {i} splits on feature {}",
+                    feature[i]
+                ))? as u32;
+                node.left = child(left[i])?;
+                node.right = child(right[i])?;
+                if default_left[i] != 0 {
+                    node.flags |= DEFAULT_LEFT;
+                }
+                if split_type[i] == 1 {
+                    let k = cat_nodes
+                        .iter()
+                        .position(|c| *c == i as i64)
+                        .ok_or(format!("tree {t}: categorical node {i} has no categories"))?;
+                    let (start, size) = (cat_segments[k] as usize, cat_sizes[k] as usize);
+                    let list = categories
+                        .get(start..start + size)
+                        .ok_or(format!("tree {t}: node {i}'s categories are out of range"))?;
+                    node.flags |= CATEGORICAL;
+                    node.value = forest.cats.len() as f64;
+                    forest.cats.push(bitset(list));
+                }
+            }
+            forest.nodes.push(node);
+        }
+        if n == 0 {
+            return Err(format!("tree {t} has no nodes"));
+        }
+        forest.trees.push((offset, group));
+    }
+    check_acyclic(&forest)?;
+    (forest.inputs, forest.outputs) = specs(features, groups, DataType::F32);
+    Ok(forest)
+}
+
+fn bitset(list: &[i64]) -> Vec<u32> {
+    let top = list.iter().copied().max().unwrap_or(0).max(0) as usize;
+    let mut bits = vec![0u32; top / 32 + 1];
+    for c in list.iter().filter(|c| **c >= 0) {
+        bits[*c as usize / 32] |= 1 << (*c as usize % 32);
+    }
+    bits
+}
+
+/// Every walk ends: a child always has a higher index than its parent within its tree.
+fn check_acyclic(forest: &Forest) -> Result<(), String> {
+    for (i, n) in forest.nodes.iter().enumerate() {
+        if n.left != LEAF && (n.left as usize <= i || n.right as usize <= i) {
+            return Err(format!(
+                "node {i} points back to an earlier node: the model is malformed"
+            ));
+        }
+    }
+    Ok(())
+}
+
+// === LightGBM ===
+
+fn lightgbm(text: &str) -> Result<Forest, String> {
+    let mut sections = text.split("\nTree=");
+    let header = sections.next().unwrap_or("");
+    if !header.starts_with("tree") {
+        return Err("not a LightGBM text model (it starts with `tree`)".into());
+    }
+    let field = |block: &str, key: &str| -> Option<String> {
+        block
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('=').map(str::to_owned))
+    };
+    let count = |key: &str| -> Result<usize, String> {
+        field(header, key)
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(format!("the header has no `{key}`"))
+    };
+    let groups = count("num_tree_per_iteration")?.max(1);
+    let features = count("max_feature_idx")? + 1;
+    let objective = field(header, "objective").unwrap_or_default();
+    let mut words = objective.split_whitespace();
+    let name = words.next().unwrap_or("");
+    let param = |key: &str| -> Option<f64> {
+        objective
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(key)?.strip_prefix(':')?.parse().ok())
+    };
+    let link = match name {
+        "binary" | "cross_entropy" | "xentropy" => Link::Sigmoid(param("sigmoid").unwrap_or(1.0)),
+        "multiclassova" | "multiclass_ova" | "ova" | "ovr" => {
+            Link::Sigmoid(param("sigmoid").unwrap_or(1.0))
+        }
+        "multiclass" | "softmax" => Link::Softmax,
+        "poisson" | "gamma" | "tweedie" => Link::Exp,
+        "regression" | "regression_l2" | "l2" | "mean_squared_error" | "mse" | "regression_l1"
+        | "l1" | "huber" | "fair" | "quantile" | "mape" | "lambdarank" | "rank_xendcg" | "" => {
+            Link::Identity
+        }
+        other => return Err(format!("objective `{other}` is not supported")),
+    };
+    let average = header.lines().any(|l| l.trim() == "average_output");
+    let mut forest = Forest {
+        library: LG,
+        nodes: Vec::new(),
+        trees: Vec::new(),
+        groups,
+        features,
+        base: vec![0.0; groups],
+        link,
+        average,
+        cats: Vec::new(),
+        inputs: Vec::new(),
+        outputs: Vec::new(),
+    };
+    for (t, block) in sections.enumerate() {
+        // The last tree is followed by `end of trees` and the parameters.
+        let block = block.split("\nend of trees").next().unwrap_or(block);
+        let list = |key: &str| -> Vec<String> {
+            field(block, key)
+                .map(|v| v.split_whitespace().map(str::to_owned).collect())
+                .unwrap_or_default()
+        };
+        let parse = |key: &str| -> Result<Vec<f64>, String> {
+            list(key)
+                .iter()
+                .map(|v| {
+                    v.parse::<f64>()
+                        .map_err(|_| format!("tree {t}: `{key}` holds {v:?}"))
+                })
+                .collect()
+        };
+        let ints = |key: &str| -> Result<Vec<i64>, String> {
+            list(key)
+                .iter()
+                .map(|v| {
+                    v.parse::<i64>()
+                        .map_err(|_| format!("tree {t}: `{key}` holds {v:?}"))
+                })
+                .collect()
+        };
+        if field(block, "is_linear").is_some_and(|v| v.trim() == "1") {
+            return Err(format!(
+                "tree {t} is a linear tree (linear_tree models are not supported)"
+            ));
+        }
+        let leaves: usize = field(block, "num_leaves")
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or(format!("tree {t}: no `num_leaves`"))?;
+        let leaf_value = parse("leaf_value")?;
+        if leaf_value.len() != leaves {
+            return Err(format!(
+                "tree {t}: {} leaf values for {leaves} leaves",
+                leaf_value.len()
+            ));
+        }
+        let offset = forest.nodes.len() as u32;
+        let group = (t % groups) as u32;
+        if leaves == 1 {
+            forest.nodes.push(Node {
+                value: leaf_value[0],
+                feature: 0,
+                left: LEAF,
+                right: LEAF,
+                flags: 0,
+            });
+            forest.trees.push((offset, group));
+            continue;
+        }
+        let inner = leaves - 1;
+        let feature = ints("split_feature")?;
+        let threshold = parse("threshold")?;
+        let decision = ints("decision_type")?;
+        let left = ints("left_child")?;
+        let right = ints("right_child")?;
+        if [
+            feature.len(),
+            threshold.len(),
+            decision.len(),
+            left.len(),
+            right.len(),
+        ]
+        .iter()
+        .any(|l| *l != inner)
+        {
+            return Err(format!(
+                "tree {t}: its node arrays differ from {inner} splits"
+            ));
+        }
+        let boundaries = ints("cat_boundaries").unwrap_or_default();
+        let cat_threshold = ints("cat_threshold").unwrap_or_default();
+        // Splits first (0..inner), then leaves (inner..inner + leaves); a child below zero is
+        // leaf `!child`.
+        let child = |c: i64| -> Result<u32, String> {
+            let i = if c < 0 { inner as i64 + !c } else { c };
+            usize::try_from(i)
+                .ok()
+                .filter(|i| *i < inner + leaves)
+                .map(|i| offset + i as u32)
+                .ok_or(format!("tree {t}: child {c} is out of range"))
+        };
+        for i in 0..inner {
+            let d = decision[i];
+            let mut flags = 0;
+            if d & 2 != 0 {
+                flags |= DEFAULT_LEFT;
+            }
+            match (d >> 2) & 3 {
+                1 => flags |= MISSING_ZERO,
+                2 => flags |= MISSING_NAN,
+                _ => {}
+            }
+            let mut value = threshold[i];
+            if d & 1 != 0 {
+                flags |= CATEGORICAL;
+                let k = threshold[i] as usize;
+                let (a, b) = (
+                    boundaries.get(k).copied().unwrap_or(0) as usize,
+                    boundaries.get(k + 1).copied().unwrap_or(0) as usize,
+                );
+                let words = cat_threshold
+                    .get(a..b)
+                    .ok_or(format!("tree {t}: split {i}'s categories are out of range"))?;
+                value = forest.cats.len() as f64;
+                forest.cats.push(words.iter().map(|w| *w as u32).collect());
+            }
+            let f = usize::try_from(feature[i]).ok().filter(|f| *f < features);
+            forest.nodes.push(Node {
+                value,
+                feature: f.ok_or(format!("tree {t}: split {i} is on feature {}", feature[i]))?
+                    as u32,
+                left: child(left[i])?,
+                right: child(right[i])?,
+                flags,
+            });
+        }
+        for v in leaf_value {
+            forest.nodes.push(Node {
+                value: v,
+                feature: 0,
+                left: LEAF,
+                right: LEAF,
+                flags: 0,
+            });
+        }
+        forest.trees.push((offset, group));
+    }
+    if forest.trees.is_empty() {
+        return Err("the model has no trees".into());
+    }
+    check_lightgbm_acyclic(&forest)?;
+    (forest.inputs, forest.outputs) = specs(features, groups, DataType::F64);
+    Ok(forest)
+}
+
+/// LightGBM numbers its splits so that a child split comes after its parent; leaves come
+/// after every split of the tree.
+fn check_lightgbm_acyclic(forest: &Forest) -> Result<(), String> {
+    check_acyclic(forest)
+}
+
+#[cfg(test)]
+mod tests;

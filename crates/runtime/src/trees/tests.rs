@@ -1,0 +1,132 @@
+//! The native forests against the libraries' own predictions (`fixtures/trees/generate.py`).
+
+use std::path::PathBuf;
+
+use super::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../../fixtures/trees/{name}"))
+}
+
+/// The rows (NaN for null) and the library's predictions, flat.
+fn expected(name: &str) -> (Vec<Vec<f32>>, Vec<f64>) {
+    let text = std::fs::read_to_string(fixture(&format!("{name}.expected.json"))).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    let rows = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().map_or(f32::NAN, |x| x as f32))
+                .collect()
+        })
+        .collect();
+    let mut predictions = Vec::new();
+    fn flat(v: &Value, out: &mut Vec<f64>) {
+        match v {
+            Value::Array(items) => items.iter().for_each(|i| flat(i, out)),
+            other => out.push(other.as_f64().unwrap()),
+        }
+    }
+    flat(&v["predictions"], &mut predictions);
+    (rows, predictions)
+}
+
+fn predict(forest: &Forest, rows: &[Vec<f32>]) -> Vec<f64> {
+    let width = rows[0].len();
+    let input = Tensor {
+        name: "input-0".into(),
+        shape: vec![rows.len(), width],
+        data: TensorData::F32(rows.iter().flatten().copied().collect()),
+    };
+    forest.infer(&[input]).unwrap()[0].data.to_f64()
+}
+
+fn check(forest: &Forest, name: &str, tolerance: f64) {
+    let (rows, want) = expected(name);
+    let got = predict(forest, &rows);
+    assert_eq!(got.len(), want.len(), "{name}");
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!(
+            (g - w).abs() <= tolerance * w.abs().max(1.0),
+            "{name}: prediction {i} is {g}, the library's {w}"
+        );
+    }
+}
+
+#[test]
+fn xgboost_models_predict_as_xgboost() {
+    for name in [
+        "xgb-iris-softprob",
+        "xgb-binary-large",
+        "xgb-categorical-regression",
+    ] {
+        let forest = Forest::load_xgboost(&fixture(&format!("{name}.json"))).unwrap();
+        // Single precision, as XGBoost computes.
+        check(&forest, name, 2e-6);
+    }
+}
+
+#[test]
+fn lightgbm_models_predict_as_lightgbm() {
+    for name in [
+        "lgb-iris-multiclass",
+        "lgb-binary-large",
+        "lgb-categorical-regression",
+    ] {
+        let forest = Forest::load_lightgbm(&fixture(&format!("{name}.txt"))).unwrap();
+        check(&forest, name, 1e-12);
+    }
+}
+
+#[test]
+fn a_forest_says_what_it_takes_and_gives() {
+    let forest = Forest::load_xgboost(&fixture("xgb-iris-softprob.json")).unwrap();
+    assert_eq!(forest.trees(), 30);
+    let input = &forest.inputs()[0];
+    assert_eq!(
+        (input.name.as_str(), input.datatype, input.shape.clone()),
+        ("input-0", DataType::F32, vec![None, Some(4)])
+    );
+    assert_eq!(forest.outputs()[0].shape, vec![None, Some(3)]);
+    // A request of another width is the client's error, naming the input.
+    let bad = Tensor {
+        name: "input-0".into(),
+        shape: vec![1, 3],
+        data: TensorData::F32(vec![1.0; 3]),
+    };
+    let err = forest.infer(&[bad]).unwrap_err();
+    assert!(matches!(err, Error::Input { .. }), "{err}");
+    assert!(err.to_string().contains("[N, 4]"), "{err}");
+}
+
+#[test]
+fn malformed_models_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.json");
+    std::fs::write(
+        &path,
+        "{\"learner\": {\"gradient_booster\": {\"name\": \"gblinear\"}}}",
+    )
+    .unwrap();
+    let err = Forest::load_xgboost(&path).unwrap_err().to_string();
+    assert!(err.contains("gblinear"), "{err}");
+    std::fs::write(&path, "not json").unwrap();
+    let err = Forest::load_xgboost(&path).unwrap_err().to_string();
+    assert!(err.contains("not an XGBoost JSON model"), "{err}");
+    let path = dir.path().join("m.txt");
+    std::fs::write(&path, "something else").unwrap();
+    let err = Forest::load_lightgbm(&path).unwrap_err().to_string();
+    assert!(err.contains("not a LightGBM text model"), "{err}");
+    // A tree whose child points back at its parent would never end: refused.
+    let text = std::fs::read_to_string(fixture("lgb-iris-multiclass.txt")).unwrap();
+    let at = text.find("left_child=").unwrap() + "left_child=".len();
+    let first = text[at..].split_whitespace().next().unwrap();
+    let looped = format!("{}0{}", &text[..at], &text[at + first.len()..]);
+    std::fs::write(&path, looped).unwrap();
+    let err = Forest::load_lightgbm(&path).unwrap_err().to_string();
+    assert!(err.contains("points back"), "{err}");
+}
