@@ -1,6 +1,7 @@
 //! `cargo xtask bench [--peers DIR] [--duration SECS] [--passes N]`: the gateway against the
 //! peers a user would otherwise pick, in the same run, on this machine. `cargo xtask bench
-//! --scale N`: the controller with N services instead (see `scale.rs`).
+//! --scale N`: the controller with N services instead (see `scale.rs`); `--trees`: the native
+//! tree ensembles against onnxruntime (see `trees.rs`).
 //!
 //! Servers are pinned to core 0 and the load generator (wrk) to core 1. Each configuration
 //! runs `passes` times (nginx and the gateway's proxy in turns); the median is reported, with the CPU time the server spent per request
@@ -42,6 +43,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
             "--duration" => opts.duration = value()?.parse()?,
             "--passes" => opts.passes = value()?.parse()?,
             "--scale" => return crate::scale::run(value()?.parse()?),
+            "--trees" => return crate::trees::run(2.0),
             other => bail!("unknown option {other}"),
         }
     }

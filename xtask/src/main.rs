@@ -3,6 +3,7 @@
 
 mod bench;
 mod scale;
+mod trees;
 
 use std::process::Command;
 

@@ -17,7 +17,9 @@ use runtime::{Forest, Tensor, TensorData};
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, format, model, rows, batch, seconds] = args.as_slice() else {
-        eprintln!("usage: trees-bench <xgboost|lightgbm> <model> <rows.expected.json> <batch> <seconds>");
+        eprintln!(
+            "usage: trees-bench <xgboost|lightgbm> <model> <rows.expected.json> <batch> <seconds>"
+        );
         std::process::exit(2);
     };
     let forest = match format.as_str() {
@@ -52,7 +54,11 @@ fn main() {
         data: TensorData::F32(data),
     };
     let call = || {
-        std::hint::black_box(forest.infer(std::slice::from_ref(&input)).expect("inference"));
+        std::hint::black_box(
+            forest
+                .infer(std::slice::from_ref(&input))
+                .expect("inference"),
+        );
     };
     // Warm up, and find how many calls fill a round.
     let start = Instant::now();

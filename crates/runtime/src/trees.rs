@@ -72,7 +72,34 @@ pub struct Forest {
     cats: Vec<Vec<u32>>,
     inputs: Vec<TensorSpec>,
     outputs: Vec<TensorSpec>,
+    /// The evaluation layout, made by [`Forest::compile`].
+    flat: Flat,
 }
+
+/// The trees laid out for evaluation: in each tree a node's children are adjacent (`right ==
+/// left + 1`), so a step is `i = left + !goes_left` with no branch; a leaf points at itself
+/// and every value goes "left" from it, so a walk takes exactly its tree's depth in steps
+/// and several rows walk a tree side by side.
+#[derive(Debug, Clone, Default)]
+struct Flat {
+    nodes: Vec<FlatNode>,
+    /// Each node's leaf value (0 for splits).
+    values: Vec<f64>,
+    /// Root, depth and output group of each tree.
+    trees: Vec<(u32, u32, u32)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FlatNode {
+    /// A numeric split's threshold, `+inf` for a leaf, a categorical split's set index.
+    threshold: f64,
+    feature: u32,
+    left: u32,
+    flags: u8,
+}
+
+/// Rows walked through a tree side by side.
+const LANES: usize = 8;
 
 fn load_error(path: &Path, message: impl Into<String>) -> Error {
     Error::Load {
@@ -113,6 +140,62 @@ impl Forest {
         self.trees.len()
     }
 
+    /// Lays the trees out for evaluation (see [`Flat`]).
+    fn compile(&mut self) {
+        let mut flat = Flat::default();
+        for &(root, group) in &self.trees {
+            let start = flat.nodes.len() as u32;
+            // Breadth first, the two children of a split placed together.
+            let mut order: Vec<u32> = vec![root];
+            let mut place: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+            place.insert(root, start);
+            let mut depth = vec![0u32];
+            let mut k = 0;
+            while k < order.len() {
+                let n = self.nodes[order[k] as usize];
+                if n.left != LEAF {
+                    for c in [n.left, n.right] {
+                        place.insert(c, start + order.len() as u32);
+                        order.push(c);
+                        depth.push(depth[k] + 1);
+                    }
+                }
+                k += 1;
+            }
+            for (k, &old) in order.iter().enumerate() {
+                let n = self.nodes[old as usize];
+                let me = start + k as u32;
+                if n.left == LEAF {
+                    flat.nodes.push(FlatNode {
+                        threshold: f64::INFINITY,
+                        feature: 0,
+                        left: me,
+                        // NaN also goes "left": back to itself.
+                        flags: DEFAULT_LEFT | MISSING_NAN,
+                    });
+                    flat.values.push(n.value);
+                } else {
+                    // XGBoost compares in single precision: its thresholds are floats.
+                    let threshold = if self.library == XG && n.flags & CATEGORICAL == 0 {
+                        f64::from(n.value as f32)
+                    } else {
+                        n.value
+                    };
+                    flat.nodes.push(FlatNode {
+                        threshold,
+                        feature: n.feature,
+                        left: place[&n.left],
+                        flags: n.flags,
+                    });
+                    flat.values.push(0.0);
+                }
+            }
+            let tree_depth = depth.into_iter().max().unwrap_or(0);
+            flat.trees.push((start, tree_depth, group));
+        }
+        self.flat = flat;
+    }
+
     /// Predicts every row of the one input (FP32 or FP64, [N, features]).
     pub fn infer(&self, inputs: &[Tensor]) -> Result<Vec<Tensor>, Error> {
         let name = self.inputs[0].name.clone();
@@ -144,12 +227,24 @@ impl Forest {
             )));
         }
         let n = input.shape[0];
-        let mut margins = vec![0f64; self.groups];
-        let mut out = Vec::with_capacity(n * self.groups);
-        for row in rows.chunks(width.max(1)).take(n) {
-            self.margins(row, &mut margins);
-            self.transform(&mut margins);
-            out.extend_from_slice(&margins);
+        let mut out = vec![0f64; n * self.groups];
+        static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let threads = *CORES
+            .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
+        // Large batches over a large forest are split over the cores.
+        let work = n * self.flat.trees.len();
+        if threads > 1 && n >= 64 && work >= 5_000 {
+            let per = n.div_ceil(threads);
+            std::thread::scope(|scope| {
+                for (rows, out) in rows
+                    .chunks(per * width.max(1))
+                    .zip(out.chunks_mut(per * self.groups))
+                {
+                    scope.spawn(move || self.predict_rows(rows, out));
+                }
+            });
+        } else {
+            self.predict_rows(&rows, &mut out);
         }
         let shape = if self.groups == 1 {
             vec![n]
@@ -167,7 +262,123 @@ impl Forest {
         }])
     }
 
-    /// The summed margins of one row.
+    /// Predictions of `rows` (flat, `features` a row) into `out` (`groups` a row).
+    fn predict_rows(&self, rows: &[f64], out: &mut [f64]) {
+        let width = self.features.max(1);
+        let mut xs: Vec<f64> = rows.to_vec();
+        if self.library == XG {
+            // XGBoost reads its input in single precision.
+            xs.iter_mut().for_each(|x| *x = f64::from(*x as f32));
+        }
+        for (block, out) in xs
+            .chunks(width * LANES)
+            .zip(out.chunks_mut(self.groups * LANES))
+        {
+            let lanes = block.len() / width;
+            match self.library {
+                XG => self.margins_block::<true>(block, lanes, out),
+                LG => self.margins_block::<false>(block, lanes, out),
+            }
+            for row in out.chunks_mut(self.groups).take(lanes) {
+                self.transform(row);
+            }
+        }
+    }
+
+    /// The margins of up to [`LANES`] rows, walking each tree for all of them at once.
+    fn margins_block<const XGBOOST: bool>(&self, block: &[f64], lanes: usize, out: &mut [f64]) {
+        let width = self.features.max(1);
+        let groups = self.groups;
+        let nodes = &self.flat.nodes;
+        let cats = &self.cats;
+        // Margins of every lane and group: on the stack for the usual sizes.
+        let mut acc_stack = [0f64; 8 * LANES];
+        let mut acc32_stack = [0f32; 8 * LANES];
+        let mut acc_heap = Vec::new();
+        let mut acc32_heap = Vec::new();
+        let (acc, acc32): (&mut [f64], &mut [f32]) = if groups <= 8 {
+            (
+                &mut acc_stack[..groups * LANES],
+                &mut acc32_stack[..groups * LANES],
+            )
+        } else {
+            acc_heap.resize(groups * LANES, 0.0);
+            acc32_heap.resize(groups * LANES, 0.0);
+            (&mut acc_heap, &mut acc32_heap)
+        };
+        if XGBOOST {
+            for l in 0..lanes {
+                for g in 0..groups {
+                    acc32[l * groups + g] = self.base[g] as f32;
+                }
+            }
+        }
+        let values = &self.flat.values;
+        for &(root, depth, group) in &self.flat.trees {
+            let mut at = [root; LANES];
+            if lanes == 1 {
+                // One row: walk down and stop at its leaf (a leaf points at itself).
+                let mut i = root;
+                loop {
+                    let n = &nodes[i as usize];
+                    if n.left == i {
+                        break;
+                    }
+                    let x = block[n.feature as usize];
+                    let left = if XGBOOST {
+                        xgboost_goes_left_flat(n, x, cats)
+                    } else {
+                        lightgbm_goes_left_flat(n, x, cats)
+                    };
+                    i = n.left + u32::from(!left);
+                }
+                at[0] = i;
+            } else {
+                for _ in 0..depth {
+                    for l in 0..lanes {
+                        let n = &nodes[at[l] as usize];
+                        let x = block[l * width + n.feature as usize];
+                        let left = if XGBOOST {
+                            xgboost_goes_left_flat(n, x, cats)
+                        } else {
+                            lightgbm_goes_left_flat(n, x, cats)
+                        };
+                        at[l] = n.left + u32::from(!left);
+                    }
+                }
+            }
+            let g = group as usize;
+            for l in 0..lanes {
+                if XGBOOST {
+                    acc32[l * groups + g] += values[at[l] as usize] as f32;
+                } else {
+                    acc[l * groups + g] += values[at[l] as usize];
+                }
+            }
+        }
+        for l in 0..lanes {
+            let row = &mut out[l * groups..(l + 1) * groups];
+            match XGBOOST {
+                true => {
+                    for g in 0..groups {
+                        row[g] = f64::from(acc32[l * groups + g]);
+                    }
+                }
+                false => {
+                    for g in 0..groups {
+                        let mut m = acc[l * groups + g];
+                        if self.average {
+                            m /= (self.flat.trees.len() / groups).max(1) as f64;
+                        }
+                        row[g] = m + self.base[g];
+                    }
+                }
+            }
+        }
+    }
+
+    /// The summed margins of one row, by the plain walk (for the tests).
+    #[cfg(test)]
     fn margins(&self, row: &[f64], margins: &mut [f64]) {
         match self.library {
             XG => {
@@ -233,8 +444,9 @@ impl Forest {
         }
     }
 
-    /// The value of the leaf `row` reaches from `root`.
-    #[inline]
+    /// The value of the leaf `row` reaches from `root`, walking the nodes as loaded: the
+    /// plain reading of the model, which the tests hold the flat layout to.
+    #[cfg(test)]
     fn leaf(&self, root: u32, row: &[f64]) -> f64 {
         let mut i = root as usize;
         loop {
@@ -257,7 +469,7 @@ use Library::{LightGBM as LG, XGBoost as XG};
 /// XGBoost: a missing value takes the default direction; a numeric split sends `x <
 /// threshold` left (in single precision); a categorical split sends the categories in its set
 /// right (a value that is not a category: the default direction... as XGBoost, left).
-#[inline]
+#[cfg(test)]
 fn xgboost_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
     if x.is_nan() {
         return n.flags & DEFAULT_LEFT != 0;
@@ -273,7 +485,7 @@ fn xgboost_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
 }
 
 /// LightGBM: as its `NumericalDecision` and `CategoricalDecision`.
-#[inline]
+#[cfg(test)]
 fn lightgbm_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
     if n.flags & CATEGORICAL != 0 {
         if x.is_nan() || x < 0.0 {
@@ -291,6 +503,50 @@ fn lightgbm_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
         return n.flags & DEFAULT_LEFT != 0;
     }
     x <= n.value
+}
+
+#[inline(always)]
+fn xgboost_goes_left_flat(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
+    if n.flags & CATEGORICAL != 0 {
+        if x.is_nan() {
+            return n.flags & DEFAULT_LEFT != 0;
+        }
+        let x = x as f32;
+        if x < 0.0 || x.fract() != 0.0 || x >= 16_777_216.0 {
+            return true;
+        }
+        return !in_bitset(&cats[n.threshold as usize], x as u32);
+    }
+    // Selected, not branched on: missing values are not predictable.
+    let missing_left = n.flags & DEFAULT_LEFT != 0;
+    if x.is_nan() {
+        missing_left
+    } else {
+        x < n.threshold
+    }
+}
+
+#[inline(always)]
+fn lightgbm_goes_left_flat(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
+    if n.flags & CATEGORICAL != 0 {
+        if x.is_nan() || x < 0.0 {
+            return false;
+        }
+        return in_bitset(&cats[n.threshold as usize], x as u32);
+    }
+    let nan = x.is_nan();
+    let x = if nan && n.flags & MISSING_NAN == 0 {
+        0.0
+    } else {
+        x
+    };
+    let missing =
+        (n.flags & MISSING_ZERO != 0 && x.abs() <= 1e-35) || (n.flags & MISSING_NAN != 0 && nan);
+    if missing {
+        n.flags & DEFAULT_LEFT != 0
+    } else {
+        x <= n.threshold
+    }
 }
 
 fn in_bitset(bits: &[u32], i: u32) -> bool {
@@ -407,6 +663,7 @@ fn xgboost(json: &Value) -> Result<Forest, String> {
         cats: Vec::new(),
         inputs: Vec::new(),
         outputs: Vec::new(),
+        flat: Flat::default(),
     };
     for (t, tree) in trees.iter().enumerate() {
         let group = info.get(t).and_then(Value::as_u64).unwrap_or(0) as u32;
@@ -512,6 +769,7 @@ fn xgboost(json: &Value) -> Result<Forest, String> {
     }
     check_acyclic(&forest)?;
     (forest.inputs, forest.outputs) = specs(features, groups, DataType::F32);
+    forest.compile();
     Ok(forest)
 }
 
@@ -590,6 +848,7 @@ fn lightgbm(text: &str) -> Result<Forest, String> {
         cats: Vec::new(),
         inputs: Vec::new(),
         outputs: Vec::new(),
+        flat: Flat::default(),
     };
     for (t, block) in sections.enumerate() {
         // The last tree is followed by `end of trees` and the parameters.
@@ -728,6 +987,7 @@ fn lightgbm(text: &str) -> Result<Forest, String> {
     }
     check_lightgbm_acyclic(&forest)?;
     (forest.inputs, forest.outputs) = specs(features, groups, DataType::F64);
+    forest.compile();
     Ok(forest)
 }
 

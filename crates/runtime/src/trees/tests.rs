@@ -130,3 +130,66 @@ fn malformed_models_are_refused_with_the_reason() {
     let err = Forest::load_lightgbm(&path).unwrap_err().to_string();
     assert!(err.contains("points back"), "{err}");
 }
+
+/// The flat, branch-free layout walks to the same leaves as the model read plainly, on random
+/// rows with missing values and categories out of range, at every batch size around the lanes.
+#[test]
+fn the_flat_layout_predicts_as_the_plain_walk() {
+    let mut seed = 7u64;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let models = [
+        ("xgboost", "xgb-iris-softprob.json"),
+        ("xgboost", "xgb-categorical-regression.json"),
+        ("xgboost", "xgb-binary-small.json"),
+        ("lightgbm", "lgb-iris-multiclass.txt"),
+        ("lightgbm", "lgb-categorical-regression.txt"),
+    ];
+    for (library, file) in models {
+        let forest = if library == "xgboost" {
+            Forest::load_xgboost(&fixture(file)).unwrap()
+        } else {
+            Forest::load_lightgbm(&fixture(file)).unwrap()
+        };
+        let width = forest.features;
+        let thresholds: Vec<f32> = forest
+            .nodes
+            .iter()
+            .filter(|n| n.left != LEAF && n.flags & CATEGORICAL == 0)
+            .map(|n| n.value as f32)
+            .collect();
+        for batch in [1, 7, 8, 9, 17] {
+            let rows: Vec<Vec<f32>> = (0..batch)
+                .map(|_| {
+                    (0..width)
+                        .map(|_| match next() {
+                            p if p < 0.1 => f32::NAN,
+                            p if p < 0.15 => 0.0,
+                            // Often exactly on a threshold of the model.
+                            p if p < 0.4 => thresholds[(p * 1e6) as usize % thresholds.len()],
+                            p => ((p - 0.5) * 16.0).round() as f32 / 2.0,
+                        })
+                        .collect()
+                })
+                .collect();
+            let got = predict(&forest, &rows);
+            for (i, row) in rows.iter().enumerate() {
+                let row: Vec<f64> = row.iter().map(|x| f64::from(*x)).collect();
+                let mut want = vec![0.0; forest.groups];
+                forest.margins(&row, &mut want);
+                forest.transform(&mut want);
+                for (g, w) in want.iter().enumerate() {
+                    let v = got[i * forest.groups + g];
+                    assert!(
+                        (v - w).abs() <= 1e-12 * w.abs().max(1.0) || (v.is_nan() && w.is_nan()),
+                        "{file}, batch {batch}, row {i}: {v} against {w}"
+                    );
+                }
+            }
+        }
+    }
+}
