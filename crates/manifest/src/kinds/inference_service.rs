@@ -294,6 +294,30 @@ fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option
     })
 }
 
+/// What to do instead of a storage scheme crossfade does not fetch.
+fn scheme_hint(scheme: &str) -> String {
+    let instead = "publish the files with `crossfade artifact push <dir> --to s3://...` (or file://...), which pins their digest, and point storageUri at the URI it prints";
+    let why = match scheme.trim_end_matches("://").to_ascii_lowercase().as_str() {
+        "hf" => {
+            "Hugging Face repositories move under their names: download one revision (`huggingface-cli download <repo> --revision <commit> --local-dir m`), then "
+        }
+        "pvc" => {
+            "a PersistentVolumeClaim exists only in a cluster: copy the files out of it, then "
+        }
+        "oci" | "oci+native" => {
+            "OCI model images (KServe modelcars) are not fetched yet: copy the model files out of the image (`crane export`), then "
+        }
+        "modelscope" | "model-registry" => {
+            "registries resolve names to files crossfade cannot pin: download the files, then "
+        }
+        _ => "",
+    };
+    if why.is_empty() {
+        return "accepted schemes: file, http, https, s3, gs".into();
+    }
+    format!("accepted schemes: file, http, https, s3, gs; {why}{instead}")
+}
+
 /// Parses and checks a `storageUri`.
 pub(crate) fn storage_uri(
     cx: &mut Cx<'_>,
@@ -307,15 +331,12 @@ pub(crate) fn storage_uri(
             let (code, hint) = match &e {
                 UriError::NotAUri => (
                     Code::InvalidValue,
-                    Some("for a local file write file:///absolute/path"),
+                    Some("for a local file write file:///absolute/path".to_owned()),
                 ),
-                UriError::Scheme(_) => (
-                    Code::UnsupportedScheme,
-                    Some("accepted schemes: file, http, https, s3, gs"),
-                ),
+                UriError::Scheme(scheme) => (Code::UnsupportedScheme, Some(scheme_hint(scheme))),
                 UriError::NoLocation | UriError::BadDigest(_) => (Code::InvalidValue, None),
             };
-            cx.error(code, at, format!("`{raw}`: {e}")).hint = hint.map(str::to_owned);
+            cx.error(code, at, format!("`{raw}`: {e}")).hint = hint;
             return None;
         }
     };
