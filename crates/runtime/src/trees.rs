@@ -89,13 +89,37 @@ struct Flat {
     trees: Vec<(u32, u32, u32)>,
 }
 
+/// 16 bytes: a 300-tree booster's nodes take two thirds of the cache they would unpacked.
 #[derive(Debug, Clone, Copy)]
 struct FlatNode {
     /// A numeric split's threshold, `+inf` for a leaf, a categorical split's set index.
     threshold: f64,
-    feature: u32,
     left: u32,
-    flags: u8,
+    /// The feature (low 28 bits) and the flags (high 4).
+    packed: u32,
+}
+
+/// Features a split may name: those that fit in [`FlatNode::packed`].
+const MAX_FEATURES: usize = 1 << 28;
+
+impl FlatNode {
+    fn new(threshold: f64, feature: u32, left: u32, flags: u8) -> Self {
+        Self {
+            threshold,
+            left,
+            packed: feature | (u32::from(flags) << 28),
+        }
+    }
+
+    #[inline(always)]
+    fn feature(&self) -> usize {
+        (self.packed & (MAX_FEATURES as u32 - 1)) as usize
+    }
+
+    #[inline(always)]
+    fn flags(&self) -> u8 {
+        (self.packed >> 28) as u8
+    }
 }
 
 /// Rows walked through a tree side by side.
@@ -166,13 +190,13 @@ impl Forest {
                 let n = self.nodes[old as usize];
                 let me = start + k as u32;
                 if n.left == LEAF {
-                    flat.nodes.push(FlatNode {
-                        threshold: f64::INFINITY,
-                        feature: 0,
-                        left: me,
-                        // NaN also goes "left": back to itself.
-                        flags: DEFAULT_LEFT | MISSING_NAN,
-                    });
+                    // NaN also goes "left": back to itself.
+                    flat.nodes.push(FlatNode::new(
+                        f64::INFINITY,
+                        0,
+                        me,
+                        DEFAULT_LEFT | MISSING_NAN,
+                    ));
                     flat.values.push(n.value);
                 } else {
                     // XGBoost compares in single precision: its thresholds are floats.
@@ -181,12 +205,8 @@ impl Forest {
                     } else {
                         n.value
                     };
-                    flat.nodes.push(FlatNode {
-                        threshold,
-                        feature: n.feature,
-                        left: place[&n.left],
-                        flags: n.flags,
-                    });
+                    flat.nodes
+                        .push(FlatNode::new(threshold, n.feature, place[&n.left], n.flags));
                     flat.values.push(0.0);
                 }
             }
@@ -275,9 +295,27 @@ impl Forest {
             .zip(out.chunks_mut(self.groups * LANES))
         {
             let lanes = block.len() / width;
-            match self.library {
-                XG => self.margins_block::<true>(block, lanes, out),
-                LG => self.margins_block::<false>(block, lanes, out),
+            // Several rows walk side by side in blocks of LANES: a short block is padded with
+            // copies of its last row (their results are dropped).
+            let padded;
+            let (block, walked) = if lanes > 1 && lanes < LANES {
+                let mut p = block.to_vec();
+                let last = block[(lanes - 1) * width..].to_vec();
+                for _ in lanes..LANES {
+                    p.extend_from_slice(&last);
+                }
+                padded = p;
+                (&padded[..], LANES)
+            } else {
+                (block, lanes)
+            };
+            if walked > lanes {
+                let mut sink = vec![0f64; self.groups * LANES];
+                self.margins_of(block, walked, &mut sink);
+                let n = lanes * self.groups;
+                out[..n].copy_from_slice(&sink[..n]);
+            } else {
+                self.margins_of(block, walked, out);
             }
             for row in out.chunks_mut(self.groups).take(lanes) {
                 self.transform(row);
@@ -285,8 +323,24 @@ impl Forest {
         }
     }
 
+    /// [`Forest::margins_block`] made for this forest's library, and without the categorical
+    /// test when it has no categorical split.
+    fn margins_of(&self, block: &[f64], lanes: usize, out: &mut [f64]) {
+        match (self.library, self.cats.is_empty()) {
+            (XG, true) => self.margins_block::<true, false>(block, lanes, out),
+            (XG, false) => self.margins_block::<true, true>(block, lanes, out),
+            (LG, true) => self.margins_block::<false, false>(block, lanes, out),
+            (LG, false) => self.margins_block::<false, true>(block, lanes, out),
+        }
+    }
+
     /// The margins of up to [`LANES`] rows, walking each tree for all of them at once.
-    fn margins_block<const XGBOOST: bool>(&self, block: &[f64], lanes: usize, out: &mut [f64]) {
+    fn margins_block<const XGBOOST: bool, const CATS: bool>(
+        &self,
+        block: &[f64],
+        lanes: usize,
+        out: &mut [f64],
+    ) {
         let width = self.features.max(1);
         let groups = self.groups;
         let nodes = &self.flat.nodes;
@@ -314,45 +368,61 @@ impl Forest {
             }
         }
         let values = &self.flat.values;
-        for &(root, depth, group) in &self.flat.trees {
-            let mut at = [root; LANES];
-            if lanes == 1 {
-                // One row: walk down and stop at its leaf (a leaf points at itself).
-                let mut i = root;
-                loop {
-                    let n = &nodes[i as usize];
-                    if n.left == i {
-                        break;
-                    }
-                    let x = block[n.feature as usize];
-                    let left = if XGBOOST {
-                        xgboost_goes_left_flat(n, x, cats)
-                    } else {
-                        lightgbm_goes_left_flat(n, x, cats)
-                    };
-                    i = n.left + u32::from(!left);
+        if lanes == 1 {
+            // One row: eight trees walked side by side instead, for as many steps as the
+            // deepest of them (a leaf points at itself).
+            for chunk in self.flat.trees.chunks(LANES) {
+                let mut at = [0u32; LANES];
+                for (a, t) in at.iter_mut().zip(chunk) {
+                    *a = t.0;
                 }
-                at[0] = i;
-            } else {
+                let depth = chunk.iter().map(|t| t.1).max().unwrap_or(0);
                 for _ in 0..depth {
-                    for l in 0..lanes {
-                        let n = &nodes[at[l] as usize];
-                        let x = block[l * width + n.feature as usize];
+                    for a in at.iter_mut().take(chunk.len()) {
+                        let n = &nodes[*a as usize];
+                        let x = block[n.feature()];
                         let left = if XGBOOST {
-                            xgboost_goes_left_flat(n, x, cats)
+                            xgboost_goes_left_flat::<CATS>(n, x, cats)
                         } else {
-                            lightgbm_goes_left_flat(n, x, cats)
+                            lightgbm_goes_left_flat::<CATS>(n, x, cats)
+                        };
+                        *a = n.left + u32::from(!left);
+                    }
+                }
+                // In tree order, so that single-precision sums add as XGBoost adds them.
+                for (a, t) in at.iter().zip(chunk) {
+                    let g = t.2 as usize;
+                    if XGBOOST {
+                        acc32[g] += values[*a as usize] as f32;
+                    } else {
+                        acc[g] += values[*a as usize];
+                    }
+                }
+            }
+        } else {
+            // Always a full block (a short one is padded by the caller): the lanes are a
+            // constant, and the compiler unrolls the walk.
+            for &(root, depth, group) in &self.flat.trees {
+                let mut at = [root; LANES];
+                for _ in 0..depth {
+                    for l in 0..LANES {
+                        let n = &nodes[at[l] as usize];
+                        let x = block[l * width + n.feature()];
+                        let left = if XGBOOST {
+                            xgboost_goes_left_flat::<CATS>(n, x, cats)
+                        } else {
+                            lightgbm_goes_left_flat::<CATS>(n, x, cats)
                         };
                         at[l] = n.left + u32::from(!left);
                     }
                 }
-            }
-            let g = group as usize;
-            for l in 0..lanes {
-                if XGBOOST {
-                    acc32[l * groups + g] += values[at[l] as usize] as f32;
-                } else {
-                    acc[l * groups + g] += values[at[l] as usize];
+                let g = group as usize;
+                for l in 0..lanes {
+                    if XGBOOST {
+                        acc32[l * groups + g] += values[at[l] as usize] as f32;
+                    } else {
+                        acc[l * groups + g] += values[at[l] as usize];
+                    }
                 }
             }
         }
@@ -506,10 +576,10 @@ fn lightgbm_goes_left(n: &Node, x: f64, cats: &[Vec<u32>]) -> bool {
 }
 
 #[inline(always)]
-fn xgboost_goes_left_flat(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
-    if n.flags & CATEGORICAL != 0 {
+fn xgboost_goes_left_flat<const CATS: bool>(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
+    if CATS && n.flags() & CATEGORICAL != 0 {
         if x.is_nan() {
-            return n.flags & DEFAULT_LEFT != 0;
+            return n.flags() & DEFAULT_LEFT != 0;
         }
         let x = x as f32;
         if x < 0.0 || x.fract() != 0.0 || x >= 16_777_216.0 {
@@ -518,7 +588,7 @@ fn xgboost_goes_left_flat(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
         return !in_bitset(&cats[n.threshold as usize], x as u32);
     }
     // Selected, not branched on: missing values are not predictable.
-    let missing_left = n.flags & DEFAULT_LEFT != 0;
+    let missing_left = n.flags() & DEFAULT_LEFT != 0;
     if x.is_nan() {
         missing_left
     } else {
@@ -527,23 +597,23 @@ fn xgboost_goes_left_flat(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
 }
 
 #[inline(always)]
-fn lightgbm_goes_left_flat(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
-    if n.flags & CATEGORICAL != 0 {
+fn lightgbm_goes_left_flat<const CATS: bool>(n: &FlatNode, x: f64, cats: &[Vec<u32>]) -> bool {
+    if CATS && n.flags() & CATEGORICAL != 0 {
         if x.is_nan() || x < 0.0 {
             return false;
         }
         return in_bitset(&cats[n.threshold as usize], x as u32);
     }
     let nan = x.is_nan();
-    let x = if nan && n.flags & MISSING_NAN == 0 {
+    let x = if nan && n.flags() & MISSING_NAN == 0 {
         0.0
     } else {
         x
     };
-    let missing =
-        (n.flags & MISSING_ZERO != 0 && x.abs() <= 1e-35) || (n.flags & MISSING_NAN != 0 && nan);
+    let missing = (n.flags() & MISSING_ZERO != 0 && x.abs() <= 1e-35)
+        || (n.flags() & MISSING_NAN != 0 && nan);
     if missing {
-        n.flags & DEFAULT_LEFT != 0
+        n.flags() & DEFAULT_LEFT != 0
     } else {
         x <= n.threshold
     }
@@ -603,6 +673,11 @@ fn xgboost(json: &Value) -> Result<Forest, String> {
     let model = &booster["model"];
     let num_class = number(&params["num_class"], "num_class")? as usize;
     let features = number(&params["num_feature"], "num_feature")? as usize;
+    if features >= MAX_FEATURES {
+        return Err(format!(
+            "{features} features are more than the {MAX_FEATURES} supported"
+        ));
+    }
     let groups = num_class.max(1);
     let objective = learner["objective"]["name"].as_str().unwrap_or("");
     let link = match objective {
@@ -814,6 +889,11 @@ fn lightgbm(text: &str) -> Result<Forest, String> {
     };
     let groups = count("num_tree_per_iteration")?.max(1);
     let features = count("max_feature_idx")? + 1;
+    if features >= MAX_FEATURES {
+        return Err(format!(
+            "{features} features are more than the {MAX_FEATURES} supported"
+        ));
+    }
     let objective = field(header, "objective").unwrap_or_default();
     let mut words = objective.split_whitespace();
     let name = words.next().unwrap_or("");

@@ -193,3 +193,8 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
         }
     }
 }
+
+#[test]
+fn a_node_takes_sixteen_bytes() {
+    assert_eq!(std::mem::size_of::<FlatNode>(), 16);
+}
