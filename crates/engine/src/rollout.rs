@@ -49,6 +49,9 @@ pub struct RolloutSpec {
     /// AnalysisTemplates of the rollout's namespace by name, and ClusterAnalysisTemplates
     /// (`true`).
     pub templates: BTreeMap<(bool, String), AnalysisTemplate>,
+    /// The Rollout's own labels and annotations, for `fieldRef` arguments.
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// The rollouts of a set of manifests, sorted by service.
@@ -73,6 +76,8 @@ pub fn rollout_specs(manifests: &Manifests) -> Vec<RolloutSpec> {
                 steps: r.canary.steps.clone(),
                 background: r.canary.analysis.clone(),
                 templates,
+                labels: r.meta.labels.clone(),
+                annotations: r.meta.annotations.clone(),
             }
         })
         .collect();
@@ -493,21 +498,29 @@ pub fn metric_specs(
             RolloutArgValue::RevisionName(RevisionSelector::Stable) => {
                 stable.unwrap_or(canary).to_owned()
             }
-            RolloutArgValue::FieldRef(path) => match path.as_str() {
-                "metadata.name" => spec.name.clone(),
-                "metadata.namespace" => spec.namespace.clone(),
-                "spec.workloadRef.name" => spec.service.name.clone(),
-                other => {
-                    return Err(analysis::Error::MissingArgument {
-                        template: analysis
-                            .templates
-                            .first()
-                            .map(|t| t.template_name.clone())
-                            .unwrap_or_default(),
-                        arg: format!("{} (fieldRef {other} is not supported)", arg.name),
-                    });
+            RolloutArgValue::FieldRef(path) => {
+                let found = match manifest::field_ref(path) {
+                    Some(manifest::FieldRef::Name) => Some(spec.name.clone()),
+                    Some(manifest::FieldRef::Namespace) => Some(spec.namespace.clone()),
+                    Some(manifest::FieldRef::WorkloadName) => Some(spec.service.name.clone()),
+                    Some(manifest::FieldRef::Label(k)) => spec.labels.get(&k).cloned(),
+                    Some(manifest::FieldRef::Annotation(k)) => spec.annotations.get(&k).cloned(),
+                    None => None,
+                };
+                match found {
+                    Some(v) => v,
+                    None => {
+                        return Err(analysis::Error::MissingArgument {
+                            template: analysis
+                                .templates
+                                .first()
+                                .map(|t| t.template_name.clone())
+                                .unwrap_or_default(),
+                            arg: format!("{} (fieldRef {path} has no value here)", arg.name),
+                        });
+                    }
                 }
-            },
+            }
         };
         args.insert(arg.name.clone(), value);
     }

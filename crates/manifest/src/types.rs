@@ -425,6 +425,45 @@ pub struct TemplateRef {
     pub cluster_scope: bool,
 }
 
+/// A Rollout argument's `fieldRef.fieldPath` that crossfade resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldRef {
+    /// `metadata.name`
+    Name,
+    /// `metadata.namespace`
+    Namespace,
+    /// `spec.workloadRef.name`
+    WorkloadName,
+    /// `metadata.labels['<key>']`
+    Label(String),
+    /// `metadata.annotations['<key>']`
+    Annotation(String),
+}
+
+/// Reads a `fieldPath` as Kubernetes writes one (`metadata.labels['app']`, with single or
+/// double quotes); `None` for paths crossfade does not resolve.
+pub fn field_ref(path: &str) -> Option<FieldRef> {
+    let keyed = |prefix: &str| -> Option<String> {
+        let rest = path
+            .strip_prefix(prefix)?
+            .strip_prefix('[')?
+            .strip_suffix(']')?;
+        let key = rest
+            .strip_prefix('\'')
+            .and_then(|r| r.strip_suffix('\''))
+            .or_else(|| rest.strip_prefix('"').and_then(|r| r.strip_suffix('"')))?;
+        (!key.is_empty()).then(|| key.to_owned())
+    };
+    match path {
+        "metadata.name" => Some(FieldRef::Name),
+        "metadata.namespace" => Some(FieldRef::Namespace),
+        "spec.workloadRef.name" => Some(FieldRef::WorkloadName),
+        _ => keyed("metadata.labels")
+            .map(FieldRef::Label)
+            .or_else(|| keyed("metadata.annotations").map(FieldRef::Annotation)),
+    }
+}
+
 /// `args[]` given by a Rollout.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutArg {

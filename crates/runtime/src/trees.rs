@@ -133,15 +133,26 @@ fn load_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 impl Forest {
-    /// Loads an XGBoost model saved as JSON (`Booster.save_model("model.json")`).
+    /// Loads an XGBoost model saved as JSON or UBJSON (`Booster.save_model("model.json")` or
+    /// `"model.ubj"`, told apart by their first bytes).
     pub fn load_xgboost(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read(path).map_err(|e| load_error(path, e.to_string()))?;
-        let json: Value = serde_json::from_slice(&text).map_err(|e| {
-            load_error(
-                path,
-                format!("not an XGBoost JSON model: {e} (UBJSON and the old binary format are not read; save it as .json)"),
-            )
-        })?;
+        let bytes = std::fs::read(path).map_err(|e| load_error(path, e.to_string()))?;
+        let json: Value = if bytes.starts_with(b"{L")
+            || bytes.starts_with(b"{l")
+            || bytes.starts_with(b"{i")
+            || bytes.starts_with(b"{U")
+            || bytes.starts_with(b"{I")
+        {
+            ubjson(&bytes)
+                .map_err(|e| load_error(path, format!("not an XGBoost UBJSON model: {e}")))?
+        } else {
+            serde_json::from_slice(&bytes).map_err(|e| {
+                load_error(
+                    path,
+                    format!("not an XGBoost JSON model: {e} (the old binary format is not read; save it as .json or .ubj)"),
+                )
+            })?
+        };
         xgboost(&json).map_err(|m| load_error(path, m))
     }
 
@@ -867,6 +878,162 @@ fn check_acyclic(forest: &Forest) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+// === UBJSON (XGBoost's binary JSON) ===
+
+/// Universal Binary JSON as XGBoost writes it (big-endian numbers, optimized containers with
+/// `$` type and `#` count), as a JSON value. Bounded: nesting at most 64 deep, every length
+/// checked against the bytes left.
+fn ubjson(bytes: &[u8]) -> Result<Value, String> {
+    let mut at = 0usize;
+    let value = ubj_value(bytes, &mut at, None, 0)?;
+    Ok(value)
+}
+
+fn ubj_take<'b>(bytes: &'b [u8], at: &mut usize, n: usize) -> Result<&'b [u8], String> {
+    let end = at
+        .checked_add(n)
+        .filter(|e| *e <= bytes.len())
+        .ok_or("the data ends early")?;
+    let out = &bytes[*at..end];
+    *at = end;
+    Ok(out)
+}
+
+fn ubj_int(bytes: &[u8], at: &mut usize, marker: u8) -> Result<i64, String> {
+    Ok(match marker {
+        b'i' => i64::from(ubj_take(bytes, at, 1)?[0] as i8),
+        b'U' => i64::from(ubj_take(bytes, at, 1)?[0]),
+        b'I' => i64::from(i16::from_be_bytes(
+            ubj_take(bytes, at, 2)?.try_into().unwrap_or_default(),
+        )),
+        b'l' => i64::from(i32::from_be_bytes(
+            ubj_take(bytes, at, 4)?.try_into().unwrap_or_default(),
+        )),
+        b'L' => i64::from_be_bytes(ubj_take(bytes, at, 8)?.try_into().unwrap_or_default()),
+        other => {
+            return Err(format!(
+                "expected an integer, found marker {:?}",
+                other as char
+            ));
+        }
+    })
+}
+
+fn ubj_len(bytes: &[u8], at: &mut usize) -> Result<usize, String> {
+    let marker = ubj_take(bytes, at, 1)?[0];
+    let n = ubj_int(bytes, at, marker)?;
+    let n = usize::try_from(n).map_err(|_| "a negative length")?;
+    if n > bytes.len() {
+        return Err("a length beyond the data".into());
+    }
+    Ok(n)
+}
+
+fn ubj_value(
+    bytes: &[u8],
+    at: &mut usize,
+    typed: Option<u8>,
+    depth: usize,
+) -> Result<Value, String> {
+    if depth > 64 {
+        return Err("nested too deep".into());
+    }
+    let marker = match typed {
+        Some(m) => m,
+        None => ubj_take(bytes, at, 1)?[0],
+    };
+    Ok(match marker {
+        b'Z' => Value::Null,
+        b'T' => Value::Bool(true),
+        b'F' => Value::Bool(false),
+        b'i' | b'U' | b'I' | b'l' | b'L' => Value::from(ubj_int(bytes, at, marker)?),
+        b'd' => {
+            let v = f32::from_be_bytes(ubj_take(bytes, at, 4)?.try_into().unwrap_or_default());
+            serde_json::Number::from_f64(f64::from(v)).map_or(Value::Null, Value::Number)
+        }
+        b'D' => {
+            let v = f64::from_be_bytes(ubj_take(bytes, at, 8)?.try_into().unwrap_or_default());
+            serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number)
+        }
+        b'C' => Value::String((ubj_take(bytes, at, 1)?[0] as char).to_string()),
+        b'S' | b'H' => {
+            let n = ubj_len(bytes, at)?;
+            let text = ubj_take(bytes, at, n)?;
+            Value::String(String::from_utf8_lossy(text).into_owned())
+        }
+        b'[' => {
+            let (item_type, count) = ubj_container(bytes, at)?;
+            let mut items = Vec::new();
+            match count {
+                Some(n) => {
+                    items.reserve(n.min(bytes.len()));
+                    for _ in 0..n {
+                        items.push(ubj_value(bytes, at, item_type, depth + 1)?);
+                    }
+                }
+                None => loop {
+                    if bytes.get(*at) == Some(&b']') {
+                        *at += 1;
+                        break;
+                    }
+                    items.push(ubj_value(bytes, at, None, depth + 1)?);
+                },
+            }
+            Value::Array(items)
+        }
+        b'{' => {
+            let (item_type, count) = ubj_container(bytes, at)?;
+            let mut map = serde_json::Map::new();
+            let mut entry = |at: &mut usize| -> Result<(), String> {
+                let n = ubj_len(bytes, at)?;
+                let key = String::from_utf8_lossy(ubj_take(bytes, at, n)?).into_owned();
+                let v = ubj_value(bytes, at, item_type, depth + 1)?;
+                map.insert(key, v);
+                Ok(())
+            };
+            match count {
+                Some(n) => {
+                    for _ in 0..n {
+                        entry(at)?;
+                    }
+                }
+                None => loop {
+                    if bytes.get(*at) == Some(&b'}') {
+                        *at += 1;
+                        break;
+                    }
+                    entry(at)?;
+                },
+            }
+            Value::Object(map)
+        }
+        other => {
+            return Err(format!(
+                "unknown marker {:?} at byte {}",
+                other as char,
+                *at - 1
+            ));
+        }
+    })
+}
+
+/// An optimized container's `$type` and `#count`, if given.
+fn ubj_container(bytes: &[u8], at: &mut usize) -> Result<(Option<u8>, Option<usize>), String> {
+    let mut item_type = None;
+    if bytes.get(*at) == Some(&b'$') {
+        *at += 1;
+        item_type = Some(ubj_take(bytes, at, 1)?[0]);
+    }
+    let mut count = None;
+    if bytes.get(*at) == Some(&b'#') {
+        *at += 1;
+        count = Some(ubj_len(bytes, at)?);
+    } else if item_type.is_some() {
+        return Err("a typed container without a count".into());
+    }
+    Ok((item_type, count))
 }
 
 // === LightGBM ===

@@ -171,16 +171,16 @@ fn tree_file(path: &Path, format: &str) -> Result<PathBuf, String> {
     if path.is_file() {
         return Ok(path.to_owned());
     }
-    let (names, extension, what): (&[&str], &str, &str) = if format == "xgboost" {
+    let (names, extensions, what): (&[&str], &[&str], &str) = if format == "xgboost" {
         (
-            &["model.json"],
-            "json",
-            "an XGBoost JSON model (model.json)",
+            &["model.json", "model.ubj"],
+            &["json", "ubj"],
+            "an XGBoost model (model.json or model.ubj)",
         )
     } else {
         (
             &["model.bst", "model.txt"],
-            "txt",
+            &["txt"],
             "a LightGBM text model (model.txt)",
         )
     };
@@ -192,20 +192,23 @@ fn tree_file(path: &Path, format: &str) -> Result<PathBuf, String> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(path)
         .map_err(|e| format!("{}: {e}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == extension))
+        .filter(|p| {
+            p.extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| extensions.contains(&x))
+        })
         .collect();
     found.sort();
     match found.as_slice() {
         [one] => Ok(one.clone()),
-        _ if format == "xgboost"
-            && (path.join("model.ubj").is_file() || path.join("model.bst").is_file()) =>
-        {
-            Err(
-            "the artifact holds an XGBoost model in UBJSON or the old binary format: save it with `booster.save_model(\"model.json\")`".into(),
-        )
-        }
+        _ if format == "xgboost" && path.join("model.bst").is_file() => Err(
+            "the artifact holds an XGBoost model in the old binary format: save it with `booster.save_model(\"model.json\")`".into(),
+        ),
         [] => Err(format!("the artifact has no {what}")),
-        _ => Err(format!("the artifact has several .{extension} files and none is named {}", names[0])),
+        _ => Err(format!(
+            "the artifact has several model files and none is named {}",
+            names[0]
+        )),
     }
 }
 

@@ -578,3 +578,77 @@ fn a_composed_template_runs_the_metrics_of_its_parts() {
     let metrics = metric_specs(&spec, analysis, None, "iris-predictor-00002").unwrap();
     assert_eq!(metrics.len(), 3);
 }
+
+/// A Rollout argument from the Rollout's own labels and annotations (`fieldRef`), as Argo
+/// resolves it; a label that is not set is an error naming the argument.
+#[test]
+fn field_ref_arguments_come_from_the_rollouts_labels_and_annotations() {
+    let text = r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: checks}
+spec:
+  args: [{name: app}, {name: team}]
+  metrics:
+    - name: budget
+      successCondition: result == true
+      provider:
+        web: {url: "http://metrics.example.com/budget?app={{args.app}}&team={{args.team}}", jsonPath: "{$.ok}"}
+---
+apiVersion: argoproj.io/v1alpha1
+kind: Rollout
+metadata:
+  name: iris
+  labels: {app.kubernetes.io/name: iris-app}
+  annotations: {example.com/team: ml}
+spec:
+  workloadRef: {apiVersion: serving.kserve.io/v1beta1, kind: InferenceService, name: iris}
+  strategy:
+    canary:
+      steps:
+        - analysis:
+            templates: [{templateName: checks}]
+            args:
+              - {name: app, valueFrom: {fieldRef: {fieldPath: "metadata.labels['app.kubernetes.io/name']"}}}
+              - {name: team, valueFrom: {fieldRef: {fieldPath: "metadata.annotations[\"example.com/team\"]"}}}
+---
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata: {name: iris}
+spec:
+  predictor:
+    model: {modelFormat: {name: onnx}, storageUri: "file:///m/iris.onnx"}
+"#;
+    let parse = |text: &str| {
+        let mut sources = Sources::new();
+        sources.push(SourceFile::new("r.yaml", text.to_owned()));
+        manifest::parse(&sources, Options::default())
+    };
+    let parsed = parse(text);
+    assert!(!parsed.has_errors(), "{:#?}", parsed.diagnostics);
+    let spec = rollout_specs(&parsed.manifests).remove(0);
+    let Step::Analysis(analysis) = &spec.steps[0] else {
+        panic!();
+    };
+    let metrics = metric_specs(&spec, analysis, None, "iris-predictor-00002").unwrap();
+    let said = format!("{:?}", metrics[0]);
+    assert!(said.contains("app=iris-app&team=ml"), "{said}");
+
+    // A label the Rollout does not carry: the run says which argument.
+    let unlabelled = text.replace("labels: {app.kubernetes.io/name: iris-app}", "labels: {}");
+    let parsed = parse(&unlabelled);
+    let spec = rollout_specs(&parsed.manifests).remove(0);
+    let Step::Analysis(analysis) = &spec.steps[0] else {
+        panic!();
+    };
+    let err = metric_specs(&spec, analysis, None, "iris-predictor-00002").unwrap_err();
+    assert!(err.to_string().contains("app (fieldRef"), "{err}");
+
+    // A path crossfade does not resolve is refused by lint, with the ones it does.
+    let parsed = parse(&text.replace("metadata.labels['app.kubernetes.io/name']", "spec.replicas"));
+    let d = parsed
+        .diagnostics
+        .iter()
+        .find(|d| d.message.contains("spec.replicas"))
+        .expect("a diagnostic");
+    assert_eq!(d.code, manifest::Code::Unsupported);
+}

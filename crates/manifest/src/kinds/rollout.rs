@@ -474,9 +474,20 @@ fn rollout_args(cx: &mut Cx<'_>, at: &At<'_>) -> Vec<RolloutArg> {
                             tolerated: &[],
                         },
                     )?;
-                    fm.req(cx, "fieldPath")
-                        .and_then(|a| cx.nonempty_string(&a))
-                        .map(RolloutArgValue::FieldRef)
+                    let at = fm.req(cx, "fieldPath")?;
+                    let path = cx.nonempty_string(&at)?;
+                    if field_ref(&path).is_none() {
+                        cx.error(
+                            Code::Unsupported,
+                            &at,
+                            format!("fieldPath `{path}` is not one crossfade resolves"),
+                        )
+                        .hint = Some(
+                            "use metadata.name, metadata.namespace, spec.workloadRef.name, metadata.labels['<key>'] or metadata.annotations['<key>']".into(),
+                        );
+                        return None;
+                    }
+                    Some(RolloutArgValue::FieldRef(path))
                 } else {
                     cx.error(
                         Code::MissingField,

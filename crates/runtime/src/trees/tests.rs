@@ -70,6 +70,23 @@ fn xgboost_models_predict_as_xgboost() {
     }
 }
 
+/// The same booster saved as UBJSON predicts as its JSON; cut-short or garbled UBJSON is an
+/// error, never a panic.
+#[test]
+fn an_xgboost_ubjson_model_predicts_as_its_json() {
+    let forest = Forest::load_xgboost(&fixture("xgb-iris-softprob.ubj")).unwrap();
+    check(&forest, "xgb-iris-softprob", 2e-6);
+    let bytes = std::fs::read(fixture("xgb-iris-softprob.ubj")).unwrap();
+    for cut in [1, 2, 10, 100, bytes.len() / 2, bytes.len() - 1] {
+        assert!(ubjson(&bytes[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut garbled = bytes.clone();
+    for i in (0..garbled.len()).step_by(97) {
+        garbled[i] ^= 0x5a;
+        let _ = ubjson(&garbled);
+    }
+}
+
 #[test]
 fn lightgbm_models_predict_as_lightgbm() {
     for name in [
