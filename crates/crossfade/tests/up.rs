@@ -1378,14 +1378,7 @@ fn a_slower_canary_is_stopped_by_the_latency_judge() {
 #[test]
 fn a_canary_slower_only_under_concurrency_is_stopped_when_requests_come_together() {
     let store = tempfile::tempdir().unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
-    let push = |name: &str| {
-        artifact::push(
-            &dir.join(name),
-            &format!("file://{}/{name}", store.path().display()),
-        )
-        .unwrap()
-    };
+    let push = |name: &str| push_queue_model(store.path(), name);
     let (parallel, serial) = (push("parallel"), push("one-at-a-time"));
     let repo = GitRepo::new();
     repo.write("runtime.yaml", &queue_runtime());
@@ -1456,14 +1449,7 @@ fn a_canary_slower_only_under_concurrency_is_stopped_when_requests_come_together
 #[test]
 fn a_model_server_canary_with_other_inputs_is_refused_or_charged_for_what_it_refuses() {
     let store = tempfile::tempdir().unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
-    let push = |name: &str| {
-        artifact::push(
-            &dir.join(name),
-            &format!("file://{}/{name}", store.path().display()),
-        )
-        .unwrap()
-    };
+    let push = |name: &str| push_queue_model(store.path(), name);
     let (four, five) = (push("parallel"), push("five-features"));
     let repo = GitRepo::new();
     repo.write("runtime.yaml", &queue_runtime());
@@ -1536,14 +1522,7 @@ fn a_model_server_canary_with_other_inputs_is_refused_or_charged_for_what_it_ref
 #[test]
 fn model_server_canaries_are_judged_in_the_shadow_too() {
     let store = tempfile::tempdir().unwrap();
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
-    let push = |name: &str| {
-        artifact::push(
-            &dir.join(name),
-            &format!("file://{}/{name}", store.path().display()),
-        )
-        .unwrap()
-    };
+    let push = |name: &str| push_queue_model(store.path(), name);
     let (v1, wrong, retrained) = (push("quick"), push("quick-wrong"), push("quick-retrained"));
     let repo = GitRepo::new();
     repo.write("runtime.yaml", &queue_runtime());

@@ -322,6 +322,16 @@ pub fn mlserver_runtime() -> String {
     )
 }
 
+/// `fixtures/runtimes/queue/<name>` pushed into `store` (digest pinned); its storage URI.
+pub fn push_queue_model(store: &Path, name: &str) -> String {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/runtimes/queue");
+    artifact::push(
+        &dir.join(name),
+        &format!("file://{}/{name}", store.display()),
+    )
+    .unwrap()
+}
+
 /// A ServingRuntime of `fixtures/runtimes/queue_server.py` (format `queue`): a model server
 /// whose concurrency its model file sets.
 pub fn queue_runtime() -> String {

@@ -196,26 +196,19 @@ impl Load {
     /// Sends `body(i)` as the i-th request, about `per_second` requests a second (a pause of
     /// 1 / per_second after each answer).
     pub fn at_rate(base: &str, per_second: u32, body: fn(u64) -> String) -> Self {
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let flag = std::sync::Arc::clone(&stop);
-        let base = base.to_owned();
-        let thread = std::thread::spawn(move || {
-            let mut seen = std::collections::BTreeMap::new();
-            let mut i = 0u64;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body(i));
-                *seen.entry((revision_of(&head), code)).or_default() += 1;
-                i += 1;
-                // Pacing the load, not waiting for anything.
-                std::thread::sleep(std::time::Duration::from_secs(1) / per_second);
-            }
-            seen
-        });
-        Self { stop, thread }
+        Self::paced(
+            base,
+            Some(std::time::Duration::from_secs(1) / per_second),
+            body,
+        )
     }
 
-    /// Sends `body(i)` as the i-th request.
+    /// Sends `body(i)` as the i-th request, each as soon as the one before was answered.
     pub fn sending(base: &str, body: fn(u64) -> String) -> Self {
+        Self::paced(base, None, body)
+    }
+
+    fn paced(base: &str, pause: Option<std::time::Duration>, body: fn(u64) -> String) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
         let base = base.to_owned();
@@ -226,6 +219,10 @@ impl Load {
                 let (code, head, _) = http_post(&base, "/v2/models/iris/infer", &[], &body(i));
                 *seen.entry((revision_of(&head), code)).or_default() += 1;
                 i += 1;
+                if let Some(pause) = pause {
+                    // Pacing the load, not waiting for anything.
+                    std::thread::sleep(pause);
+                }
             }
             seen
         });
