@@ -49,6 +49,8 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
     ("ssh-keygen", &["-?"], "openssh-client"),
     // A real Prometheus, scraping crossfade, for the analysis provider's end-to-end test.
     ("prometheus", &["--version"], "prometheus"),
+    // A real OCI registry (the CNCF distribution server), for oci:// artifacts.
+    ("docker-registry", &["--version"], "docker-registry"),
     // Headless Chromium, for the dashboard's end-to-end test.
     ("chromium", &["--version"], "chromium"),
 ];

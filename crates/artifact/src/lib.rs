@@ -22,6 +22,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod oci;
 mod s3;
 
 pub use s3::{S3Config, create_bucket};
@@ -73,6 +74,8 @@ pub struct Cache {
     timeout: Duration,
     s3: S3Config,
     gcs: S3Config,
+    /// `pvc://<claim>/...`: the directory each claim stands for.
+    claims: std::collections::BTreeMap<String, PathBuf>,
     /// One fetch at a time per pinned digest: the others wait and find it in the cache (10,000
     /// services of one model download it once).
     in_flight: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<Digest, Turn>>>,
@@ -100,6 +103,7 @@ impl Cache {
             timeout,
             s3: S3Config::from_env(),
             gcs: S3Config::gcs_from_env(),
+            claims: Default::default(),
             in_flight: Default::default(),
         })
     }
@@ -113,6 +117,12 @@ impl Cache {
     /// Uses this configuration for `gs://` instead of the one from the environment.
     pub fn with_gcs(mut self, config: S3Config) -> Self {
         self.gcs = config;
+        self
+    }
+
+    /// Maps `pvc://<claim>/<path>` to `<dir>/<path>`, for each `(claim, dir)`.
+    pub fn with_claims(mut self, claims: impl IntoIterator<Item = (String, PathBuf)>) -> Self {
+        self.claims = claims.into_iter().collect();
         self
     }
 
@@ -146,6 +156,9 @@ impl Cache {
     }
 
     fn fetch_now(&self, uri: &StorageUri) -> Result<Fetched, Error> {
+        if uri.scheme == Scheme::Oci {
+            return self.fetch_oci(uri);
+        }
         if let Some(digest) = uri.digest
             && let Some(hit) = self.lookup(&digest)?
         {
@@ -156,7 +169,13 @@ impl Cache {
         let name = leaf_name(&uri.raw);
         let target = staging.join(&name);
         let bytes = match uri.scheme {
-            Scheme::File => self.copy_local(uri, &target)?,
+            Scheme::File => self.copy_local(
+                uri,
+                Path::new(uri.raw.trim_start_matches("file://")),
+                &target,
+            )?,
+            Scheme::Pvc => self.copy_local(uri, &self.claim_path(uri)?, &target)?,
+            Scheme::Oci => unreachable!("fetched by fetch_oci"),
             Scheme::Http | Scheme::Https => self.download(uri, &target)?,
             Scheme::S3 => self.download_s3(uri, &target, &self.s3)?,
             Scheme::Gs => self.download_s3(uri, &target, &self.gcs)?,
@@ -199,6 +218,79 @@ impl Cache {
         })
     }
 
+    /// An image: its manifest digest names the cache entry `oci/<hex>/model`, made only from
+    /// blobs that matched the manifest (see the `oci` module).
+    fn fetch_oci(&self, uri: &StorageUri) -> Result<Fetched, Error> {
+        let entry = |digest: &Digest| self.root.join("oci").join(digest.to_string());
+        if let Some(digest) = uri.digest {
+            let path = entry(&digest).join("model");
+            if path.is_dir() {
+                return Ok(Fetched {
+                    digest,
+                    bytes: size(&path)?,
+                    path,
+                    downloaded: false,
+                });
+            }
+        }
+        let staging = Staging(tempdir_in(&self.root)?);
+        let pulled = oci::pull(&uri.raw, &staging.0, self.max_bytes, self.timeout, |d| {
+            entry(d).join("model").is_dir()
+        })?;
+        let slot = entry(&pulled.digest);
+        let Some(bytes) = pulled.bytes else {
+            // A tag that names an image the cache has.
+            let path = slot.join("model");
+            return Ok(Fetched {
+                digest: pulled.digest,
+                bytes: size(&path)?,
+                path,
+                downloaded: false,
+            });
+        };
+        let parent = self.root.join("oci");
+        std::fs::create_dir_all(&parent).map_err(io(&parent))?;
+        // As for other entries: an entry that is there already is the same verified image.
+        if !slot.exists()
+            && let Err(e) = std::fs::rename(&staging.0, &slot)
+            && !slot.exists()
+        {
+            return Err(io(&slot)(e));
+        }
+        Ok(Fetched {
+            digest: pulled.digest,
+            path: slot.join("model"),
+            bytes,
+            downloaded: true,
+        })
+    }
+
+    /// The directory `pvc://<claim>/<path>` stands for.
+    fn claim_path(&self, uri: &StorageUri) -> Result<PathBuf, Error> {
+        let rest = uri.raw.split_once("://").map_or("", |(_, r)| r);
+        let rest = rest.split(['?', '#']).next().unwrap_or_default();
+        let (claim, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let Some(dir) = self.claims.get(claim) else {
+            return Err(Error::Fetch {
+                uri: uri.raw.clone(),
+                message: format!(
+                    "claim `{claim}` is not mapped to a directory: start crossfade with --pvc {claim}=<directory>"
+                ),
+            });
+        };
+        let mut out = dir.clone();
+        for segment in path.split('/').filter(|s| !s.is_empty() && *s != ".") {
+            if segment == ".." {
+                return Err(Error::Fetch {
+                    uri: uri.raw.clone(),
+                    message: "the path leaves the claim's directory".into(),
+                });
+            }
+            out.push(segment);
+        }
+        Ok(out)
+    }
+
     fn lookup(&self, digest: &Digest) -> Result<Option<Fetched>, Error> {
         let slot = self.root.join("sha256").join(digest.to_string());
         let Ok(mut entries) = std::fs::read_dir(&slot) else {
@@ -216,8 +308,8 @@ impl Cache {
         }))
     }
 
-    fn copy_local(&self, uri: &StorageUri, target: &Path) -> Result<u64, Error> {
-        let source = PathBuf::from(uri.raw.trim_start_matches("file://"));
+    fn copy_local(&self, uri: &StorageUri, source: &Path, target: &Path) -> Result<u64, Error> {
+        let source = source.to_owned();
         let meta = std::fs::metadata(&source).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => Error::NotFound {
                 uri: uri.raw.clone(),
@@ -344,7 +436,9 @@ impl Cache {
 
 /// Uploads a file or directory under `prefix` at `<prefix>/sha256-<hex>/<name>` (a directory:
 /// `<prefix>/sha256-<hex>/`, its tree below) and returns the pinned `storageUri` to write in
-/// the manifest. Uploading what is there already changes nothing.
+/// the manifest. Uploading what is there already changes nothing. To `oci://<registry>/<repo>
+/// [:<tag>]`: an image with the files under `/models` (a KServe modelcar), pinned by its
+/// manifest digest (`oci://<registry>/<repo>@sha256:<hex>`).
 pub fn push(path: &Path, prefix: &str) -> Result<String, Error> {
     let config = if prefix.starts_with("gs://") {
         S3Config::gcs_from_env()
@@ -360,6 +454,9 @@ pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<Stri
         uri: prefix.to_owned(),
         message: e.to_string(),
     })?;
+    if uri.scheme == Scheme::Oci {
+        return oci::push(path, &uri.raw, Duration::from_secs(300));
+    }
     let digest = digest_path(path)?;
     let base = format!("{}/sha256-{digest}", uri.raw);
     let is_dir = path.is_dir();
@@ -404,6 +501,11 @@ pub fn push_with(path: &Path, prefix: &str, s3_config: &S3Config) -> Result<Stri
             uri: prefix.to_owned(),
             scheme: "uploading over http(s)",
         }),
+        Scheme::Pvc => Err(Error::Unsupported {
+            uri: prefix.to_owned(),
+            scheme: "uploading to a claim (copy into the claim's directory and push to file://)",
+        }),
+        Scheme::Oci => unreachable!("pushed by oci::push"),
         Scheme::S3 | Scheme::Gs => {
             let (bucket, key) = s3::split_uri(&target_uri).ok_or_else(|| Error::Fetch {
                 uri: prefix.to_owned(),

@@ -8,12 +8,14 @@ use anyhow::Context;
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Upload a model file or directory to `<prefix>/sha256-<hex>/...` and print the pinned
-    /// storageUri to paste into the manifest.
+    /// Upload a model file or directory to `<prefix>/sha256-<hex>/...` (or as an OCI image)
+    /// and print the pinned storageUri to paste into the manifest.
     Push {
         /// The file or directory to upload.
         path: PathBuf,
-        /// Where to put it: `file:///srv/models/iris` (s3:// and gs:// are not in this build).
+        /// Where to put it: `file:///srv/models/iris`, `s3://bucket/models/iris`, `gs://...`,
+        /// or `oci://<registry>/<repository>[:<tag>]` (a one-layer image with the files under
+        /// /models, KServe's modelcar layout, pinned by its manifest digest).
         #[arg(long = "to", value_name = "URI-PREFIX")]
         to: String,
     },
@@ -46,6 +48,17 @@ pub fn run(command: &Command) -> anyhow::Result<ExitCode> {
                     match parsed.digest {
                         Some(_) => {
                             println!("ok: {uri} matches sha256:{} ({} bytes)", f.digest, f.bytes)
+                        }
+                        None if parsed.scheme == manifest::Scheme::Oci => {
+                            // The repository without its tag (after the last `/`).
+                            let slash = uri.rfind('/').unwrap_or(0);
+                            let name = uri[slash..]
+                                .find(':')
+                                .map_or(uri.as_str(), |colon| &uri[..slash + colon]);
+                            println!(
+                                "{uri} pins no digest; it names {name}@sha256:{} ({} bytes)",
+                                f.digest, f.bytes
+                            )
                         }
                         None => println!(
                             "{uri} pins no digest; its content is sha256:{} ({} bytes)",

@@ -64,6 +64,10 @@ pub struct Args {
     /// request for any other Host is refused); may be given several times.
     #[arg(long = "admin-host", value_name = "NAME")]
     admin_hosts: Vec<String>,
+    /// `pvc://<claim>/<path>` storageUris read `<DIR>/<path>`: the directory that stands for
+    /// the PersistentVolumeClaim `<claim>`; may be given several times.
+    #[arg(long = "pvc", value_name = "CLAIM=DIR", value_parser = parse_claim)]
+    pvc: Vec<(String, PathBuf)>,
     /// How often to fetch (30s, 5m, ...).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
@@ -324,13 +328,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &data_dir.join("artifacts"),
             args.max_artifact_bytes,
             args.fetch_timeout,
-        )?,
+        )?
+        .with_claims(args.pvc.iter().cloned()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(serve(store, settings, apps, args.admin_listen, args.listen))
+}
+
+/// `<claim>=<directory>` of `--pvc`.
+fn parse_claim(s: &str) -> Result<(String, PathBuf), String> {
+    let (claim, dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected <claim>=<directory>"))?;
+    let valid = !claim.is_empty()
+        && claim
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(format!(
+            "`{claim}` is not a claim name (lower-case letters, digits, `-` and `.`)"
+        ));
+    }
+    let dir = PathBuf::from(dir);
+    if !dir.is_dir() {
+        return Err(format!("{}: not a directory", dir.display()));
+    }
+    Ok((claim.to_owned(), dir))
 }
 
 async fn serve(

@@ -69,3 +69,39 @@ fn push_prints_a_pinned_uri_that_verifies_and_lints() {
         "{out}"
     );
 }
+
+#[test]
+fn push_to_an_oci_registry_verifies_and_a_tampered_layer_does_not() {
+    let registry = test_support::Registry::start();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/iris-sklearn");
+    let target = format!("oci://{}/models/iris:v1", registry.host);
+    let (code, out) = crossfade(&["artifact", "push", model.to_str().unwrap(), "--to", &target]);
+    assert_eq!(code, 0, "{out}");
+    let uri = out.trim().to_owned();
+    let repo = format!("oci://{}/models/iris", registry.host);
+    assert!(uri.starts_with(&format!("{repo}@sha256:")), "{uri}");
+
+    let (code, out) = crossfade(&["artifact", "verify", &uri]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("ok: "), "{out}");
+    // The tag resolves to the pinned URI.
+    let (code, out) = crossfade(&["artifact", "verify", &target]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains(&format!("names {uri} (")), "{out}");
+
+    // One byte of the layer changed in the registry's storage.
+    let manifest_hex = uri.rsplit(':').next().unwrap();
+    let doc: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(registry.blob_path(manifest_hex)).unwrap()).unwrap();
+    let layer = &doc["layers"][0]["digest"].as_str().unwrap()["sha256:".len()..];
+    let blob = registry.blob_path(layer);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+    let (code, out) = crossfade(&["artifact", "verify", &uri]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.starts_with("MISMATCH") && out.contains(&format!("expected sha256:{layer}")),
+        "{out}"
+    );
+}

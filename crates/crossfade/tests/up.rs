@@ -759,6 +759,95 @@ fn weight_changes_under_load_drop_no_request() {
 }
 
 #[test]
+fn models_from_an_oci_registry_and_a_claim_directory_are_served() {
+    let registry = test_support::Registry::start();
+    let model =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/iris-logreg-v1.onnx");
+    let oci = artifact::push(&model, &format!("oci://{}/models/iris:v1", registry.host)).unwrap();
+    // A claim's directory, as the operator mounts it, with a model published into it under
+    // its digest (as `crossfade artifact push --to file://<claim dir>/iris` lays it out).
+    let claim = tempfile::tempdir().unwrap();
+    let v2 =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/iris-logreg-v2.onnx");
+    let published =
+        artifact::push(&v2, &format!("file://{}/iris", claim.path().display())).unwrap();
+    let in_claim = published.trim_start_matches(&format!("file://{}/", claim.path().display()));
+    let repo = GitRepo::new();
+    repo.write("oci.yaml", &isvc_with("iris-oci", &oci, ""));
+    repo.write(
+        "pvc.yaml",
+        &isvc_with("iris-pvc", &format!("pvc://models-pvc/{in_claim}"), ""),
+    );
+    repo.commit("iris from a registry and a claim");
+    let data = tempfile::tempdir().unwrap();
+    let pvc = format!("models-pvc={}", claim.path().display());
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--require-digest",
+            "--pvc",
+            &pvc,
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    for name in ["iris-oci", "iris-pvc"] {
+        assert_eq!(
+            service(&status, name)["revisions"][0]["state"],
+            "Ready",
+            "{status:#}"
+        );
+        let (code, _, body) = up.infer(&format!("/v2/models/{name}/infer"), &[], IRIS_V2);
+        assert_eq!(code, 200, "{body}");
+    }
+    // The OCI revision's digest is the image manifest's, which the URI pins.
+    let pinned = oci.rsplit(':').next().unwrap();
+    assert_eq!(
+        service(&status, "iris-oci")["revisions"][0]["digest"],
+        pinned,
+        "{status:#}"
+    );
+
+    // A claim the operator did not map (and a model the cache does not have already): the
+    // revision fails and says how to map it.
+    let other = artifact::digest_path(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/iris-mlp-v1.onnx"),
+    )
+    .unwrap();
+    repo.write(
+        "pvc.yaml",
+        &isvc_with(
+            "iris-pvc",
+            &format!("pvc://other-claim/iris/sha256-{other}/model.onnx"),
+            "",
+        ),
+    );
+    repo.commit("a claim nobody mapped");
+    up.sync();
+    let status = up.status();
+    let revisions = service(&status, "iris-pvc")["revisions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let failed = revisions
+        .iter()
+        .find(|r| r["state"] == "Failed")
+        .unwrap_or_else(|| panic!("{status:#}"));
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--pvc other-claim=<directory>"),
+        "{failed:#}"
+    );
+    // The first revision goes on serving.
+    let (code, _, body) = up.infer("/v2/models/iris-pvc/infer", &[], IRIS_V2);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
 fn a_serving_runtime_process_serves_a_scikit_learn_model() {
     let store = tempfile::tempdir().unwrap();
     let model_dir =

@@ -194,6 +194,8 @@ pub enum UriError {
     NoLocation,
     #[error("`{0}` is not a sha256 digest: expected 64 hex digits after `sha256-`")]
     BadDigest(String),
+    #[error("`{0}` is not an image digest: expected sha256:<64 hex digits> after `@`")]
+    BadImageDigest(String),
 }
 
 /// `uri` with its secrets hidden: user information (`user:password@`) and the query (a
@@ -251,8 +253,10 @@ impl StorageUri {
         redact_uri(&self.raw)
     }
 
-    /// Parses a `storageUri`: scheme `file`, `http`, `https`, `s3` or `gs`, and the sha256 digest
-    /// pinned in a path segment `sha256-<64 hex>` or `sha256:<64 hex>`, if any.
+    /// Parses a `storageUri`: scheme `file`, `http`, `https`, `s3`, `gs`, `pvc` or `oci`
+    /// (`oci+native`), and the sha256 digest it pins, if any: in a path segment
+    /// `sha256-<64 hex>` or `sha256:<64 hex>`, or for `oci://` the image manifest's digest after
+    /// `@` (`oci://registry/repository@sha256:<64 hex>`).
     pub fn parse(raw: &str) -> Result<Self, UriError> {
         let (scheme, rest) = raw.split_once("://").ok_or(UriError::NotAUri)?;
         let scheme = match scheme.to_ascii_lowercase().as_str() {
@@ -261,12 +265,36 @@ impl StorageUri {
             "https" => Scheme::Https,
             "s3" => Scheme::S3,
             "gs" => Scheme::Gs,
+            "pvc" => Scheme::Pvc,
+            "oci" | "oci+native" => Scheme::Oci,
             other => return Err(UriError::Scheme(other.to_owned())),
         };
         if rest.is_empty() {
             return Err(UriError::NoLocation);
         }
         let path = rest.split(['?', '#']).next().unwrap_or_default();
+        if scheme == Scheme::Oci {
+            let (name, pinned) = match path.rsplit_once('@') {
+                Some((name, pinned)) => (name, Some(pinned)),
+                None => (path, None),
+            };
+            if !name.contains('/') || name.ends_with('/') {
+                return Err(UriError::NoLocation);
+            }
+            let digest = match pinned {
+                None => None,
+                Some(p) => Some(
+                    p.strip_prefix("sha256:")
+                        .and_then(Digest::from_hex)
+                        .ok_or_else(|| UriError::BadImageDigest(p.to_owned()))?,
+                ),
+            };
+            return Ok(Self {
+                raw: raw.to_owned(),
+                scheme,
+                digest,
+            });
+        }
         let mut digest = None;
         for segment in path.split('/') {
             let Some(hex) = segment
@@ -293,6 +321,11 @@ pub enum Scheme {
     Https,
     S3,
     Gs,
+    /// `pvc://<claim>/<path>`: a directory the operator maps the claim to.
+    Pvc,
+    /// `oci://<registry>/<repository>(:<tag>|@sha256:<hex>)`: an image's layers, over the OCI
+    /// distribution API.
+    Oci,
 }
 
 /// A sha256 digest.
@@ -719,5 +752,27 @@ mod redaction {
             "fetching https://***@h/x?*** failed (see http://other/y?***)."
         );
         assert_eq!(redact_uris("no uri here"), "no uri here");
+    }
+
+    #[test]
+    fn oci_and_pvc_uris_parse_with_their_pins() {
+        let hex = "0f".repeat(32);
+        let u = StorageUri::parse(&format!("oci://ghcr.io/org/iris@sha256:{hex}")).unwrap();
+        assert_eq!(u.scheme, Scheme::Oci);
+        assert_eq!(u.digest.unwrap().to_string(), hex);
+        let u = StorageUri::parse("oci+native://localhost:5000/iris:v1").unwrap();
+        assert_eq!((u.scheme, u.digest), (Scheme::Oci, None));
+        assert_eq!(
+            StorageUri::parse("oci://iris"),
+            Err(UriError::NoLocation),
+            "a registry and no repository"
+        );
+        assert_eq!(
+            StorageUri::parse("oci://r/iris@latest"),
+            Err(UriError::BadImageDigest("latest".into()))
+        );
+        let u = StorageUri::parse(&format!("pvc://models/iris/sha256-{hex}/model.onnx")).unwrap();
+        assert_eq!(u.scheme, Scheme::Pvc);
+        assert_eq!(u.digest.unwrap().to_string(), hex);
     }
 }

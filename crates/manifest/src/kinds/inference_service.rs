@@ -296,16 +296,11 @@ fn model_spec(doc: &mut Doc<'_, '_>, at: &At<'_>, form: PredictorForm) -> Option
 
 /// What to do instead of a storage scheme crossfade does not fetch.
 fn scheme_hint(scheme: &str) -> String {
-    let instead = "publish the files with `crossfade artifact push <dir> --to s3://...` (or file://...), which pins their digest, and point storageUri at the URI it prints";
+    const ACCEPTED: &str = "accepted schemes: file, http, https, s3, gs, pvc (a directory per claim), oci (an image's layers)";
+    let instead = "publish the files with `crossfade artifact push <dir> --to oci://<registry>/<repository>` (or s3://..., file://...), which pins their digest, and point storageUri at the URI it prints";
     let why = match scheme.trim_end_matches("://").to_ascii_lowercase().as_str() {
         "hf" => {
             "Hugging Face repositories move under their names: download one revision (`huggingface-cli download <repo> --revision <commit> --local-dir m`), then "
-        }
-        "pvc" => {
-            "a PersistentVolumeClaim exists only in a cluster: copy the files out of it, then "
-        }
-        "oci" | "oci+native" => {
-            "OCI model images (KServe modelcars) are not fetched yet: copy the model files out of the image (`crane export`), then "
         }
         "modelscope" | "model-registry" => {
             "registries resolve names to files crossfade cannot pin: download the files, then "
@@ -313,9 +308,9 @@ fn scheme_hint(scheme: &str) -> String {
         _ => "",
     };
     if why.is_empty() {
-        return "accepted schemes: file, http, https, s3, gs".into();
+        return ACCEPTED.into();
     }
-    format!("accepted schemes: file, http, https, s3, gs; {why}{instead}")
+    format!("{ACCEPTED}; {why}{instead}")
 }
 
 /// Parses and checks a `storageUri`.
@@ -334,7 +329,9 @@ pub(crate) fn storage_uri(
                     Some("for a local file write file:///absolute/path".to_owned()),
                 ),
                 UriError::Scheme(scheme) => (Code::UnsupportedScheme, Some(scheme_hint(scheme))),
-                UriError::NoLocation | UriError::BadDigest(_) => (Code::InvalidValue, None),
+                UriError::NoLocation | UriError::BadDigest(_) | UriError::BadImageDigest(_) => {
+                    (Code::InvalidValue, None)
+                }
             };
             cx.error(code, at, format!("`{raw}`: {e}")).hint = hint;
             return None;
@@ -347,7 +344,7 @@ pub(crate) fn storage_uri(
             format!("`{raw}` does not pin a sha256 digest, so the model it serves can change under the same manifest"),
         )
         .hint = Some(
-            "upload with `crossfade artifact push` and use the URI it prints (a path segment sha256-<64 hex>)".into(),
+            "upload with `crossfade artifact push` and use the URI it prints (a path segment sha256-<64 hex>, or for oci:// the image's @sha256:<64 hex>)".into(),
         );
     }
     Some(uri)
