@@ -42,6 +42,9 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Where the tests' built-in runtimes are installed (relative to the workspace).
+const RUNTIMES_DIR: &str = "target/test-runtimes";
+
 /// Programs the tests drive for real, and the Debian package of each.
 const TOOLS: &[(&str, &[&str], &str)] = &[
     ("git", &["--version"], "git"),
@@ -57,18 +60,13 @@ const TOOLS: &[(&str, &[&str], &str)] = &[
 
 fn test() -> anyhow::Result<()> {
     install_tools()?;
-    // From PyPI, in a venv of their own: moto (an S3-compatible server) for the S3 tests,
+    // From PyPI, in a venv of their own: moto (an S3-compatible server) for the S3 tests
     // MLServer with its scikit-learn runtime (a real V2 server started from a ServingRuntime),
     // and tritonclient, a real V2 client.
     let python = python_venv(
         "target/test-venv",
-        &[
-            "moto[server]",
-            "mlserver",
-            "mlserver-sklearn",
-            "tritonclient[http]",
-        ],
-        "import moto.server, mlserver, mlserver_sklearn, tritonclient.http",
+        &["moto[server]", "tritonclient[http]"],
+        "import moto.server, tritonclient.http",
     )?;
     // The kserve SDK, a real V1/V2 client, in a venv of its own: it needs a FastAPI newer
     // than MLServer allows.
@@ -77,9 +75,25 @@ fn test() -> anyhow::Result<()> {
         &["kserve==0.21.0"],
         "from kserve import InferenceRESTClient",
     )?;
+    // crossfade's built-in scikit-learn runtime (MLServer from PyPI), made as a user makes
+    // it: with `crossfade runtime install`.
+    run(
+        "cargo",
+        &[
+            "run",
+            "--quiet",
+            "--",
+            "runtime",
+            "install",
+            "sklearn",
+            "--runtimes-dir",
+            RUNTIMES_DIR,
+        ],
+    )?;
     let test_env = [
         ("CROSSFADE_PYTHON", python.as_str()),
         ("CROSSFADE_KSERVE_PYTHON", kserve.as_str()),
+        ("CROSSFADE_RUNTIMES", RUNTIMES_DIR),
     ];
     run("cargo", &["fmt", "--all", "--check"])?;
     run(

@@ -82,6 +82,8 @@ pub struct Settings {
     pub upstream: gateway::Timeouts,
     /// Which ServingRuntime commands may be started.
     pub runtime_commands: crate::runtime_policy::RuntimeCommands,
+    /// Where the built-in runtimes' environments are (`crossfade runtime install`).
+    pub runtimes_dir: std::path::PathBuf,
     /// The longest a revision may take to fetch, verify, load and warm up.
     pub load_timeout: Duration,
     /// Host names the control API answers for besides loopback and IP addresses.
@@ -175,6 +177,7 @@ impl Controller {
         let loader = models::Loader::new(
             settings.artifacts.clone(),
             settings.runtime_commands.clone(),
+            settings.runtimes_dir.clone(),
             settings.upstream,
             settings.load_timeout,
         );
@@ -775,9 +778,9 @@ fn resumed_runtime(
     id: &ServiceId,
     rev: &store::RevisionRecord,
     uri: &manifest::StorageUri,
-) -> Option<Result<Option<manifest::ServingRuntime>, String>> {
+) -> Option<Result<models::Serving, String>> {
     if rev.model_format == "onnx" {
-        return Some(Ok(None));
+        return Some(Ok(models::Serving::InProcess));
     }
     let Resumed {
         desired, runtimes, ..

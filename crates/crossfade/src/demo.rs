@@ -196,6 +196,7 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
         admin_limits: gateway::Limits::default(),
         upstream: gateway::Timeouts::default(),
         runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
+        runtimes_dir: crate::builtin::default_dir(dir),
         load_timeout: Duration::from_secs(300),
         admin_hosts: Vec::new(),
         clock: clock::Clock::system(),

@@ -1,6 +1,7 @@
 //! The `crossfade` binary: command-line parsing and the wiring of the library crates.
 
 mod artifact_cmd;
+mod builtin;
 mod client;
 mod controller;
 mod datadir;
@@ -80,6 +81,10 @@ enum Command {
     /// Publish model artifacts under their digest, and check pinned URIs.
     #[command(subcommand)]
     Artifact(artifact_cmd::Command),
+    /// crossfade's own model servers (MLServer from PyPI) for scikit-learn, MLflow and Hugging
+    /// Face models: install their environments, list them.
+    #[command(subcommand)]
+    Runtime(builtin::RuntimeCommand),
 }
 
 fn main() -> ExitCode {
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
         Command::Rollout(command) => rollout_cmd::run(&command),
         Command::Audit(command) => client::audit(&command),
         Command::Artifact(command) => artifact_cmd::run(&command),
+        Command::Runtime(command) => builtin::run(&command),
     };
     match result {
         Ok(code) => code,

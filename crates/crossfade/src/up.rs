@@ -108,6 +108,10 @@ pub struct Args {
     /// with a scrubbed environment). Without this or --runtime-allowlist, none does.
     #[arg(long, conflicts_with = "runtime_allowlist")]
     allow_runtime_commands: bool,
+    /// Where the built-in runtimes' environments are (`crossfade runtime install` makes them;
+    /// default: `runtimes` in the data directory).
+    #[arg(long, value_name = "DIR")]
+    runtimes_dir: Option<PathBuf>,
     /// A file of `<ServingRuntime name> <program>` lines: the runtimes that may start which
     /// program (`*` matches any; a trailing `*` a prefix).
     #[arg(long, value_name = "FILE")]
@@ -324,6 +328,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (None, true) => RuntimeCommands::All,
             (None, false) => RuntimeCommands::Refused,
         },
+        runtimes_dir: args
+            .runtimes_dir
+            .clone()
+            .unwrap_or_else(|| crate::builtin::default_dir(&data_dir)),
         artifacts: artifact::Cache::new(
             &data_dir.join("artifacts"),
             args.max_artifact_bytes,

@@ -1783,6 +1783,220 @@ fn xgboost_and_lightgbm_models_are_served_natively() {
     }
 }
 
+/// KServe's stock scikit-learn and MLServer runtimes as its repository has them
+/// (`config/runtimes/`): images, no command.
+const KSERVE_STOCK_RUNTIMES: &str = r#"apiVersion: serving.kserve.io/v1alpha1
+kind: ClusterServingRuntime
+metadata:
+  name: kserve-sklearnserver
+spec:
+  annotations:
+    prometheus.kserve.io/port: '8080'
+    prometheus.kserve.io/path: "/metrics"
+  supportedModelFormats:
+    - name: sklearn
+      version: "1"
+      autoSelect: true
+      priority: 3
+  protocolVersions:
+    - v1
+    - v2
+  containers:
+    - name: kserve-container
+      image: kserve-sklearnserver:replace
+      args:
+        - --model_name={{.Name}}
+        - --model_dir=/mnt/models
+        - --http_port=8080
+      securityContext:
+        allowPrivilegeEscalation: false
+        privileged: false
+        runAsNonRoot: true
+        capabilities:
+          drop:
+            - ALL
+      resources:
+        requests: {cpu: "1", memory: 2Gi}
+        limits: {cpu: "1", memory: 2Gi}
+---
+apiVersion: serving.kserve.io/v1alpha1
+kind: ClusterServingRuntime
+metadata:
+  name: kserve-mlserver
+  annotations:
+    serving.kserve.io/server-type: mlserver
+spec:
+  supportedModelFormats:
+    - {name: sklearn, version: "1", autoSelect: true, priority: 2}
+    - {name: xgboost, version: "2", autoSelect: true, priority: 2}
+    - {name: lightgbm, version: "4", autoSelect: true, priority: 2}
+    - {name: mlflow, version: "2", autoSelect: true, priority: 1}
+  protocolVersions:
+    - v2
+  containers:
+    - name: kserve-container
+      image: mlserver:replace
+      env:
+        - name: "MLSERVER_MODEL_IMPLEMENTATION"
+          value: "{{.Labels.modelClass}}"
+        - name: "MLSERVER_HTTP_PORT"
+          value: "8080"
+        - name: "MLSERVER_GRPC_PORT"
+          value: "9000"
+"#;
+
+#[test]
+fn kserve_formats_serve_through_built_in_runtimes_with_nothing_of_the_users() {
+    let store = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // A pickled scikit-learn forest as KServe's docs publish one: `model.pkl` alone.
+    let pickle = artifact::push(
+        &root.join("fixtures/models/iris-sklearn-pickle"),
+        &format!("file://{}/sklearn", store.path().display()),
+    )
+    .unwrap();
+    let staging = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        root.join("fixtures/trees/xgb-iris-softprob.json"),
+        staging.path().join("model.json"),
+    )
+    .unwrap();
+    let xgb = artifact::push(
+        staging.path(),
+        &format!("file://{}/xgb", store.path().display()),
+    )
+    .unwrap();
+    let isvc = |name: &str, format: &str, uri: &str, extra: &str| {
+        format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata: {{name: {name}}}\nspec:\n  predictor:\n{extra}    model:\n      modelFormat: {{name: {format}}}\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+        )
+    };
+    let repo = GitRepo::new();
+    repo.write("iris.yaml", &isvc("iris", "xgboost", &xgb, ""));
+    // As KServe's docs write it: no protocol (V1), the stock runtimes beside it.
+    repo.write(
+        "sklearn-iris.yaml",
+        &format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: sklearn-iris\nspec:\n  predictor:\n    model:\n      modelFormat:\n        name: sklearn\n      storageUri: \"{pickle}\"\n"
+        ),
+    );
+    repo.write("runtimes.yaml", KSERVE_STOCK_RUNTIMES);
+    repo.commit("iris on XGBoost; sklearn-iris as KServe's docs have it");
+    // Lint: the stock runtimes need no command here, and run nothing from Git.
+    let out = Command::new(BIN)
+        .args(["lint", repo.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("command"), "{text}");
+
+    let data = tempfile::tempdir().unwrap();
+    let runtimes = runtimes_dir();
+    // No --allow-runtime-commands: the built-in runtimes' commands are crossfade's.
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--runtimes-dir",
+            &runtimes,
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    for svc in ["iris", "sklearn-iris"] {
+        assert_eq!(service(&status, svc)["health"], "Healthy", "{status:#}");
+    }
+    let rows = serde_json::json!([[5.1, 3.5, 1.4, 0.2], [6.3, 3.3, 6.0, 2.5]]);
+    let v2 = serde_json::json!({"inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": rows}]}).to_string();
+
+    // The V1 request of KServe's docs, to the scikit-learn model on MLServer.
+    let (code, _, answer) = up.infer(
+        "/v1/models/sklearn-iris:predict",
+        &[],
+        r#"{"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}"#,
+    );
+    assert_eq!(code, 200, "{answer}");
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["predictions"], serde_json::json!([1, 1]), "{answer}");
+
+    // The scikit-learn forest canaried against the native XGBoost revision of `iris`.
+    repo.write(
+        "iris.yaml",
+        &isvc("iris", "sklearn", &pickle, "    canaryTrafficPercent: 50\n"),
+    );
+    repo.commit("iris: a scikit-learn forest, canaried");
+    up.sync();
+    let status = up.status();
+    assert_eq!(
+        splits_of(&status, "iris"),
+        vec![
+            ("iris-predictor-00001".into(), 50),
+            ("iris-predictor-00002".into(), 50)
+        ],
+        "{status:#}"
+    );
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..40 {
+        let (code, head, body) = up.infer("/v2/models/iris/infer", &[], &v2);
+        assert_eq!(code, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let output = &answer["outputs"][0];
+        let labels: Vec<u64> = match revision_of(&head).as_str() {
+            // XGBoost: probabilities [2, 3], from the native evaluator.
+            "iris-predictor-00001" => {
+                let p: Vec<f64> = output["data"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_f64().unwrap())
+                    .collect();
+                p.chunks(3)
+                    .map(|r| (0..3).max_by(|&a, &b| r[a].total_cmp(&r[b])).unwrap() as u64)
+                    .collect()
+            }
+            // scikit-learn on MLServer: the labels.
+            "iris-predictor-00002" => output["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect(),
+            other => panic!("answered by {other}"),
+        };
+        // Both models call the rows setosa and virginica.
+        assert_eq!(labels, [0, 2], "{body}");
+        *seen.entry(revision_of(&head)).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // Without the runtime installed, the revision fails and says what to install.
+    drop(up);
+    let data = tempfile::tempdir().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--runtimes-dir",
+            empty.path().to_str().unwrap(),
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    let failed = &service(&status, "sklearn-iris")["revisions"][0];
+    assert_eq!(failed["state"], "Failed", "{status:#}");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("crossfade runtime install sklearn"),
+        "{failed:#}"
+    );
+}
+
 #[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);

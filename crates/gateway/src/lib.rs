@@ -1041,6 +1041,9 @@ async fn predict(gw: &Arc<Gateway>, segment: &str, headers: &HeaderMap, body: By
     let captured = capturable(gw, &routed, &body);
     let captured_body = body.clone();
     if let Backend::Proxy(up) = &rev.backend {
+        if rev.v2_only {
+            return proxy_v1_over_v2(gw, up, model, headers, body, measure, &routed).await;
+        }
         let path = format!("/v1/models/{model}:predict");
         return proxy_infer(gw, up, &path, headers, body, measure, &routed, Protocol::V1).await;
     }
@@ -1497,6 +1500,82 @@ async fn proxy_infer(
     let captured = capturable(gw, routed, &body);
     keep(gw, routed, resp.status(), captured, protocol);
     tag_revision(&mut resp, revision);
+    resp
+}
+
+/// A V1 request to a model server that speaks only V2: sent as V2, answered as V1. Neither
+/// mirrored nor captured (the mirror and replay speak the client's protocol).
+async fn proxy_v1_over_v2(
+    gw: &Arc<Gateway>,
+    up: &upstream::Upstream,
+    model: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+    mut measure: Measure<'_>,
+    routed: &Routed<'_>,
+) -> Response {
+    use http_body_util::BodyExt;
+    let declared = routed
+        .rev
+        .declared
+        .as_ref()
+        .map(|(inputs, _)| inputs.as_slice());
+    let mut resp = match protocol::v1_as_v2_request(&body, declared) {
+        Err(protocol::BadRequest(why)) => error(StatusCode::BAD_REQUEST, why),
+        Ok(request) => {
+            let mut forwarded = headers.clone();
+            forwarded.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            match up
+                .forward(
+                    Method::POST,
+                    &format!("/v2/models/{model}/infer"),
+                    &forwarded,
+                    Bytes::from(request),
+                    routed.answer_timeout,
+                )
+                .await
+            {
+                Err((status, why)) => error(status, why),
+                Ok(answer) if !answer.status().is_success() => answer,
+                Ok(answer) => {
+                    let bytes = answer
+                        .into_body()
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    match protocol::answer_tensors(&bytes, false)
+                        .ok_or_else(|| {
+                            "the model server's V2 answer has no JSON outputs".to_owned()
+                        })
+                        .map(|mut outputs| {
+                            // MLServer answers one value per row as [N, 1]; V1 has N values.
+                            if let Some(first) = outputs.first_mut()
+                                && let [_, 1] = first.shape[..]
+                            {
+                                first.shape.pop();
+                            }
+                            outputs
+                        })
+                        .and_then(|outputs| {
+                            protocol::render_v1(&outputs).map_err(|protocol::BadRequest(m)| m)
+                        }) {
+                        Ok(v1) => axum::Json(v1).into_response(),
+                        Err(why) => error(
+                            StatusCode::BAD_GATEWAY,
+                            format!("{why}; it cannot be answered as V1"),
+                        ),
+                    }
+                }
+            }
+        }
+    };
+    measure.finish(resp.status());
+    keep(gw, routed, resp.status(), None, Protocol::V1);
+    tag_revision(&mut resp, routed.rev);
     resp
 }
 

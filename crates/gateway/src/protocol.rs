@@ -380,15 +380,43 @@ pub fn metadata_v2(
 
 /// Reads a V1 `predict` body (`{"instances": [...]}`) for a model with one input.
 pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest> {
-    let v: Value = serde_json::from_slice(body)
-        .map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))?;
     let [spec] = specs else {
         return bad(format!(
             "the V1 protocol sends one input, but the model takes {}: use the V2 protocol",
             specs.len()
         ));
     };
-    let name = spec.name.as_str();
+    let tensor = v1_tensor(body, &spec.name, Some(spec.datatype))?;
+    spec.check(&tensor).map_err(|e| BadRequest(e.to_string()))?;
+    Ok(tensor)
+}
+
+/// A V1 request as a V2 one, for a model server that speaks only V2: one input, the one the
+/// server declares when it declares exactly one (its name and datatype), else `input-0` of
+/// the instances' shape, FP64 for numbers and BYTES for strings.
+pub fn v1_as_v2_request(
+    body: &[u8],
+    declared: Option<&[TensorSpec]>,
+) -> Result<Vec<u8>, BadRequest> {
+    let tensor = match declared {
+        Some(specs @ [_]) => parse_v1(body, specs)?,
+        _ => v1_tensor(body, "input-0", None)?,
+    };
+    let data = data_json(&tensor.name, &tensor.data)?;
+    let request = json!({"inputs": [{
+        "name": tensor.name,
+        "shape": tensor.shape,
+        "datatype": tensor.data.datatype().as_str(),
+        "data": data,
+    }]});
+    Ok(request.to_string().into_bytes())
+}
+
+/// The instances of a V1 request as the tensor `name`, of `datatype` (or, when `None`, FP64
+/// for numbers and BYTES for strings).
+fn v1_tensor(body: &[u8], name: &str, datatype: Option<DataType>) -> Result<Tensor, BadRequest> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| BadRequest(format!("the body is not valid JSON: {e}")))?;
     // `instances`, or `inputs` as KServe's V1 also takes it: a list, or (TensorFlow Serving's
     // columnar form) an object naming the one input.
     let instances = match (v.get("instances"), v.get("inputs")) {
@@ -420,13 +448,15 @@ pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest>
     }
     let mut shape = vec![instances.len()];
     shape.extend(inner);
-    let tensor = Tensor {
+    let datatype = datatype.unwrap_or(match flat.first() {
+        Some(Value::String(_)) => DataType::Bytes,
+        _ => DataType::F64,
+    });
+    Ok(Tensor {
         name: name.to_owned(),
         shape,
-        data: convert(name, spec.datatype, &flat)?,
-    };
-    spec.check(&tensor).map_err(|e| BadRequest(e.to_string()))?;
-    Ok(tensor)
+        data: convert(name, datatype, &flat)?,
+    })
 }
 
 /// The V1 response: one prediction per instance, from the first output.

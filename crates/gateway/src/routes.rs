@@ -19,6 +19,9 @@ pub struct Revision {
     /// A proxied revision's inputs and outputs as its model server declares them (V2 model
     /// metadata), when it declares them; an in-process model's come from the model.
     pub(crate) declared: Option<(Vec<TensorSpec>, Vec<TensorSpec>)>,
+    /// A proxied revision whose model server speaks only V2 (MLServer): V1 requests are
+    /// translated to V2 and the answers back.
+    pub(crate) v2_only: bool,
 }
 
 /// Revision names are DNS-1123 labels, always valid header values; anything else is dropped.
@@ -49,6 +52,7 @@ impl Revision {
             backend: Backend::InProcess(model),
             guard: None,
             declared: None,
+            v2_only: false,
         }
     }
 
@@ -60,7 +64,15 @@ impl Revision {
             backend: Backend::Proxy(Box::new(upstream)),
             guard: None,
             declared: None,
+            v2_only: false,
         }
+    }
+
+    /// A proxied revision whose model server speaks only V2: V1 requests to it are translated
+    /// (the instances become one input; the first output's rows the predictions).
+    pub fn speaking_only_v2(mut self) -> Self {
+        self.v2_only = true;
+        self
     }
 
     /// A proxied revision whose model server declares these inputs and outputs.

@@ -163,6 +163,57 @@ pub struct ModelFormat {
 /// XGBoost's JSON models and LightGBM's text models (native tree ensembles).
 pub const NATIVE_FORMATS: &[&str] = &["onnx", "xgboost", "lightgbm"];
 
+/// Model formats crossfade serves through a runtime of its own (a model server it starts as a
+/// local process, with a command crossfade chooses, not Git), with that runtime's name.
+pub const BUILTIN_RUNTIMES: &[(&str, &str)] = &[
+    ("sklearn", "mlserver-sklearn"),
+    ("mlflow", "mlserver-mlflow"),
+    ("huggingface", "mlserver-huggingface"),
+];
+
+/// The images of KServe's stock ServingRuntimes (`config/runtimes/*.yaml`, by the last segment
+/// of the image's name, without a `kserve-` prefix: `kserve/sklearnserver:v0.15` as released,
+/// `kserve-sklearnserver:replace` as in KServe's repository) that crossfade replaces with its
+/// own runtimes: such a runtime needs no `command`, and serves each format natively or
+/// through [`BUILTIN_RUNTIMES`].
+pub const STOCK_IMAGES: &[&str] = &[
+    "sklearnserver",
+    "xgbserver",
+    "lgbserver",
+    "predictiveserver",
+    "mlserver",
+    "huggingfaceserver",
+];
+
+/// How crossfade serves `format` without a ServingRuntime command of the user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stock {
+    /// In process.
+    Native,
+    /// The built-in runtime of this name.
+    Builtin(&'static str),
+}
+
+/// See [`Stock`]; `None` when only a ServingRuntime with a command serves the format.
+pub fn stock_serving(format: &str) -> Option<Stock> {
+    if NATIVE_FORMATS.contains(&format) {
+        return Some(Stock::Native);
+    }
+    BUILTIN_RUNTIMES
+        .iter()
+        .find(|(f, _)| *f == format)
+        .map(|(_, name)| Stock::Builtin(name))
+}
+
+/// Whether `image` (`kserve/sklearnserver:v0.15`, `docker.io/seldonio/mlserver:1.5`) is one of
+/// [`STOCK_IMAGES`].
+pub fn is_stock_image(image: &str) -> bool {
+    let name = image.split('@').next().unwrap_or_default();
+    let last = name.rsplit('/').next().unwrap_or_default();
+    let last = last.split(':').next().unwrap_or_default();
+    STOCK_IMAGES.contains(&last.strip_prefix("kserve-").unwrap_or(last))
+}
+
 /// `protocolVersion`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtocolVersion {
@@ -774,5 +825,26 @@ mod redaction {
         let u = StorageUri::parse(&format!("pvc://models/iris/sha256-{hex}/model.onnx")).unwrap();
         assert_eq!(u.scheme, Scheme::Pvc);
         assert_eq!(u.digest.unwrap().to_string(), hex);
+    }
+
+    #[test]
+    fn kserve_stock_images_are_recognised_as_released_and_as_in_its_repository() {
+        for image in [
+            "kserve/sklearnserver:v0.15.0",
+            "kserve-sklearnserver:replace",
+            "docker.io/seldonio/mlserver:1.5.0",
+            "mlserver:replace",
+            "kserve-huggingfaceserver:replace",
+            "registry.internal:5000/mirror/kserve/xgbserver@sha256:00",
+        ] {
+            assert!(is_stock_image(image), "{image}");
+        }
+        for image in [
+            "nvcr.io/nvidia/tritonserver:23.05-py3",
+            "tensorflow/serving:2.6.2",
+            "kserve/paddleserver:latest",
+        ] {
+            assert!(!is_stock_image(image), "{image}");
+        }
     }
 }

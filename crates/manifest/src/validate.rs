@@ -395,7 +395,7 @@ fn check_rollout_targets(index: &Index, diags: &mut Vec<Diagnostic>) {
 /// A model format crossfade does not serve natively needs a ServingRuntime that can serve it.
 fn check_runtimes(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnostic>) {
     for f in &index.formats {
-        if crate::NATIVE_FORMATS.contains(&f.format.as_str()) {
+        if crate::stock_serving(&f.format).is_some() {
             continue;
         }
         let served = manifests.serving_runtimes.iter().any(|rt| {
@@ -414,7 +414,7 @@ fn check_runtimes(index: &Index, manifests: &Manifests, diags: &mut Vec<Diagnost
                     f.file,
                     f.span,
                     format!(
-                        "no ServingRuntime here serves model format `{}`: crossfade runs ONNX, XGBoost and LightGBM in-process and other formats through a ServingRuntime",
+                        "no ServingRuntime here serves model format `{}`: crossfade runs ONNX, XGBoost and LightGBM in-process, scikit-learn, MLflow and Hugging Face models through its built-in MLServer runtimes, and other formats through a ServingRuntime",
                         f.format
                     ),
                 )

@@ -8,7 +8,8 @@
 //!   finish on its own.
 //! - One artifact digest is loaded into memory once: revisions of the same model (the same
 //!   verified bytes) share the loaded ONNX model while any of them serves.
-//! - Nothing from Git runs unless the operator allowed it; checked before any download.
+//! - Nothing from Git runs unless the operator allowed it; checked before any download. The
+//!   built-in runtimes' commands come from crossfade and need no permission.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ use super::plan::{LoadJob, LoadedRevision};
 pub struct Loader {
     cache: artifact::Cache,
     policy: crate::runtime_policy::RuntimeCommands,
+    /// Where the built-in runtimes' environments are.
+    runtimes_dir: PathBuf,
     upstream: gateway::Timeouts,
     deadline: Duration,
     permits: Arc<tokio::sync::Semaphore>,
@@ -33,6 +36,7 @@ impl Loader {
     pub fn new(
         cache: artifact::Cache,
         policy: crate::runtime_policy::RuntimeCommands,
+        runtimes_dir: PathBuf,
         upstream: gateway::Timeouts,
         deadline: Duration,
     ) -> Arc<Self> {
@@ -43,6 +47,7 @@ impl Loader {
         Arc::new(Self {
             cache,
             policy,
+            runtimes_dir,
             upstream,
             deadline,
             permits: Arc::new(tokio::sync::Semaphore::new(concurrency)),
@@ -65,6 +70,8 @@ impl Loader {
         let this = Arc::clone(&self);
         let revision = job.revision.clone();
         let job_model = job.service.name.clone();
+        // crossfade's own runtimes are MLServer, which speaks only V2.
+        let v2_only = matches!(job.runtime, Ok(Serving::Builtin { .. }));
         let loading = tokio::task::spawn_blocking(move || this.load_blocking(&job));
         let loaded = match tokio::time::timeout(self.deadline, loading).await {
             Ok(done) => done.unwrap_or_else(|e| Err(format!("the load task failed: {e}"))),
@@ -88,6 +95,9 @@ impl Loader {
                 if let Some((inputs, outputs)) = declared {
                     r = r.with_signature(inputs, outputs);
                 }
+                if v2_only {
+                    r = r.speaking_only_v2();
+                }
                 // The process lives until the last request routed to it is done.
                 r.guard = Some(Box::new(p));
                 r
@@ -100,27 +110,40 @@ impl Loader {
     }
 
     fn load_blocking(&self, job: &LoadJob) -> Result<(Loaded, manifest::Digest), String> {
-        let runtime = job.runtime.clone()?;
-        if let Some(rt) = &runtime {
+        let serving = job.runtime.clone()?;
+        // Nothing from Git runs unless the operator allowed it; checked before any download.
+        if let Serving::Command(rt) = &serving {
             let program = rt.container.command.first().map_or("", String::as_str);
             self.policy.check(&rt.meta.name, program)?;
         }
         let fetched = self.cache.fetch(&job.uri).map_err(|e| e.to_string())?;
-        if let Some(rt) = runtime {
-            let model_dir = if fetched.path.is_dir() {
+        let model_dir = || {
+            if fetched.path.is_dir() {
                 fetched.path.clone()
             } else {
                 fetched.path.parent().unwrap_or(&fetched.path).to_owned()
-            };
-            let spec = runtime::ProcessSpec {
-                model_name: job.service.name.clone(),
-                command: rt.container.command.clone(),
-                args: rt.container.args.clone(),
-                env: rt.container.env.clone(),
-                model_dir,
-            };
+            }
+        };
+        let process = match serving {
+            Serving::InProcess => None,
+            Serving::Command(rt) => Some((
+                rt.meta.name.clone(),
+                runtime::ProcessSpec {
+                    model_name: job.service.name.clone(),
+                    command: rt.container.command.clone(),
+                    args: rt.container.args.clone(),
+                    env: rt.container.env.clone(),
+                    model_dir: model_dir(),
+                },
+            )),
+            Serving::Builtin { builtin, .. } => Some((
+                builtin.name.to_owned(),
+                builtin.process_spec(&self.runtimes_dir, &job.service.name, &model_dir())?,
+            )),
+        };
+        if let Some((name, spec)) = process {
             let process = runtime::ProcessRuntime::start(spec, Duration::from_secs(120))
-                .map_err(|e| format!("runtime {}: {e}", rt.meta.name))?;
+                .map_err(|e| format!("runtime {name}: {e}"))?;
             return Ok((Loaded::Process(process), fetched.digest));
         }
         match job.format.as_str() {
@@ -237,18 +260,60 @@ fn onnx_file(path: &Path) -> Result<PathBuf, String> {
     }
 }
 
-fn native(format: &str) -> bool {
-    manifest::NATIVE_FORMATS.contains(&format)
+/// How a revision is served.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Serving {
+    /// In process: ONNX, XGBoost, LightGBM.
+    InProcess,
+    /// A ServingRuntime's own command, from Git: runs only as the operator allows.
+    Command(Box<manifest::ServingRuntime>),
+    /// One of crossfade's runtimes, for the format; `runtime` is the ServingRuntime (one of
+    /// KServe's stock ones) it stands in for, if one was chosen.
+    Builtin {
+        builtin: &'static crate::builtin::Builtin,
+        runtime: Option<String>,
+    },
 }
 
-/// The runtime for a predictor: the one `runtime:` names, else, for a format served natively
-/// (ONNX, XGBoost, LightGBM), none (in-process),
-/// else the auto-selectable runtime of the highest priority that supports the format.
+/// How `runtime` (chosen for `format`) serves it: its command, or for a command-less stock
+/// runtime of KServe's, crossfade's own serving of the format.
+fn serving_of(runtime: &manifest::ServingRuntime, format: &str) -> Result<Serving, String> {
+    if !runtime.container.command.is_empty() {
+        return Ok(Serving::Command(Box::new(runtime.clone())));
+    }
+    let image = runtime.container.image.as_deref().unwrap_or_default();
+    if !manifest::is_stock_image(image) {
+        return Err(format!(
+            "ServingRuntime {} has no command, and its image `{image}` is not one of KServe's that crossfade stands in for ({}): give the server's command line in the container's `command`",
+            runtime.meta.name,
+            manifest::STOCK_IMAGES.join(", ")
+        ));
+    }
+    match manifest::stock_serving(format) {
+        Some(manifest::Stock::Native) => Ok(Serving::InProcess),
+        Some(manifest::Stock::Builtin(_)) => Ok(Serving::Builtin {
+            builtin: crate::builtin::for_format(format)
+                .ok_or_else(|| format!("no built-in runtime serves {format}"))?,
+            runtime: Some(runtime.meta.name.clone()),
+        }),
+        None => Err(format!(
+            "ServingRuntime {} stands for KServe's image `{image}`, and crossfade has no runtime of its own for model format {format}",
+            runtime.meta.name
+        )),
+    }
+}
+
+/// The runtime for a predictor: the one `runtime:` names (a command-less stock runtime of
+/// KServe's maps to crossfade's serving of the format), else, for a format served natively
+/// (ONNX, XGBoost, LightGBM), in process, else the auto-selectable runtime of the highest
+/// priority that supports the format, else crossfade's built-in runtime for it.
 pub fn choose_runtime(
     runtimes: &[manifest::ServingRuntime],
     namespace: &str,
     model: &manifest::ModelSpec,
-) -> Result<Option<manifest::ServingRuntime>, String> {
+) -> Result<Serving, String> {
+    let format = model.format.name.as_str();
+    let stock = manifest::stock_serving(format);
     let visible = |r: &&manifest::ServingRuntime| {
         r.cluster_scoped || r.meta.namespace_or_default() == namespace
     };
@@ -258,33 +323,39 @@ pub fn choose_runtime(
             .filter(visible)
             .find(|r| &r.meta.name == name)
         {
-            Some(r) => Ok(Some(r.clone())),
-            None if native(&model.format.name) => Ok(None),
+            Some(r) => serving_of(r, format),
+            None if stock == Some(manifest::Stock::Native) => Ok(Serving::InProcess),
             None => Err(format!("runtime {name} is not defined in the manifests")),
         };
     }
     // Natively served formats run in-process unless a runtime is named.
-    if native(&model.format.name) {
-        return Ok(None);
+    if stock == Some(manifest::Stock::Native) {
+        return Ok(Serving::InProcess);
     }
-    runtimes
+    let chosen = runtimes
         .iter()
         .filter(visible)
         .filter(|r| !r.disabled)
         .filter_map(|r| {
             let f = r.supported_model_formats.iter().find(|f| {
                 f.auto_select
-                    && f.name == model.format.name
+                    && f.name == format
                     && (model.format.version.is_none() || f.version == model.format.version)
             })?;
             Some((f.priority.unwrap_or(0), r))
         })
         .max_by_key(|(p, _)| *p)
-        .map(|(_, r)| Some(r.clone()))
-        .ok_or_else(|| {
-            format!(
-                "no ServingRuntime supports model format {}; crossfade runs ONNX, XGBoost and LightGBM in-process and other formats through a ServingRuntime",
-                model.format.name
-            )
-        })
+        .map(|(_, r)| r);
+    match chosen {
+        Some(r) => serving_of(r, format),
+        None => match crate::builtin::for_format(format) {
+            Some(builtin) => Ok(Serving::Builtin {
+                builtin,
+                runtime: None,
+            }),
+            None => Err(format!(
+                "no ServingRuntime supports model format {format}; crossfade runs ONNX, XGBoost and LightGBM in-process, scikit-learn, MLflow and Hugging Face models through its built-in MLServer runtimes, and other formats through a ServingRuntime"
+            )),
+        },
+    }
 }

@@ -96,8 +96,9 @@ pub struct LoadJob {
     pub revision: String,
     pub format: String,
     pub uri: manifest::StorageUri,
-    /// The ServingRuntime to start (`Ok(None)`: ONNX in-process), or why there is none.
-    pub runtime: Result<Option<manifest::ServingRuntime>, String>,
+    /// How it is served (in process, a ServingRuntime's command, a built-in runtime), or why
+    /// nothing can serve it.
+    pub runtime: Result<super::models::Serving, String>,
 }
 
 /// A reading to take for a rollout's analysis.

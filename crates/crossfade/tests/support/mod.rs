@@ -308,14 +308,24 @@ pub fn canary_split() -> Vec<(String, u64)> {
     ]
 }
 
-/// A ServingRuntime that starts MLServer (from the test venv) for scikit-learn models.
-pub fn mlserver_runtime() -> String {
-    let python = std::env::var("CROSSFADE_PYTHON").unwrap_or_else(|_| "python3".into());
-    let bin = Path::new(&python).parent().unwrap().join("mlserver");
+/// Where `cargo xtask test` installs the built-in runtimes (`crossfade runtime install`).
+pub fn runtimes_dir() -> String {
+    let dir = std::env::var("CROSSFADE_RUNTIMES").unwrap_or_else(|_| "target/test-runtimes".into());
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(dir);
     assert!(
-        bin.exists(),
-        "MLServer is not installed next to {python}: run `cargo xtask test`"
+        dir.join("mlserver-sklearn/bin/mlserver").exists(),
+        "the built-in runtime mlserver-sklearn is not installed in {}: run `cargo xtask test`",
+        dir.display()
     );
+    dir.display().to_string()
+}
+
+/// A ServingRuntime of the user's that starts MLServer (the one `crossfade runtime install
+/// sklearn` installed for the tests) for scikit-learn models.
+pub fn mlserver_runtime() -> String {
+    let bin = Path::new(&runtimes_dir()).join("mlserver-sklearn/bin/mlserver");
     format!(
         "apiVersion: serving.kserve.io/v1alpha1\nkind: ServingRuntime\nmetadata: {{name: mlserver-sklearn}}\nspec:\n  supportedModelFormats:\n    - {{name: sklearn, version: \"1\", autoSelect: true, priority: 1}}\n  protocolVersions: [v2]\n  containers:\n    - name: kserve-container\n      command: [\"{}\", start, /mnt/models]\n      env:\n        - {{name: MLSERVER_PARALLEL_WORKERS, value: \"0\"}}\n",
         bin.display()

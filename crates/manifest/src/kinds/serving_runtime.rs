@@ -119,14 +119,16 @@ pub(crate) fn serving_runtime(
     )?;
     let command = c.get("command").map(|a| cx.strings(&a)).unwrap_or_default();
     let args = c.get("args").map(|a| cx.strings(&a)).unwrap_or_default();
-    if command.is_empty() {
+    let image = c.get("image").and_then(|a| cx.string(&a));
+    let stock = image.as_deref().is_some_and(crate::is_stock_image);
+    if command.is_empty() && !stock {
         let d = cx.warning(
             Code::Unsupported,
             first,
             "no `command`: crossfade starts a runtime as a local process and cannot run an image's entrypoint",
         );
         d.field = format!("{}.command", first.path);
-        d.hint = Some("give the server's command line in `command` (and `args`)".into());
+        d.hint = Some("give the server's command line in `command` (and `args`); KServe's stock images (sklearnserver, xgbserver, lgbserver, mlserver, huggingfaceserver) need none: crossfade serves their formats itself".into());
     } else if let Some(at) = c.get("command") {
         let d = cx.warning(
             Code::RunsCommand,
@@ -175,7 +177,7 @@ pub(crate) fn serving_runtime(
         disabled,
         container: RuntimeContainer {
             name: c.get("name").and_then(|a| cx.string(&a)),
-            image: c.get("image").and_then(|a| cx.string(&a)),
+            image,
             command,
             args,
             env,

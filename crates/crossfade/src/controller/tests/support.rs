@@ -445,6 +445,7 @@ impl InProcess {
             admin_limits: gateway::Limits::default(),
             upstream: gateway::Timeouts::default(),
             runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
+            runtimes_dir: std::path::PathBuf::from("/nonexistent/runtimes"),
             load_timeout: Duration::from_secs(60),
             admin_hosts: Vec::new(),
             clock,
