@@ -332,9 +332,18 @@ impl Traffic {
         let (s, o, f) = (Arc::clone(&stop), Arc::clone(&ok), Arc::clone(&failed));
         let task = tokio::spawn(async move {
             let client = reqwest::Client::new();
-            let url = format!("http://{addr}/v2/models/iris/infer");
+            let url = Arc::new(format!("http://{addr}/v2/models/iris/infer"));
+            // About 50 requests a second, on a schedule rather than after each answer, so that
+            // a busy machine (slower answers) still gives every measurement its data; at most
+            // a few in flight.
+            let mut tick = tokio::time::interval(Duration::from_millis(20));
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(8));
             let mut i = 0u64;
             while !s.load(Ordering::Relaxed) {
+                tick.tick().await;
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                    break;
+                };
                 let sepal = if i.is_multiple_of(3) {
                     0.5
                 } else {
@@ -343,14 +352,23 @@ impl Traffic {
                 let body = format!(
                     r#"{{"inputs": [{{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [{sepal}, 3.2, 1.5, 0.3]}}]}}"#
                 );
-                match client.post(&url).body(body).send().await {
-                    Ok(r) if r.status().is_success() => o.fetch_add(1, Ordering::Relaxed),
-                    _ => f.fetch_add(1, Ordering::Relaxed),
-                };
+                let (client, url, o, f) = (
+                    client.clone(),
+                    Arc::clone(&url),
+                    Arc::clone(&o),
+                    Arc::clone(&f),
+                );
+                tokio::spawn(async move {
+                    match client.post(url.as_str()).body(body).send().await {
+                        Ok(r) if r.status().is_success() => o.fetch_add(1, Ordering::Relaxed),
+                        _ => f.fetch_add(1, Ordering::Relaxed),
+                    };
+                    drop(permit);
+                });
                 i += 1;
-                // About 50 requests a second: enough for every measurement to have data.
-                tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            // The last ones in flight finish before the counts are read.
+            let _ = in_flight.acquire_many(8).await;
         });
         Self {
             stop,

@@ -50,7 +50,7 @@ fn local_repository_sync_history_restart() {
     assert_eq!(iris["revisions"][0]["storageUri"], v1.as_str());
 
     // A commit that breaks a manifest: nothing of it applies, the status says why.
-    repo.write("deploy/iris.yaml", &isvc("iris", "pvc://nope"));
+    repo.write("deploy/iris.yaml", &isvc("iris", "hf://nope"));
     let broken = repo.commit("broken manifest");
     let result = up.sync();
     assert_eq!(result[0]["outcome"], "Invalid");
@@ -111,7 +111,7 @@ fn local_repository_sync_history_restart() {
 
     // Restarting while the newest commit is a refused one: the last good commit is still the
     // one serving and the status says so, with the refusal.
-    repo.write("deploy/iris.yaml", &isvc("iris", "pvc://still-nope"));
+    repo.write("deploy/iris.yaml", &isvc("iris", "hf://still-nope"));
     let broken = repo.commit("broken again");
     assert_eq!(up.sync()[0]["outcome"], "Invalid");
     up.kill();
