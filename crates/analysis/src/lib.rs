@@ -32,7 +32,10 @@ mod resolve;
 mod run;
 
 pub use condition::{Condition, ConditionError};
-pub use resolve::{MetricSpec, ProviderSpec, resolve, substitute};
+pub use resolve::{
+    MetricSpec, ProviderSpec, redact_reading, resolve, reveal_secrets, secret_placeholder,
+    substitute,
+};
 pub use run::{MetricStatus, Run};
 
 use serde::{Deserialize, Serialize};

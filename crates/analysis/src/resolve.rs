@@ -66,6 +66,103 @@ pub fn substitute(text: &str, args: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// What a `secretKeyRef` argument becomes in a metric: a placeholder naming the secret, never
+/// its value, which [`reveal_secrets`] puts in only for the request that needs it.
+pub fn secret_placeholder(r: &manifest::SecretKeyRef) -> String {
+    format!("{{{{secret:{}/{}}}}}", r.name, r.key)
+}
+
+/// `spec` with every secret placeholder replaced by `lookup(name, key)`, and the values put
+/// in (to redact from what the provider answers).
+pub fn reveal_secrets(
+    spec: &ProviderSpec,
+    lookup: &dyn Fn(&str, &str) -> Result<String, String>,
+) -> Result<(ProviderSpec, Vec<String>), String> {
+    let mut values = Vec::new();
+    let mut reveal = |text: &str| -> Result<String, String> {
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(start) = rest.find("{{secret:") {
+            let Some(len) = rest[start..].find("}}") else {
+                break;
+            };
+            let inner = &rest[start + "{{secret:".len()..start + len];
+            let (name, key) = inner.split_once('/').unwrap_or((inner, ""));
+            let value = lookup(name, key)?;
+            out.push_str(&rest[..start]);
+            out.push_str(&value);
+            if !value.is_empty() && !values.contains(&value) {
+                values.push(value);
+            }
+            rest = &rest[start + len + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    };
+    let revealed = match spec {
+        ProviderSpec::Prometheus {
+            address,
+            query,
+            timeout,
+        } => ProviderSpec::Prometheus {
+            address: reveal(address)?,
+            query: reveal(query)?,
+            timeout: *timeout,
+        },
+        ProviderSpec::Web {
+            url,
+            method,
+            headers,
+            body,
+            json_path,
+            timeout,
+            insecure,
+        } => ProviderSpec::Web {
+            url: reveal(url)?,
+            method: *method,
+            headers: headers
+                .iter()
+                .map(|(k, v)| Ok((reveal(k)?, reveal(v)?)))
+                .collect::<Result<_, String>>()?,
+            body: body.as_deref().map(&mut reveal).transpose()?,
+            json_path: json_path.as_deref().map(&mut reveal).transpose()?,
+            timeout: *timeout,
+            insecure: *insecure,
+        },
+        ProviderSpec::Builtin(b) => ProviderSpec::Builtin(b.clone()),
+    };
+    Ok((revealed, values))
+}
+
+/// `reading` with every one of `secrets` replaced by `***` (an error message quoting the URL,
+/// an answer echoing a header).
+pub fn redact_reading(reading: crate::Reading, secrets: &[String]) -> crate::Reading {
+    if secrets.is_empty() {
+        return reading;
+    }
+    let hide = |s: &str| {
+        secrets
+            .iter()
+            .fold(s.to_owned(), |s, secret| s.replace(secret.as_str(), "***"))
+    };
+    fn walk(v: &mut serde_json::Value, hide: &dyn Fn(&str) -> String) {
+        match v {
+            serde_json::Value::String(s) => *s = hide(s),
+            serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, hide)),
+            serde_json::Value::Object(map) => map.values_mut().for_each(|i| walk(i, hide)),
+            _ => {}
+        }
+    }
+    match reading {
+        crate::Reading::Value(mut v) => {
+            walk(&mut v, &hide);
+            crate::Reading::Value(v)
+        }
+        crate::Reading::NoData(m) => crate::Reading::NoData(hide(&m)),
+        crate::Reading::Error(m) => crate::Reading::Error(hide(&m)),
+    }
+}
+
 /// The metrics of `templates`, with `args` (the Rollout's) over each template's defaults.
 pub fn resolve(
     templates: &[&AnalysisTemplate],
@@ -76,12 +173,15 @@ pub fn resolve(
         let name = &template.meta.name;
         let mut values = BTreeMap::new();
         for arg in &template.args {
-            let value = args.get(&arg.name).or(arg.value.as_ref()).ok_or_else(|| {
-                Error::MissingArgument {
+            let secret = arg.secret.as_ref().map(secret_placeholder);
+            let value = args
+                .get(&arg.name)
+                .or(arg.value.as_ref())
+                .or(secret.as_ref())
+                .ok_or_else(|| Error::MissingArgument {
                     template: name.clone(),
                     arg: arg.name.clone(),
-                }
-            })?;
+                })?;
             values.insert(arg.name.clone(), value.clone());
         }
         for metric in &template.metrics {
@@ -209,5 +309,60 @@ mod tests {
             "rate(x{service=\"iris\"}[iris])"
         );
         assert_eq!(substitute("{{args.other}} {{", &args), "{{args.other}} {{");
+    }
+
+    #[test]
+    fn secrets_are_placeholders_until_the_request_and_hidden_after() {
+        let placeholder = secret_placeholder(&manifest::SecretKeyRef {
+            name: "metrics-auth".into(),
+            key: "token".into(),
+        });
+        assert_eq!(placeholder, "{{secret:metrics-auth/token}}");
+        let spec = ProviderSpec::Web {
+            url: format!("https://m.example/{placeholder}/q"),
+            method: HttpMethod::Get,
+            headers: vec![("Authorization".into(), format!("Bearer {placeholder}"))],
+            body: None,
+            json_path: None,
+            timeout: None,
+            insecure: false,
+        };
+        let lookup = |name: &str, key: &str| -> Result<String, String> {
+            match (name, key) {
+                ("metrics-auth", "token") => Ok("t0ken".into()),
+                _ => Err(format!("no {name}/{key}")),
+            }
+        };
+        let (revealed, secrets) = reveal_secrets(&spec, &lookup).unwrap();
+        let ProviderSpec::Web { url, headers, .. } = &revealed else {
+            unreachable!()
+        };
+        assert_eq!(url, "https://m.example/t0ken/q");
+        assert_eq!(headers[0].1, "Bearer t0ken");
+        assert_eq!(secrets, ["t0ken"]);
+        // What comes back is told without the value, in messages and in values alike.
+        let hidden = redact_reading(
+            crate::Reading::Error("https://m.example/t0ken/q answered 401".into()),
+            &secrets,
+        );
+        assert_eq!(
+            hidden,
+            crate::Reading::Error("https://m.example/***/q answered 401".into())
+        );
+        let hidden = redact_reading(
+            crate::Reading::Value(serde_json::json!({"echo": ["Bearer t0ken"], "n": 1})),
+            &secrets,
+        );
+        assert_eq!(
+            hidden,
+            crate::Reading::Value(serde_json::json!({"echo": ["Bearer ***"], "n": 1}))
+        );
+        // A secret that cannot be read is the reason, and nothing is sent.
+        let other = ProviderSpec::Prometheus {
+            address: "http://p".into(),
+            query: "{{secret:other/key}}".into(),
+            timeout: None,
+        };
+        assert_eq!(reveal_secrets(&other, &lookup).unwrap_err(), "no other/key");
     }
 }

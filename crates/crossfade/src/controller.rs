@@ -82,6 +82,8 @@ pub struct Settings {
     pub upstream: gateway::Timeouts,
     /// Which ServingRuntime commands may be started.
     pub runtime_commands: crate::runtime_policy::RuntimeCommands,
+    /// Where `secretKeyRef` arguments of AnalysisTemplates are read (`--secrets-dir`).
+    pub secrets_dir: Option<std::path::PathBuf>,
     /// Where the built-in runtimes' environments are (`crossfade runtime install`).
     pub runtimes_dir: std::path::PathBuf,
     /// The longest a revision may take to fetch, verify, load and warm up.
@@ -213,6 +215,7 @@ impl Controller {
             loader,
             http: (reqwest::Client::new(), insecure),
             fetch_timeout: settings.fetch_timeout,
+            secrets_dir: settings.secrets_dir.clone(),
             views_changed,
             routes_published: published_rx,
         });

@@ -197,6 +197,7 @@ async fn story(dir: &Path, repo: &Path, uris: &[String], keep_running: bool) -> 
         upstream: gateway::Timeouts::default(),
         runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
         runtimes_dir: crate::builtin::default_dir(dir),
+        secrets_dir: None,
         load_timeout: Duration::from_secs(300),
         admin_hosts: Vec::new(),
         clock: clock::Clock::system(),

@@ -108,6 +108,11 @@ pub struct Args {
     /// with a scrubbed environment). Without this or --runtime-allowlist, none does.
     #[arg(long, conflicts_with = "runtime_allowlist")]
     allow_runtime_commands: bool,
+    /// Where AnalysisTemplate arguments from `valueFrom.secretKeyRef` are read: the file
+    /// `<DIR>/<secret name>/<key>`, as a Kubernetes Secret volume lays it out (read at each
+    /// measurement; never shown).
+    #[arg(long, value_name = "DIR")]
+    secrets_dir: Option<PathBuf>,
     /// Where the built-in runtimes' environments are (`crossfade runtime install` makes them;
     /// default: `runtimes` in the data directory).
     #[arg(long, value_name = "DIR")]
@@ -328,6 +333,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (None, true) => RuntimeCommands::All,
             (None, false) => RuntimeCommands::Refused,
         },
+        secrets_dir: args.secrets_dir.clone(),
         runtimes_dir: args
             .runtimes_dir
             .clone()

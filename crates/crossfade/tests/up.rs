@@ -2050,6 +2050,151 @@ fn a_rollout_judged_by_a_real_prometheus() {
     assert!(ratio[0] > 0.2, "{failed}");
 }
 
+/// A metric endpoint on port 0 that answers `{"healthy": true}` to requests carrying
+/// `authorization: Bearer <token>` and 401 to others; keeps every authorization it saw.
+fn authorized_metric_server(
+    token: &'static str,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/health", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = std::sync::Arc::clone(&seen);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut auth = String::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("authorization:") {
+                    auth = line[line.len() - v.len()..].trim().to_owned();
+                }
+                line.clear();
+            }
+            let ok = auth == format!("Bearer {token}");
+            kept.lock().unwrap().push(auth);
+            let answer: &[u8] = if ok {
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 17\r\nconnection: close\r\n\r\n{\"healthy\": true}"
+            } else {
+                b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            };
+            let _ = stream.write_all(answer);
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn a_template_argument_from_a_secret_is_sent_and_never_shown() {
+    const TOKEN_VALUE: &str = "s3cret-metrics-token-5b1e";
+    let (url, seen) = authorized_metric_server(TOKEN_VALUE);
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2"]);
+    let [v1, v2] = models.uris();
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(secrets.path().join("metrics-auth")).unwrap();
+    // As `echo` writes it, with a newline, which is not part of the value.
+    std::fs::write(
+        secrets.path().join("metrics-auth/token"),
+        format!("{TOKEN_VALUE}\n"),
+    )
+    .unwrap();
+    let template = format!(
+        r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {{name: health}}
+spec:
+  args:
+    - name: canary
+    - name: api-token
+      valueFrom:
+        secretKeyRef: {{name: metrics-auth, key: token}}
+  # Its failures do not count, and its error message quotes the URL, the token in its path.
+  dryRun: [{{metricName: without-header}}]
+  metrics:
+    - name: authorized
+      initialDelay: 1s              # after the other has its measurement
+      successCondition: result == true
+      provider:
+        web:
+          url: "{url}?revision={{{{args.canary}}}}&token={{{{args.api-token}}}}"
+          headers:
+            - {{key: Authorization, value: "Bearer {{{{args.api-token}}}}"}}
+          jsonPath: "{{$.healthy}}"
+    - name: without-header
+      successCondition: result == true
+      provider:
+        web:
+          url: "{url}/{{{{args.api-token}}}}"
+          jsonPath: "{{$.healthy}}"
+"#
+    );
+    let repo = GitRepo::new();
+    commit_model(&repo, &v1, "iris v1");
+    repo.write("rollout.yaml", &rollout_yaml(&template));
+    repo.commit("a rollout judged by an endpoint that wants a token");
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("up.log");
+    // crossfade's log, kept: it must not hold the secret either.
+    let mut wrapped = Command::new("sh");
+    wrapped.args([
+        "-c",
+        &format!("\"$0\" \"$@\" 2>&1 | tee {} >&2", log.display()),
+        BIN,
+    ]);
+    let secrets_dir = secrets.path().to_str().unwrap();
+    let up = Up::start_in(
+        wrapped,
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--secrets-dir",
+            secrets_dir,
+        ],
+    );
+    up.sync();
+    commit_model(&repo, &v2, "iris v2");
+    up.sync();
+    let (r, _) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["phase"] == "Paused" && r["currentStepIndex"] == 4
+    });
+    let run = &r["analysisRuns"][0];
+    assert_eq!(run["phase"], "Successful", "{r:#}");
+    let refused = run["measurements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["metric"] == "without-header")
+        .unwrap_or_else(|| panic!("{r:#}"));
+    let message = refused["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("401") && message.contains("/health/***"),
+        "{run:#}"
+    );
+    // The endpoint got the secret's value, in the header and the query.
+    let auths = seen.lock().unwrap().clone();
+    assert!(
+        auths.iter().any(|a| a == &format!("Bearer {TOKEN_VALUE}")),
+        "{auths:?}"
+    );
+
+    let shown = [
+        up.status().to_string(),
+        up.rollout().to_string(),
+        http_get(&up.server, "/api/v1/rollouts"),
+        http_get(&up.server, "/api/v1/audit?limit=1000"),
+        up.json(&["history"]).to_string(),
+    ];
+    for text in &shown {
+        assert!(!text.contains(TOKEN_VALUE), "the secret is shown: {text}");
+    }
+    drop(up);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("crossfade is up"), "{logged}");
+    assert!(!logged.contains(TOKEN_VALUE), "the secret is logged");
+}
+
 #[test]
 fn a_canary_that_answers_differently_is_caught_in_the_shadow() {
     let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-wrong"]);

@@ -618,6 +618,16 @@ pub struct TemplateArg {
     pub value: Option<String>,
     /// `valueFrom` is set (a secret or field reference).
     pub value_from: bool,
+    /// `valueFrom.secretKeyRef`: read from the operator's secrets directory when measured.
+    pub secret: Option<SecretKeyRef>,
+}
+
+/// `valueFrom.secretKeyRef.{name, key}`: a key of a Kubernetes Secret, which crossfade reads
+/// from `<secrets dir>/<name>/<key>` (a Secret volume's layout).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
 }
 
 impl TemplateArg {

@@ -79,6 +79,8 @@ pub struct Drivers {
     /// HTTP clients of the analysis providers: verifying certificates, and not (`insecure`).
     pub http: (reqwest::Client, reqwest::Client),
     pub fetch_timeout: Duration,
+    /// Where `secretKeyRef` arguments are read (`<dir>/<name>/<key>`), if the operator named it.
+    pub secrets_dir: Option<std::path::PathBuf>,
     /// Told after every view published (the route publisher listens).
     pub views_changed: watch::Sender<u64>,
     /// The view generation of each Application the route table holds, by index.
@@ -331,11 +333,62 @@ async fn replay_if_short(
     analysis::Reading::Value(v)
 }
 
-/// Takes a reading and hands it back to the rollout.
+/// A `secretKeyRef` argument's value: the file `<dir>/<name>/<key>` (one trailing newline
+/// dropped: `echo` writes one), read at each measurement so that a rotated secret is used.
+fn read_secret(dir: Option<&std::path::Path>, name: &str, key: &str) -> Result<String, String> {
+    let Some(dir) = dir else {
+        return Err(format!(
+            "an argument is secretKeyRef {name}/{key}: start crossfade with --secrets-dir <dir> holding {name}/{key}"
+        ));
+    };
+    let path = dir.join(name).join(key);
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        format!(
+            "secretKeyRef {name}/{key}: cannot read {}: {e}",
+            path.display()
+        )
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_owned())
+}
+
+/// Takes a reading and hands it back to the rollout. Secret arguments are read into the
+/// request here, and their values kept out of what is recorded.
 async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSender<Msg>) {
+    let secrets_dir = drivers.secrets_dir.clone();
+    let lookup = move |name: &str, key: &str| read_secret(secrets_dir.as_deref(), name, key);
+    let reading = match analysis::reveal_secrets(&job.provider, &lookup) {
+        Ok((provider, secrets)) => {
+            let reading = take_reading(&drivers, &job, &provider).await;
+            analysis::redact_reading(reading, &secrets)
+        }
+        Err(why) => analysis::Reading::Error(why),
+    };
+    let finished_at = drivers.clock.now().as_secs();
+    let _ = back.send(
+        Event::Measured {
+            service: job.service,
+            input: engine::rollout::Input::Measured {
+                run: job.run,
+                metric: job.metric,
+                reading,
+                started_at: job.started_at,
+                finished_at,
+            },
+        }
+        .into(),
+    );
+}
+
+/// One reading of `provider` for `job`.
+async fn take_reading(
+    drivers: &Arc<Drivers>,
+    job: &MeasureJob,
+    provider: &analysis::ProviderSpec,
+) -> analysis::Reading {
     use analysis::ProviderSpec;
     use manifest::RevisionSelector;
-    let reading = match &job.provider {
+    match provider {
         ProviderSpec::Builtin(b) if let Some(compare) = &b.compare => {
             // The whole run so far (within the windows' ten minutes), unless a window is given.
             let since_start = drivers.clock.now().as_secs() - job.run_started_at;
@@ -373,7 +426,7 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
                 stable.as_ref(),
                 &gateway::latency_bounds(),
             );
-            replay_if_short(&drivers, &job, reading).await
+            replay_if_short(drivers, job, reading).await
         }
         ProviderSpec::Builtin(b) => {
             let revision = match b.revision {
@@ -424,19 +477,5 @@ async fn measure(drivers: Arc<Drivers>, job: MeasureJob, back: mpsc::UnboundedSe
             )
             .await
         }
-    };
-    let finished_at = drivers.clock.now().as_secs();
-    let _ = back.send(
-        Event::Measured {
-            service: job.service,
-            input: engine::rollout::Input::Measured {
-                run: job.run,
-                metric: job.metric,
-                reading,
-                started_at: job.started_at,
-                finished_at,
-            },
-        }
-        .into(),
-    );
+    }
 }

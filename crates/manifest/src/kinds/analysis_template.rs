@@ -26,6 +26,64 @@ const UNSUPPORTED_PROVIDERS: &[&str] = &[
     "plugin",
 ];
 
+/// `valueFrom.secretKeyRef`: a Secret's name (a DNS subdomain) and key (letters, digits, `-`,
+/// `_`, `.`), so that `<dir>/<name>/<key>` stays inside the secrets directory.
+fn secret_key_ref(cx: &mut Cx<'_>, vf: &At<'_>) -> Option<SecretKeyRef> {
+    let vf = cx.map(
+        vf,
+        &Fields {
+            known: &["secretKeyRef", "fieldRef"],
+            tolerated: &[],
+        },
+    )?;
+    let at = vf.get("secretKeyRef")?;
+    let r = cx.map(
+        &at,
+        &Fields {
+            known: &["name", "key"],
+            tolerated: &["optional"],
+        },
+    )?;
+    let name = r.req(cx, "name").and_then(|a| {
+        let v = cx.nonempty_string(&a)?;
+        let ok = v.len() <= 253
+            && v.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            });
+        if !ok {
+            cx.error(
+                Code::InvalidValue,
+                &a,
+                format!("`{v}` is not a Secret name (lower-case letters, digits, `-` and `.`)"),
+            );
+            return None;
+        }
+        Some(v)
+    });
+    let key = r.req(cx, "key").and_then(|a| {
+        let v = cx.nonempty_string(&a)?;
+        let ok = v != "."
+            && v != ".."
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            cx.error(
+                Code::InvalidValue,
+                &a,
+                format!("`{v}` is not a Secret key (letters, digits, `-`, `_` and `.`)"),
+            );
+            return None;
+        }
+        Some(v)
+    });
+    Some(SecretKeyRef {
+        name: name?,
+        key: key?,
+    })
+}
+
 pub(crate) fn analysis_template(
     doc: &mut Doc<'_, '_>,
     meta: Meta,
@@ -53,10 +111,12 @@ pub(crate) fn analysis_template(
         };
         let value = m.get("value").and_then(|a| cx.string(&a));
         let value_from = m.has("valueFrom");
+        let secret = m.get("valueFrom").and_then(|vf| secret_key_ref(cx, &vf));
         args.push(TemplateArg {
             name,
             value,
             value_from,
+            secret,
         });
     }
     let mut dry_run_patterns = Vec::new();

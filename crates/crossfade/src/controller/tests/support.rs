@@ -446,6 +446,7 @@ impl InProcess {
             upstream: gateway::Timeouts::default(),
             runtime_commands: crate::runtime_policy::RuntimeCommands::Refused,
             runtimes_dir: std::path::PathBuf::from("/nonexistent/runtimes"),
+            secrets_dir: None,
             load_timeout: Duration::from_secs(60),
             admin_hosts: Vec::new(),
             clock,
