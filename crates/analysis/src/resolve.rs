@@ -43,6 +43,15 @@ pub enum ProviderSpec {
         insecure: bool,
     },
     Builtin(BuiltinProvider),
+    /// A job run as a local process: its reading is `{"succeeded": bool, "exitCode": n}`.
+    Job {
+        /// The template it comes from (`job/<template>` in a runtime allow-list).
+        template: String,
+        command: Vec<String>,
+        env: Vec<(String, String)>,
+        backoff_limit: u32,
+        deadline: Duration,
+    },
 }
 
 /// Replaces every `{{args.<name>}}` (spaces inside the braces allowed) whose name is in
@@ -130,6 +139,25 @@ pub fn reveal_secrets(
             insecure: *insecure,
         },
         ProviderSpec::Builtin(b) => ProviderSpec::Builtin(b.clone()),
+        ProviderSpec::Job {
+            template,
+            command,
+            env,
+            backoff_limit,
+            deadline,
+        } => ProviderSpec::Job {
+            template: template.clone(),
+            command: command
+                .iter()
+                .map(|c| reveal(c))
+                .collect::<Result<_, _>>()?,
+            env: env
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), reveal(v)?)))
+                .collect::<Result<_, String>>()?,
+            backoff_limit: *backoff_limit,
+            deadline: *deadline,
+        },
     };
     Ok((revealed, values))
 }
@@ -270,7 +298,27 @@ fn resolve_metric(
             insecure: w.insecure,
         },
         Provider::Crossfade(b) => ProviderSpec::Builtin(b.clone()),
+        Provider::Job(j) => ProviderSpec::Job {
+            template: template.to_owned(),
+            command: j.command.iter().chain(&j.args).map(|s| sub(s)).collect(),
+            env: j.env.iter().map(|(k, v)| (k.clone(), sub(v))).collect(),
+            backoff_limit: j.backoff_limit,
+            deadline: j.deadline,
+        },
     };
+    // Argo judges a job by its status, not by conditions: succeeded passes, failed fails.
+    let job = matches!(provider, ProviderSpec::Job { .. });
+    let implicit = |given: &Option<manifest::Condition>, source: &str| {
+        if job && given.is_none() {
+            Some(manifest::Condition {
+                source: source.to_owned(),
+            })
+        } else {
+            given.clone()
+        }
+    };
+    let success_condition = implicit(&metric.success_condition, "result.succeeded == true");
+    let failure_condition = implicit(&metric.failure_condition, "result.succeeded == false");
     Ok(MetricSpec {
         name: metric.name.clone(),
         template: template.to_owned(),
@@ -290,8 +338,8 @@ fn resolve_metric(
                 &metric.consecutive_error_limit,
             )?,
         },
-        success: condition(&metric.success_condition)?,
-        failure: condition(&metric.failure_condition)?,
+        success: condition(&success_condition)?,
+        failure: condition(&failure_condition)?,
         dry_run: metric.dry_run,
         provider,
     })

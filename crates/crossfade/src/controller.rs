@@ -216,6 +216,8 @@ impl Controller {
             http: (reqwest::Client::new(), insecure),
             fetch_timeout: settings.fetch_timeout,
             secrets_dir: settings.secrets_dir.clone(),
+            runtime_commands: settings.runtime_commands.clone(),
+            jobs_dir: settings.data_dir.join("jobs"),
             views_changed,
             routes_published: published_rx,
         });

@@ -66,6 +66,11 @@ impl RuntimeCommands {
             "start crossfade up with --allow-runtime-commands, or list `{runtime} {program}` \
              in a --runtime-allowlist file"
         );
+        // An analysis job is checked as `job/<AnalysisTemplate name>`.
+        let who = match runtime.strip_prefix("job/") {
+            Some(template) => format!("The job of AnalysisTemplate {template}"),
+            None => format!("ServingRuntime {runtime}"),
+        };
         match self {
             Self::All => Ok(()),
             Self::Listed { entries, .. }
@@ -76,12 +81,11 @@ impl RuntimeCommands {
                 Ok(())
             }
             Self::Listed { file, .. } => Err(format!(
-                "ServingRuntime {runtime} would run {program:?} on this machine, and {file} does \
-                 not allow it: {how}"
+                "{who} would run {program:?} on this machine, and {file} does not allow it: {how}"
             )),
             Self::Refused => Err(format!(
-                "ServingRuntime {runtime} would run {program:?} on this machine, and crossfade \
-                 runs a runtime's command only when the operator allows it: {how}"
+                "{who} would run {program:?} on this machine, and crossfade runs a command \
+                 from Git only when the operator allows it: {how}"
             )),
         }
     }

@@ -2196,6 +2196,81 @@ spec:
 }
 
 #[test]
+fn a_job_metric_runs_as_a_local_process_and_its_exit_status_decides() {
+    let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-mlp-v1"]);
+    let [v1, v2, v3] = models.uris();
+    // As Argo's docs write a job metric; the check fails for the third revision.
+    let template = r#"apiVersion: argoproj.io/v1alpha1
+kind: AnalysisTemplate
+metadata: {name: health}
+spec:
+  args: [{name: canary}]
+  metrics:
+    - name: smoke-test
+      provider:
+        job:
+          metadata:
+            labels: {team: ml}
+          spec:
+            backoffLimit: 1
+            template:
+              spec:
+                restartPolicy: Never
+                containers:
+                  - name: smoke
+                    image: alpine:3
+                    command: [/bin/sh, -c]
+                    args: ['case "{{args.canary}}" in *00003) exit 3;; esac']
+"#;
+    let repo = GitRepo::new();
+    commit_model(&repo, &v1, "iris v1");
+    repo.write(
+        "rollout.yaml",
+        &rollout_yaml_ending(template, "{duration: 1s}"),
+    );
+    repo.commit("a rollout judged by a smoke-test job");
+    let out = Command::new(BIN)
+        .args(["lint", repo.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("runs-command"), "{text}");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--allow-runtime-commands",
+        ],
+    );
+    up.sync();
+
+    commit_model(&repo, &v2, "iris v2");
+    up.sync();
+    let (r, _) = up.wait_rollout("iris-predictor-00002", |r| {
+        r["stableRevision"] == "iris-predictor-00002"
+    });
+    assert_eq!(r["phase"], "Healthy", "{r:#}");
+    let m = &r["analysisRuns"][0]["measurements"][0];
+    assert_eq!(m["phase"], "Successful", "{r:#}");
+    let value: Value = serde_json::from_str(m["value"].as_str().unwrap()).unwrap();
+    assert_eq!(value["exitCode"], 0, "{value}");
+
+    commit_model(&repo, &v3, "iris v3");
+    up.sync();
+    let (r, max) = up.wait_rollout("iris-predictor-00003", |r| r["phase"] == "Degraded");
+    assert_eq!(max, 20, "{r:#}");
+    let run = aborted_back_to(&r, "iris-predictor-00002");
+    let failed = failed_measurement(&run);
+    let value: Value = serde_json::from_str(failed["value"].as_str().unwrap()).unwrap();
+    // backoffLimit 1: tried twice.
+    assert_eq!(value["exitCode"], 3, "{value}");
+    assert_eq!(value["attempts"], 2, "{value}");
+}
+
+#[test]
 fn a_canary_that_answers_differently_is_caught_in_the_shadow() {
     let models = Models::publish(&["iris-logreg-v1", "iris-logreg-v2", "iris-wrong"]);
     let [v1, v2, wrong] = models.uris();

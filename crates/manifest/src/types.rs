@@ -683,6 +683,23 @@ pub enum Provider {
     Web(WebProvider),
     /// crossfade's own measurements of the gateway, so that no Prometheus is needed.
     Crossfade(BuiltinProvider),
+    /// `provider.job`: the Job's first container's command, run as a local process.
+    Job(JobProvider),
+}
+
+/// `provider.job`: a Kubernetes Job, run here as a local process (its first container's
+/// `command` and `args`, with its `env`): exit status 0 is a successful measurement, anything
+/// else a failed one after `backoffLimit` retries, as Argo reads a Job's status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobProvider {
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// `spec.backoffLimit`: retries after a failure (Kubernetes' default, 6).
+    pub backoff_limit: u32,
+    /// `spec.activeDeadlineSeconds`: the longest the Job may run, retries included (default
+    /// 600 s here).
+    pub deadline: Duration,
 }
 
 /// `provider.prometheus`.

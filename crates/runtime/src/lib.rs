@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 pub use contract::breaks as contract_breaks;
 pub use onnx::OnnxModel;
-pub use process::{INHERITED_ENV, ProcessRuntime, ProcessSpec};
+pub use process::{INHERITED_ENV, JobOutcome, JobSpec, ProcessRuntime, ProcessSpec, run_job};
 pub use tensor::{DataType, Tensor, TensorData, TensorSpec};
 pub use trees::Forest;
 

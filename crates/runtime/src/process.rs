@@ -302,3 +302,136 @@ fn ready(port: u16, model: &str) -> bool {
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..12] == b"200"
 }
+
+/// A check to run once, as an analysis `job`: a command line and its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSpec {
+    /// The program, then its arguments.
+    pub command: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Retries after a failure.
+    pub backoff_limit: u32,
+    /// The longest all attempts together may take.
+    pub deadline: Duration,
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobOutcome {
+    /// The last attempt's exit code (`None`: killed by a signal, or at the deadline).
+    pub exit_code: Option<i32>,
+    pub succeeded: bool,
+    /// Attempts made.
+    pub attempts: u32,
+    /// It was stopped at the deadline.
+    pub timed_out: bool,
+}
+
+/// Runs `spec` as a ServingRuntime's command runs: a scrubbed environment (`INHERITED_ENV` and
+/// the job's `env`), its own process group (stopped whole at the deadline), no input, output
+/// discarded, in a fresh working directory under `work`, removed afterwards. A failed attempt
+/// is retried up to `backoff_limit` times, as a Kubernetes Job is. Blocking.
+pub fn run_job(
+    spec: &JobSpec,
+    work: &std::path::Path,
+    clock: &clock::Clock,
+) -> Result<JobOutcome, Error> {
+    let Some((program, args)) = spec.command.split_first() else {
+        return Err(Error::Process("the job has no command".into()));
+    };
+    let started = clock.instant();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let dir = tempfile_dir(work)?;
+        let mut cmd = Command::new(program);
+        cmd.env_clear();
+        for name in INHERITED_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                cmd.env(name, value);
+            }
+        }
+        if std::env::var_os("PATH").is_none() {
+            cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+        }
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        cmd.args(args)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Process(format!("cannot start {program}: {e}")));
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
+        let left = spec.deadline.saturating_sub(clock.since(started));
+        let (status, timed_out) = wait_until(child, left);
+        let _ = std::fs::remove_dir_all(&dir);
+        let succeeded = status.is_some_and(|s| s.success());
+        let outcome = JobOutcome {
+            exit_code: status.and_then(|s| s.code()),
+            succeeded,
+            attempts,
+            timed_out,
+        };
+        if succeeded || timed_out || attempts > spec.backoff_limit {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// Waits for `child` at most `left`; past it, stops its whole group. The exit status, if it
+/// exited by itself, and whether the time ran out.
+fn wait_until(mut child: Child, left: Duration) -> (Option<std::process::ExitStatus>, bool) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let pid = child.id();
+    let waiter = std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send(());
+        (child, status)
+    });
+    match rx.recv_timeout(left) {
+        Ok(()) => {
+            let (_, status) = waiter.join().expect("the waiting thread");
+            (status.ok(), false)
+        }
+        Err(_) => {
+            // Past the deadline: the whole group, and back once none of it runs (at most 2 s).
+            if let Some(group) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+            }
+            let _ = waiter.join();
+            let mut waited = Duration::ZERO;
+            while group_runs(pid as i32) && waited < Duration::from_secs(2) {
+                // A signal takes effect when its process next runs; nothing else tells.
+                std::thread::sleep(Duration::from_millis(10));
+                waited += Duration::from_millis(10);
+            }
+            (None, true)
+        }
+    }
+}
+
+/// A fresh directory under `work` for one attempt.
+fn tempfile_dir(work: &std::path::Path) -> Result<PathBuf, Error> {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    std::fs::create_dir_all(work)
+        .map_err(|e| Error::Process(format!("{}: {e}", work.display())))?;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = work.join(format!("job-{}-{n}", std::process::id()));
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(Error::Process(format!("{}: {e}", dir.display()))),
+        }
+    }
+}

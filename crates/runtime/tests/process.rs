@@ -175,3 +175,96 @@ fn a_runtime_gets_a_scrubbed_environment_and_is_stopped_with_what_it_started() {
     rt.stop();
     assert!(gone(grandchild), "the runtime's own child survived it");
 }
+
+fn job(
+    script: &str,
+    env: &[(&str, &str)],
+    backoff_limit: u32,
+    deadline: Duration,
+) -> runtime::JobSpec {
+    runtime::JobSpec {
+        command: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        env: env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+        backoff_limit,
+        deadline,
+    }
+}
+
+#[test]
+fn a_job_passes_on_exit_zero_and_fails_after_its_retries() {
+    let work = tempfile::tempdir().unwrap();
+    let minute = Duration::from_secs(60);
+    // Its own environment only: what it is given, nothing of the parent's (cargo sets
+    // CARGO_MANIFEST_DIR for this test).
+    let ok = runtime::run_job(
+        &job(
+            r#"test "$GIVEN" = yes && test -z "$CARGO_MANIFEST_DIR" && test -n "$PATH""#,
+            &[("GIVEN", "yes")],
+            0,
+            minute,
+        ),
+        work.path(),
+        &clock::Clock::system(),
+    )
+    .unwrap();
+    assert!(
+        ok.succeeded && ok.exit_code == Some(0) && ok.attempts == 1,
+        "{ok:?}"
+    );
+
+    // Each attempt appends to a file; two retries make three attempts, then the failure.
+    let tally = work.path().join("tally");
+    let script = format!("echo x >> {}; exit 3", tally.display());
+    let failed = runtime::run_job(
+        &job(&script, &[], 2, minute),
+        work.path(),
+        &clock::Clock::system(),
+    )
+    .unwrap();
+    assert_eq!(
+        (failed.succeeded, failed.exit_code, failed.attempts),
+        (false, Some(3), 3)
+    );
+    assert_eq!(std::fs::read_to_string(&tally).unwrap().lines().count(), 3);
+    // Working directories are removed.
+    let left: Vec<_> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "tally")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn a_job_past_its_deadline_is_stopped_with_what_it_started() {
+    let work = tempfile::tempdir().unwrap();
+    let pid_file = work.path().join("child.pid");
+    // A child of the job's shell, in its process group: stopped too.
+    let script = format!("sleep 600 & echo $! > {}; wait", pid_file.display());
+    let out = runtime::run_job(
+        &job(&script, &[], 5, Duration::from_millis(300)),
+        work.path(),
+        &clock::Clock::system(),
+    )
+    .unwrap();
+    assert!(
+        out.timed_out && !out.succeeded && out.attempts == 1,
+        "{out:?}"
+    );
+    let pid: u64 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SIGKILL is delivered when the process next runs: it is gone or a zombie of init by now,
+    // never running.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let running = state
+        .rsplit(')')
+        .next()
+        .is_some_and(|rest| rest.trim_start().starts_with(['R', 'S', 'D']));
+    assert!(!running, "the job's child {pid} still runs: {state}");
+}

@@ -79,6 +79,10 @@ pub struct Drivers {
     /// HTTP clients of the analysis providers: verifying certificates, and not (`insecure`).
     pub http: (reqwest::Client, reqwest::Client),
     pub fetch_timeout: Duration,
+    /// Which commands from Git may run (analysis jobs, as ServingRuntimes).
+    pub runtime_commands: crate::runtime_policy::RuntimeCommands,
+    /// Where analysis jobs get their working directories.
+    pub jobs_dir: std::path::PathBuf,
     /// Where `secretKeyRef` arguments are read (`<dir>/<name>/<key>`), if the operator named it.
     pub secrets_dir: Option<std::path::PathBuf>,
     /// Told after every view published (the route publisher listens).
@@ -449,6 +453,39 @@ async fn take_reading(
                     mean_distance: s.mean_distance,
                 });
             analysis::builtin::reading(b, &revision, traffic)
+        }
+        ProviderSpec::Job {
+            template,
+            command,
+            env,
+            backoff_limit,
+            deadline,
+        } => {
+            let program = command.first().map_or("", String::as_str);
+            if let Err(why) = drivers
+                .runtime_commands
+                .check(&format!("job/{template}"), program)
+            {
+                return analysis::Reading::Error(why);
+            }
+            let spec = runtime::JobSpec {
+                command: command.clone(),
+                env: env.clone(),
+                backoff_limit: *backoff_limit,
+                deadline: *deadline,
+            };
+            let (work, clock) = (drivers.jobs_dir.clone(), drivers.clock);
+            match tokio::task::spawn_blocking(move || runtime::run_job(&spec, &work, &clock)).await
+            {
+                Ok(Ok(outcome)) => analysis::Reading::Value(serde_json::json!({
+                    "succeeded": outcome.succeeded,
+                    "exitCode": outcome.exit_code,
+                    "attempts": outcome.attempts,
+                    "timedOut": outcome.timed_out,
+                })),
+                Ok(Err(e)) => analysis::Reading::Error(e.to_string()),
+                Err(e) => analysis::Reading::Error(format!("the job's task failed: {e}")),
+            }
         }
         ProviderSpec::Prometheus {
             address,

@@ -158,6 +158,7 @@ impl World {
                         ProviderSpec::Prometheus { query, .. } => format!("prometheus {query}"),
                         ProviderSpec::Web { url, .. } => format!("web {url}"),
                         ProviderSpec::Builtin(b) => format!("builtin {:?} of {canary}", b.metric),
+                        ProviderSpec::Job { command, .. } => format!("job {command:?}"),
                     };
                     writeln!(self.trace, "    measure {run}/{metric}: {what}").unwrap();
                     self.asked.push((run, metric));

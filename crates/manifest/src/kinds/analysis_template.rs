@@ -8,13 +8,12 @@ use crate::diag::Code;
 use crate::types::*;
 use crate::yaml::{NodeKind, Resolved};
 
-use super::{Doc, one_line};
+use super::{CONTAINER_TOLERATED, Doc, one_line};
 use crate::validate::{RefTarget, UnsupportedMetric};
 
 // === Argo Rollouts AnalysisTemplate / ClusterAnalysisTemplate ===
 
 const UNSUPPORTED_PROVIDERS: &[&str] = &[
-    "job",
     "datadog",
     "newRelic",
     "wavefront",
@@ -302,11 +301,153 @@ fn metric(cx: &mut Cx<'_>, at: &At<'_>, args: &[TemplateArg]) -> Option<Metric> 
     })
 }
 
+/// `provider.job`: `spec.template.spec.containers[0]` with a `command`.
+fn job_provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
+    let job = cx.map(
+        at,
+        &Fields {
+            known: &["spec"],
+            tolerated: &["metadata"],
+        },
+    )?;
+    let spec_at = job.req(cx, "spec")?;
+    let spec = cx.map(
+        &spec_at,
+        &Fields {
+            known: &["template", "backoffLimit", "activeDeadlineSeconds"],
+            tolerated: &[
+                "ttlSecondsAfterFinished",
+                "completions",
+                "parallelism",
+                "podFailurePolicy",
+            ],
+        },
+    )?;
+    let backoff_limit = match spec.get("backoffLimit") {
+        Some(a) => cx.int_in(&a, 0, 100).map(|n| n as u32),
+        None => Some(6),
+    };
+    let deadline = match spec.get("activeDeadlineSeconds") {
+        Some(a) => cx
+            .int_in(&a, 1, 86_400)
+            .map(|s| Duration::from_secs(s as u64)),
+        None => Some(Duration::from_secs(600)),
+    };
+    let template_at = spec.req(cx, "template")?;
+    let template = cx.map(
+        &template_at,
+        &Fields {
+            known: &["spec"],
+            tolerated: &["metadata"],
+        },
+    )?;
+    let pod_at = template.req(cx, "spec")?;
+    let pod = cx.map(
+        &pod_at,
+        &Fields {
+            known: &["containers", "restartPolicy"],
+            tolerated: &[
+                "serviceAccountName",
+                "volumes",
+                "nodeSelector",
+                "tolerations",
+                "affinity",
+                "securityContext",
+                "imagePullSecrets",
+                "initContainers",
+            ],
+        },
+    )?;
+    let containers_at = pod.req(cx, "containers")?;
+    let containers = cx.seq(&containers_at);
+    let Some(first) = containers.first() else {
+        cx.error(
+            Code::MissingField,
+            &containers_at,
+            "`containers` is empty: the job needs one container",
+        );
+        return None;
+    };
+    if containers.len() > 1 {
+        cx.warning(
+            Code::IgnoredField,
+            &containers[1],
+            "crossfade runs only the first container of a job",
+        );
+    }
+    let c = cx.map(
+        first,
+        &Fields {
+            known: &["name", "image", "command", "args", "env"],
+            tolerated: CONTAINER_TOLERATED,
+        },
+    )?;
+    let command = c.get("command").map(|a| cx.strings(&a)).unwrap_or_default();
+    let args = c.get("args").map(|a| cx.strings(&a)).unwrap_or_default();
+    if command.is_empty() {
+        let d = cx.error(
+            Code::Unsupported,
+            first,
+            "no `command`: crossfade runs a job as a local process and cannot run an image's entrypoint",
+        );
+        d.field = format!("{}.command", first.path);
+        d.hint = Some("give the check's command line in `command` (and `args`)".into());
+        return None;
+    }
+    if let Some(at) = c.get("command") {
+        let d = cx.warning(
+            Code::RunsCommand,
+            &at,
+            format!(
+                "this job runs a command on the serving machine ({}), as crossfade's user",
+                command[0]
+            ),
+        );
+        d.hint = Some(
+            "crossfade up runs it only with --allow-runtime-commands or when a \
+             --runtime-allowlist file lists `job/<template name>` with its program"
+                .into(),
+        );
+    }
+    let mut env = Vec::new();
+    for m in cx.maps_in(
+        c.get("env"),
+        &Fields {
+            known: &["name", "value", "valueFrom"],
+            tolerated: &[],
+        },
+    ) {
+        let name = m.req(cx, "name").and_then(|a| cx.nonempty_string(&a));
+        if let Some(vf) = m.get("valueFrom") {
+            cx.warning(
+                Code::Unsupported,
+                &vf,
+                "`valueFrom` is not resolved locally; the variable is not set",
+            );
+            continue;
+        }
+        let value = m
+            .get("value")
+            .and_then(|a| cx.string(&a))
+            .unwrap_or_default();
+        if let Some(name) = name {
+            env.push((name, value));
+        }
+    }
+    Some(Provider::Job(JobProvider {
+        command,
+        args,
+        env,
+        backoff_limit: backoff_limit?,
+        deadline: deadline?,
+    }))
+}
+
 fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
     let m = cx.map(
         at,
         &Fields {
-            known: &["prometheus", "web", "crossfade"],
+            known: &["prometheus", "web", "crossfade", "job"],
             tolerated: UNSUPPORTED_PROVIDERS,
         },
     )?;
@@ -317,17 +458,18 @@ fn provider(cx: &mut Cx<'_>, at: &At<'_>) -> Option<Provider> {
                 &a,
                 format!("the `{key}` metric provider is not supported"),
             )
-            .hint = Some("use `prometheus`, `web` (any HTTP JSON source) or `crossfade` (the gateway's own measurements)".into());
+            .hint = Some("use `prometheus`, `web` (any HTTP JSON source), `job` (a command) or `crossfade` (the gateway's own measurements)".into());
             return None;
         }
     }
     let (kind, a) = m.exactly_one(
         cx,
-        &["prometheus", "web", "crossfade"],
-        "a provider needs one of `prometheus`, `web` or `crossfade`",
+        &["prometheus", "web", "crossfade", "job"],
+        "a provider needs one of `prometheus`, `web`, `job` or `crossfade`",
         "a metric has exactly one provider",
     )?;
     match kind {
+        "job" => job_provider(cx, &a),
         "prometheus" => {
             let p = cx.map(
                 &a,
