@@ -77,9 +77,9 @@ pub struct Forest {
 }
 
 /// The trees laid out for evaluation: in each tree a node's children are adjacent (`right ==
-/// left + 1`), so a step is `i = left + !goes_left` with no branch; a leaf points at itself
-/// and every value goes "left" from it, so a walk takes exactly its tree's depth in steps
-/// and several rows walk a tree side by side.
+/// left + 1`), so a step is `i = left + !goes_left` with no branch; every value goes "right"
+/// from a leaf, whose "left" is the node before it, so a walk stays on a leaf, takes exactly
+/// its tree's depth in steps, and several rows walk a tree side by side.
 #[derive(Debug, Clone, Default)]
 struct Flat {
     nodes: Vec<FlatNode>,
@@ -92,7 +92,7 @@ struct Flat {
 /// 16 bytes: a 300-tree booster's nodes take two thirds of the cache they would unpacked.
 #[derive(Debug, Clone, Copy)]
 struct FlatNode {
-    /// A numeric split's threshold, `+inf` for a leaf, a categorical split's set index.
+    /// A numeric split's threshold, NaN for a leaf, a categorical split's set index.
     threshold: f64,
     left: u32,
     /// The feature (low 28 bits) and the flags (high 4).
@@ -201,13 +201,11 @@ impl Forest {
                 let n = self.nodes[old as usize];
                 let me = start + k as u32;
                 if n.left == LEAF {
-                    // NaN also goes "left": back to itself.
-                    flat.nodes.push(FlatNode::new(
-                        f64::INFINITY,
-                        0,
-                        me,
-                        DEFAULT_LEFT | MISSING_NAN,
-                    ));
+                    // Every value goes "right" from a leaf (no comparison with NaN holds, and
+                    // no missing value goes left), and its "left" is the node before it: the
+                    // walk stays on it, whatever the input, infinities included.
+                    flat.nodes
+                        .push(FlatNode::new(f64::NAN, 0, me.wrapping_sub(1), 0));
                     flat.values.push(n.value);
                 } else {
                     // XGBoost compares in single precision: its thresholds are floats.
@@ -397,7 +395,7 @@ impl Forest {
                         } else {
                             lightgbm_goes_left_flat::<CATS>(n, x, cats)
                         };
-                        *a = n.left + u32::from(!left);
+                        *a = n.left.wrapping_add(u32::from(!left));
                     }
                 }
                 // In tree order, so that single-precision sums add as XGBoost adds them.
@@ -424,7 +422,7 @@ impl Forest {
                         } else {
                             lightgbm_goes_left_flat::<CATS>(n, x, cats)
                         };
-                        at[l] = n.left + u32::from(!left);
+                        at[l] = n.left.wrapping_add(u32::from(!left));
                     }
                 }
                 let g = group as usize;

@@ -163,6 +163,7 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
         ("xgboost", "xgb-iris-softprob.json"),
         ("xgboost", "xgb-categorical-regression.json"),
         ("xgboost", "xgb-binary-small.json"),
+        ("xgboost", "xgb-binary-large.json"),
         ("lightgbm", "lgb-iris-multiclass.txt"),
         ("lightgbm", "lgb-categorical-regression.txt"),
     ];
@@ -186,6 +187,9 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
                         .map(|_| match next() {
                             p if p < 0.1 => f32::NAN,
                             p if p < 0.15 => 0.0,
+                            // Infinities stay on the leaf they reach.
+                            p if p < 0.17 => f32::INFINITY,
+                            p if p < 0.19 => f32::NEG_INFINITY,
                             // Often exactly on a threshold of the model.
                             p if p < 0.4 => thresholds[(p * 1e6) as usize % thresholds.len()],
                             p => ((p - 0.5) * 16.0).round() as f32 / 2.0,
@@ -193,6 +197,10 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
                         .collect()
                 })
                 .collect();
+            // And rows of one infinity throughout: down the rightmost (or leftmost) paths.
+            let mut rows = rows;
+            rows.push(vec![f32::INFINITY; width]);
+            rows.push(vec![f32::NEG_INFINITY; width]);
             let got = predict(&forest, &rows);
             for (i, row) in rows.iter().enumerate() {
                 let row: Vec<f64> = row.iter().map(|x| f64::from(*x)).collect();
