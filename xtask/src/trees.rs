@@ -7,24 +7,39 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 
-/// (name, library, model file, trees).
-const MODELS: &[(&str, &str, &str, &str)] = &[
+/// (name, format, the model crossfade reads, the ONNX file onnxruntime reads, the rows,
+/// trees), paths under `fixtures/`.
+const MODELS: &[(&str, &str, &str, &str, &str, &str)] = &[
+    (
+        "sklearn-extra-trees-iris",
+        "onnx",
+        "onnx-ml/sklearn-extra-trees-iris.onnx",
+        "onnx-ml/sklearn-extra-trees-iris.onnx",
+        "onnx-ml/sklearn-extra-trees-iris.expected.json",
+        "10 trees, depth 5, the same ONNX file",
+    ),
     (
         "xgb-binary-small",
         "xgboost",
-        "xgb-binary-small.json",
+        "trees/xgb-binary-small.json",
+        "trees/xgb-binary-small.onnx",
+        "trees/xgb-binary-small.expected.json",
         "10 trees, depth 4",
     ),
     (
         "xgb-binary-large",
         "xgboost",
-        "xgb-binary-large.json",
+        "trees/xgb-binary-large.json",
+        "trees/xgb-binary-large.onnx",
+        "trees/xgb-binary-large.expected.json",
         "300 trees, depth 6",
     ),
     (
         "lgb-binary-large",
         "lightgbm",
-        "lgb-binary-large.txt",
+        "trees/lgb-binary-large.txt",
+        "trees/lgb-binary-large.onnx",
+        "trees/lgb-binary-large.expected.json",
         "300 trees, 31 leaves",
     ),
 ];
@@ -54,13 +69,13 @@ pub fn run(seconds: f64) -> anyhow::Result<()> {
         ],
     )?;
     let native = Path::new("target/release/examples/trees-bench").canonicalize()?;
-    let fixtures = Path::new("fixtures/trees");
+    let fixtures = Path::new("fixtures");
     println!(
         "\n| model | batch | crossfade (native) | onnxruntime (Python) | onnxruntime / crossfade |"
     );
     println!("|---|---|---|---|---|");
-    for (name, library, file, what) in MODELS {
-        let rows = fixtures.join(format!("{name}.expected.json"));
+    for (name, library, file, onnx, rows, what) in MODELS {
+        let rows = fixtures.join(rows);
         for batch in ["1", "1000"] {
             let ours = measure(Command::new(&native).args([
                 library,
@@ -69,18 +84,13 @@ pub fn run(seconds: f64) -> anyhow::Result<()> {
                 batch,
                 &seconds.to_string(),
             ]))?;
-            let peer = measure(
-                Command::new(&python).args([
-                    "xtask/trees_peer.py",
-                    fixtures
-                        .join(format!("{name}.onnx"))
-                        .to_str()
-                        .unwrap_or_default(),
-                    rows.to_str().unwrap_or_default(),
-                    batch,
-                    &seconds.to_string(),
-                ]),
-            )?;
+            let peer = measure(Command::new(&python).args([
+                "xtask/trees_peer.py",
+                fixtures.join(onnx).to_str().unwrap_or_default(),
+                rows.to_str().unwrap_or_default(),
+                batch,
+                &seconds.to_string(),
+            ]))?;
             println!(
                 "| {name} ({what}) | {batch} | {} | {} | {:.1}x |",
                 time(ours),

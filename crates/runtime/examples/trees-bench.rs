@@ -1,7 +1,7 @@
 //! `cargo xtask bench` runs this: the native tree ensemble's time per `infer` call, at a
 //! batch size, on the rows of a fixture's reference file (tiled to the batch).
 //!
-//!     trees-bench <xgboost|lightgbm> <model> <rows.expected.json> <batch> <seconds>
+//!     trees-bench <xgboost|lightgbm|onnx> <model> <rows.expected.json> <batch> <seconds>
 //!
 //! Prints one JSON line: `{"batch": B, "calls": N, "ns_per_call": T}` (the median of five
 //! timed rounds after a warm-up).
@@ -18,12 +18,18 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let [_, format, model, rows, batch, seconds] = args.as_slice() else {
         eprintln!(
-            "usage: trees-bench <xgboost|lightgbm> <model> <rows.expected.json> <batch> <seconds>"
+            "usage: trees-bench <xgboost|lightgbm|onnx> <model> <rows.expected.json> <batch> <seconds>"
         );
         std::process::exit(2);
     };
     let forest = match format.as_str() {
         "xgboost" => Forest::load_xgboost(Path::new(model)),
+        "onnx" => Forest::load_onnx_ml(Path::new(model)).map(|f| {
+            f.unwrap_or_else(|| {
+                eprintln!("{model} is not a tree ensemble crossfade reads natively");
+                std::process::exit(1)
+            })
+        }),
         _ => Forest::load_lightgbm(Path::new(model)),
     }
     .unwrap_or_else(|e| {
@@ -49,7 +55,7 @@ fn main() {
     let width = rows[0].len();
     let data: Vec<f32> = rows.iter().cycle().take(batch).flatten().copied().collect();
     let input = Tensor {
-        name: "input-0".into(),
+        name: forest.inputs()[0].name.clone(),
         shape: vec![batch, width],
         data: TensorData::F32(data),
     };

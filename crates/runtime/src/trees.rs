@@ -15,6 +15,8 @@ use serde_json::Value;
 
 use crate::{DataType, Error, Tensor, TensorData, TensorSpec};
 
+mod onnx_ml;
+
 /// A node: a split (children `left`, `right`) or a leaf (`left == LEAF`, its value in `value`).
 #[derive(Debug, Clone, Copy)]
 struct Node {
@@ -74,6 +76,20 @@ pub struct Forest {
     outputs: Vec<TensorSpec>,
     /// The evaluation layout, made by [`Forest::compile`].
     flat: Flat,
+    /// What the model answers.
+    output: Output,
+}
+
+/// What a forest's model answers.
+#[derive(Debug, Clone, PartialEq)]
+enum Output {
+    /// `predict`, as the library's own `predict` (XGBoost and LightGBM model files).
+    Predict,
+    /// An ONNX `TreeEnsembleClassifier`'s `label` (INT64 [N]: the label of the highest score,
+    /// the first of equal ones) and `probabilities` (FP32 [N, classes]).
+    OnnxClassifier { labels: Vec<i64> },
+    /// An ONNX `TreeEnsembleRegressor`'s one output (FP32 [N, targets]).
+    OnnxRegressor,
 }
 
 /// The trees laid out for evaluation: in each tree a node's children are adjacent (`right ==
@@ -262,6 +278,9 @@ impl Forest {
             .get_or_init(|| std::thread::available_parallelism().map_or(1, std::num::NonZero::get));
         // Large batches over a large forest are split over the cores.
         let work = n * self.flat.trees.len();
+        // A classifier's label is the class of the highest score before the transform (which
+        // may round two scores to one), as onnxruntime picks it.
+        let transform = !matches!(self.output, Output::OnnxClassifier { .. });
         if threads > 1 && n >= 64 && work >= 5_000 {
             let per = n.div_ceil(threads);
             std::thread::scope(|scope| {
@@ -269,30 +288,68 @@ impl Forest {
                     .chunks(per * width.max(1))
                     .zip(out.chunks_mut(per * self.groups))
                 {
-                    scope.spawn(move || self.predict_rows(rows, out));
+                    scope.spawn(move || self.predict_rows(rows, out, transform));
                 }
             });
         } else {
-            self.predict_rows(&rows, &mut out);
+            self.predict_rows(&rows, &mut out, transform);
         }
-        let shape = if self.groups == 1 {
-            vec![n]
-        } else {
-            vec![n, self.groups]
-        };
-        let data = match self.library {
-            XG => TensorData::F32(out.iter().map(|v| *v as f32).collect()),
-            LG => TensorData::F64(out),
-        };
-        Ok(vec![Tensor {
-            name: self.outputs[0].name.clone(),
-            shape,
-            data,
-        }])
+        match &self.output {
+            Output::Predict => {
+                let shape = if self.groups == 1 {
+                    vec![n]
+                } else {
+                    vec![n, self.groups]
+                };
+                let data = match self.library {
+                    XG => TensorData::F32(out.iter().map(|v| *v as f32).collect()),
+                    LG => TensorData::F64(out),
+                };
+                Ok(vec![Tensor {
+                    name: self.outputs[0].name.clone(),
+                    shape,
+                    data,
+                }])
+            }
+            Output::OnnxClassifier { labels } => {
+                let chosen = out
+                    .chunks(self.groups)
+                    .map(|row| {
+                        let mut best = 0;
+                        for (g, v) in row.iter().enumerate() {
+                            if *v > row[best] {
+                                best = g;
+                            }
+                        }
+                        labels[best]
+                    })
+                    .collect();
+                for row in out.chunks_mut(self.groups) {
+                    self.transform(row);
+                }
+                Ok(vec![
+                    Tensor {
+                        name: self.outputs[0].name.clone(),
+                        shape: vec![n],
+                        data: TensorData::I64(chosen),
+                    },
+                    Tensor {
+                        name: self.outputs[1].name.clone(),
+                        shape: vec![n, self.groups],
+                        data: TensorData::F32(out.iter().map(|v| *v as f32).collect()),
+                    },
+                ])
+            }
+            Output::OnnxRegressor => Ok(vec![Tensor {
+                name: self.outputs[0].name.clone(),
+                shape: vec![n, self.groups],
+                data: TensorData::F32(out.iter().map(|v| *v as f32).collect()),
+            }]),
+        }
     }
 
     /// Predictions of `rows` (flat, `features` a row) into `out` (`groups` a row).
-    fn predict_rows(&self, rows: &[f64], out: &mut [f64]) {
+    fn predict_rows(&self, rows: &[f64], out: &mut [f64], transform: bool) {
         let width = self.features.max(1);
         let mut xs: Vec<f64> = rows.to_vec();
         if self.library == XG {
@@ -326,8 +383,10 @@ impl Forest {
             } else {
                 self.margins_of(block, walked, out);
             }
-            for row in out.chunks_mut(self.groups).take(lanes) {
-                self.transform(row);
+            if transform {
+                for row in out.chunks_mut(self.groups).take(lanes) {
+                    self.transform(row);
+                }
             }
         }
     }
@@ -748,6 +807,7 @@ fn xgboost(json: &Value) -> Result<Forest, String> {
         inputs: Vec::new(),
         outputs: Vec::new(),
         flat: Flat::default(),
+        output: Output::Predict,
     };
     for (t, tree) in trees.iter().enumerate() {
         let group = info.get(t).and_then(Value::as_u64).unwrap_or(0) as u32;
@@ -1094,6 +1154,7 @@ fn lightgbm(text: &str) -> Result<Forest, String> {
         inputs: Vec::new(),
         outputs: Vec::new(),
         flat: Flat::default(),
+        output: Output::Predict,
     };
     for (t, block) in sections.enumerate() {
         // The last tree is followed by `end of trees` and the parameters.

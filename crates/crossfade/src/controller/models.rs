@@ -169,6 +169,15 @@ impl Loader {
             return Ok((Loaded::InProcess(model.clone().into()), fetched.digest));
         }
         let file = onnx_file(&fetched.path)?;
+        // A tree ensemble (scikit-learn's forests and boosters, converted XGBoost and
+        // LightGBM models) is evaluated natively; any other graph by tract.
+        if let Some(forest) = runtime::Forest::load_onnx_ml(&file).map_err(|e| e.to_string())? {
+            let model = runtime::Model::Trees(Arc::new(forest));
+            model
+                .warm_up()
+                .map_err(|e| format!("the warm-up inference failed: {e}"))?;
+            return Ok((Loaded::InProcess(model), fetched.digest));
+        }
         let model = runtime::OnnxModel::load(&file).map_err(|e| e.to_string())?;
         model
             .warm_up()

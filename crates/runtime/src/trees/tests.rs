@@ -223,3 +223,120 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
 fn a_node_takes_sixteen_bytes() {
     assert_eq!(std::mem::size_of::<FlatNode>(), 16);
 }
+
+/// ONNX-ML ensembles read natively give onnxruntime's outputs (`fixtures/onnx-ml`, and the
+/// scikit-learn forests of `fixtures/models`), row by row, label by label.
+#[test]
+fn onnx_ml_ensembles_answer_as_onnxruntime() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    let cases = [
+        "onnx-ml/sklearn-gb-iris",
+        "onnx-ml/sklearn-extra-trees-iris",
+        "onnx-ml/sklearn-gb-regressor",
+        "onnx-ml/sklearn-rf-regressor",
+        "onnx-ml/xgb-iris-onnx",
+        "onnx-ml/lgb-iris-onnx",
+    ];
+    for case in cases {
+        let forest = Forest::load_onnx_ml(&root.join(format!("{case}.onnx")))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{case} is not read natively"));
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(format!("{case}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        let rows: Vec<f32> = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.as_array().unwrap().clone())
+            .map(|x| x.as_f64().map_or(f32::NAN, |x| x as f32))
+            .collect();
+        let n = v["rows"].as_array().unwrap().len();
+        assert_eq!(forest.inputs()[0].name, v["input"], "{case}");
+        let input = Tensor {
+            name: forest.inputs()[0].name.clone(),
+            shape: vec![n, rows.len() / n],
+            data: TensorData::F32(rows),
+        };
+        let outputs = forest.infer(&[input]).unwrap();
+        let want = v["outputs"].as_object().unwrap();
+        assert_eq!(outputs.len(), want.len(), "{case}");
+        for t in &outputs {
+            let w: Vec<f64> = want[&t.name]
+                .as_array()
+                .unwrap_or_else(|| panic!("{case}: no output {}", t.name))
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            let g = t.data.to_f64();
+            assert_eq!(g.len(), w.len(), "{case} {}", t.name);
+            for (i, (g, w)) in g.iter().zip(&w).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{case} {} [{i}]: {g} against onnxruntime's {w}",
+                    t.name
+                );
+            }
+        }
+    }
+    // The random forests of fixtures/models too, against their reference outputs.
+    for name in ["iris-forest-v1", "iris-forest-v2"] {
+        let forest = Forest::load_onnx_ml(&root.join(format!("models/{name}.onnx")))
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_str(
+            &std::fs::read_to_string(root.join(format!("models/{name}.expected.json"))).unwrap(),
+        )
+        .unwrap();
+        let x = &v["inputs"]["X"];
+        let shape: Vec<usize> = x["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let data: Vec<f32> = x["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_f64().unwrap() as f32)
+            .collect();
+        let outputs = forest
+            .infer(&[Tensor {
+                name: "X".into(),
+                shape,
+                data: TensorData::F32(data),
+            }])
+            .unwrap();
+        for t in &outputs {
+            let want: Vec<f64> = v["outputs"][&t.name]["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{name}: {}", v["outputs"]))
+                .iter()
+                .map(|d| d.as_f64().unwrap())
+                .collect();
+            for (g, w) in t.data.to_f64().iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-6, "{name} {}: {g} against {w}", t.name);
+            }
+        }
+    }
+}
+
+/// Models that are not one plain tree ensemble stay with tract.
+#[test]
+fn other_onnx_models_are_not_read_as_ensembles() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures");
+    for path in [
+        "models/iris-logreg-v1.onnx",
+        "models/iris-zipmap.onnx",
+        "models/iris-mlp-v1.onnx",
+        // Binary classifiers: onnxruntime's single-class rules are not read.
+        "trees/xgb-binary-small.onnx",
+    ] {
+        assert!(
+            Forest::load_onnx_ml(&root.join(path)).unwrap().is_none(),
+            "{path}"
+        );
+    }
+}
