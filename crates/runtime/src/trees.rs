@@ -78,6 +78,9 @@ pub struct Forest {
     flat: Flat,
     /// What the model answers.
     output: Output,
+    /// Leaves that add to every group (an ONNX ensemble's multiclass leaves): `groups` values
+    /// a node, by node. Empty when each tree adds its leaves to its one group.
+    leaf_vectors: Vec<f64>,
 }
 
 /// What a forest's model answers.
@@ -99,8 +102,10 @@ enum Output {
 #[derive(Debug, Clone, Default)]
 struct Flat {
     nodes: Vec<FlatNode>,
-    /// Each node's leaf value (0 for splits).
+    /// Each node's leaf value (0 for splits), or with vector leaves its `groups` values.
     values: Vec<f64>,
+    /// Values a node: 1, or the groups for vector leaves.
+    stride: usize,
     /// Root, depth and output group of each tree.
     trees: Vec<(u32, u32, u32)>,
 }
@@ -191,9 +196,26 @@ impl Forest {
         self.trees.len()
     }
 
+    /// Trees adding to each group: all of them with vector leaves, else their share.
+    fn trees_per_group(&self) -> usize {
+        if self.leaf_vectors.is_empty() {
+            (self.trees.len() / self.groups.max(1)).max(1)
+        } else {
+            self.trees.len().max(1)
+        }
+    }
+
     /// Lays the trees out for evaluation (see [`Flat`]).
     fn compile(&mut self) {
-        let mut flat = Flat::default();
+        let stride = if self.leaf_vectors.is_empty() {
+            1
+        } else {
+            self.groups
+        };
+        let mut flat = Flat {
+            stride,
+            ..Flat::default()
+        };
         for &(root, group) in &self.trees {
             let start = flat.nodes.len() as u32;
             // Breadth first, the two children of a split placed together.
@@ -222,7 +244,13 @@ impl Forest {
                     // walk stays on it, whatever the input, infinities included.
                     flat.nodes
                         .push(FlatNode::new(f64::NAN, 0, me.wrapping_sub(1), 0));
-                    flat.values.push(n.value);
+                    if stride == 1 {
+                        flat.values.push(n.value);
+                    } else {
+                        let at = old as usize * stride;
+                        flat.values
+                            .extend_from_slice(&self.leaf_vectors[at..at + stride]);
+                    }
                 } else {
                     // XGBoost compares in single precision: its thresholds are floats.
                     let threshold = if self.library == XG && n.flags & CATEGORICAL == 0 {
@@ -232,7 +260,7 @@ impl Forest {
                     };
                     flat.nodes
                         .push(FlatNode::new(threshold, n.feature, place[&n.left], n.flags));
-                    flat.values.push(0.0);
+                    flat.values.extend(std::iter::repeat_n(0.0, stride));
                 }
             }
             let tree_depth = depth.into_iter().max().unwrap_or(0);
@@ -436,6 +464,7 @@ impl Forest {
             }
         }
         let values = &self.flat.values;
+        let stride = self.flat.stride;
         if lanes == 1 {
             // One row: eight trees walked side by side instead, for as many steps as the
             // deepest of them (a leaf points at itself).
@@ -459,11 +488,23 @@ impl Forest {
                 }
                 // In tree order, so that single-precision sums add as XGBoost adds them.
                 for (a, t) in at.iter().zip(chunk) {
-                    let g = t.2 as usize;
-                    if XGBOOST {
-                        acc32[g] += values[*a as usize] as f32;
+                    let a = *a as usize;
+                    if stride == 1 {
+                        let g = t.2 as usize;
+                        if XGBOOST {
+                            acc32[g] += values[a] as f32;
+                        } else {
+                            acc[g] += values[a];
+                        }
                     } else {
-                        acc[g] += values[*a as usize];
+                        let leaf = &values[a * stride..(a + 1) * stride];
+                        for (g, v) in leaf.iter().enumerate() {
+                            if XGBOOST {
+                                acc32[g] += *v as f32;
+                            } else {
+                                acc[g] += v;
+                            }
+                        }
                     }
                 }
             }
@@ -484,12 +525,24 @@ impl Forest {
                         at[l] = n.left.wrapping_add(u32::from(!left));
                     }
                 }
-                let g = group as usize;
                 for l in 0..lanes {
-                    if XGBOOST {
-                        acc32[l * groups + g] += values[at[l] as usize] as f32;
+                    let a = at[l] as usize;
+                    if stride == 1 {
+                        let g = group as usize;
+                        if XGBOOST {
+                            acc32[l * groups + g] += values[a] as f32;
+                        } else {
+                            acc[l * groups + g] += values[a];
+                        }
                     } else {
-                        acc[l * groups + g] += values[at[l] as usize];
+                        let leaf = &values[a * stride..(a + 1) * stride];
+                        for (g, v) in leaf.iter().enumerate() {
+                            if XGBOOST {
+                                acc32[l * groups + g] += *v as f32;
+                            } else {
+                                acc[l * groups + g] += v;
+                            }
+                        }
                     }
                 }
             }
@@ -506,7 +559,7 @@ impl Forest {
                     for g in 0..groups {
                         let mut m = acc[l * groups + g];
                         if self.average {
-                            m /= (self.flat.trees.len() / groups).max(1) as f64;
+                            m /= self.trees_per_group() as f64;
                         }
                         row[g] = m + self.base[g];
                     }
@@ -523,7 +576,14 @@ impl Forest {
                 // XGBoost sums in single precision, from the base margin.
                 let mut sums: Vec<f32> = self.base.iter().map(|b| *b as f32).collect();
                 for &(root, group) in &self.trees {
-                    sums[group as usize] += self.leaf(root, row) as f32;
+                    if self.leaf_vectors.is_empty() {
+                        sums[group as usize] += self.leaf(root, row) as f32;
+                    } else {
+                        let at = self.leaf_index(root, row) * self.groups;
+                        for (s, v) in sums.iter_mut().zip(&self.leaf_vectors[at..]) {
+                            *s += *v as f32;
+                        }
+                    }
                 }
                 for (m, s) in margins.iter_mut().zip(sums) {
                     *m = f64::from(s);
@@ -532,10 +592,17 @@ impl Forest {
             LG => {
                 margins.fill(0.0);
                 for &(root, group) in &self.trees {
-                    margins[group as usize] += self.leaf(root, row);
+                    if self.leaf_vectors.is_empty() {
+                        margins[group as usize] += self.leaf(root, row);
+                    } else {
+                        let at = self.leaf_index(root, row) * self.groups;
+                        for (m, v) in margins.iter_mut().zip(&self.leaf_vectors[at..]) {
+                            *m += v;
+                        }
+                    }
                 }
                 if self.average && !self.trees.is_empty() {
-                    let per_group = (self.trees.len() / self.groups).max(1) as f64;
+                    let per_group = self.trees_per_group() as f64;
                     for m in margins.iter_mut() {
                         *m /= per_group;
                     }
@@ -586,11 +653,17 @@ impl Forest {
     /// plain reading of the model, which the tests hold the flat layout to.
     #[cfg(test)]
     fn leaf(&self, root: u32, row: &[f64]) -> f64 {
+        self.nodes[self.leaf_index(root, row)].value
+    }
+
+    /// The leaf a row reaches in the tree at `root`, by the plain walk.
+    #[cfg(test)]
+    fn leaf_index(&self, root: u32, row: &[f64]) -> usize {
         let mut i = root as usize;
         loop {
             let n = &self.nodes[i];
             if n.left == LEAF {
-                return n.value;
+                return i;
             }
             let x = row[n.feature as usize];
             let left = match self.library {
@@ -808,6 +881,7 @@ fn xgboost(json: &Value) -> Result<Forest, String> {
         outputs: Vec::new(),
         flat: Flat::default(),
         output: Output::Predict,
+        leaf_vectors: Vec::new(),
     };
     for (t, tree) in trees.iter().enumerate() {
         let group = info.get(t).and_then(Value::as_u64).unwrap_or(0) as u32;
@@ -1155,6 +1229,7 @@ fn lightgbm(text: &str) -> Result<Forest, String> {
         outputs: Vec::new(),
         flat: Flat::default(),
         output: Output::Predict,
+        leaf_vectors: Vec::new(),
     };
     for (t, block) in sections.enumerate() {
         // The last tree is followed by `end of trees` and the parameters.

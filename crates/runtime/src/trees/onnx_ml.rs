@@ -326,10 +326,12 @@ fn read(
             "a split reads a feature the input ([N, {width}]) does not have"
         )));
     }
-    // One copy of every tree per group, each adding its leaves' weights for that group.
+    // Each tree once; with several groups, its leaves add a value to each (vector leaves).
+    let vector = groups > 1;
     let mut nodes: Vec<Node> = Vec::new();
+    let mut leaf_vectors: Vec<f64> = Vec::new();
     let mut trees = Vec::new();
-    for g in 0..groups {
+    {
         for &t in &tree_order {
             let root = *index
                 .get(&(t, 0))
@@ -358,9 +360,13 @@ fn read(
                 }
             }
             for &i in &order {
+                if vector {
+                    leaf_vectors
+                        .extend((0..groups).map(|g| weights.get(&(i, g)).copied().unwrap_or(0.0)));
+                }
                 if modes[i] == "LEAF" {
                     nodes.push(Node {
-                        value: weights.get(&(i, g)).copied().unwrap_or(0.0),
+                        value: weights.get(&(i, 0)).copied().unwrap_or(0.0),
                         feature: 0,
                         left: LEAF,
                         right: LEAF,
@@ -386,7 +392,7 @@ fn read(
                     flags: MISSING_NAN | if nan_left { DEFAULT_LEFT } else { 0 },
                 });
             }
-            trees.push((start, g as u32));
+            trees.push((start, 0));
         }
     }
     let mut base: Vec<f64> = attrs
@@ -453,6 +459,7 @@ fn read(
         outputs: output_specs,
         flat: Flat::default(),
         output,
+        leaf_vectors,
     };
     forest.compile();
     Ok(Some(forest))

@@ -42,7 +42,14 @@ fn predict(forest: &Forest, rows: &[Vec<f32>]) -> Vec<f64> {
         shape: vec![rows.len(), width],
         data: TensorData::F32(rows.iter().flatten().copied().collect()),
     };
-    forest.infer(&[input]).unwrap()[0].data.to_f64()
+    // The scores: the only output, or a classifier's probabilities after its labels.
+    forest
+        .infer(&[input])
+        .unwrap()
+        .last()
+        .unwrap()
+        .data
+        .to_f64()
 }
 
 fn check(forest: &Forest, name: &str, tolerance: f64) {
@@ -166,12 +173,16 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
         ("xgboost", "xgb-binary-large.json"),
         ("lightgbm", "lgb-iris-multiclass.txt"),
         ("lightgbm", "lgb-categorical-regression.txt"),
+        // ONNX ensembles: leaves that add to every class, `<` and `<=`.
+        ("onnx", "../onnx-ml/sklearn-extra-trees-iris.onnx"),
+        ("onnx", "../onnx-ml/xgb-iris-onnx.onnx"),
+        ("onnx", "../onnx-ml/sklearn-gb-regressor.onnx"),
     ];
     for (library, file) in models {
-        let forest = if library == "xgboost" {
-            Forest::load_xgboost(&fixture(file)).unwrap()
-        } else {
-            Forest::load_lightgbm(&fixture(file)).unwrap()
+        let forest = match library {
+            "xgboost" => Forest::load_xgboost(&fixture(file)).unwrap(),
+            "onnx" => Forest::load_onnx_ml(&fixture(file)).unwrap().unwrap(),
+            _ => Forest::load_lightgbm(&fixture(file)).unwrap(),
         };
         let width = forest.features;
         let thresholds: Vec<f32> = forest
@@ -209,6 +220,12 @@ fn the_flat_layout_predicts_as_the_plain_walk() {
                 forest.transform(&mut want);
                 for (g, w) in want.iter().enumerate() {
                     let v = got[i * forest.groups + g];
+                    // ONNX outputs are FP32.
+                    let w = if library == "onnx" {
+                        f64::from(*w as f32)
+                    } else {
+                        *w
+                    };
                     assert!(
                         (v - w).abs() <= 1e-12 * w.abs().max(1.0) || (v.is_nan() && w.is_nan()),
                         "{file}, batch {batch}, row {i}: {v} against {w}"
