@@ -75,8 +75,8 @@ fn test() -> anyhow::Result<()> {
         &["kserve==0.21.0"],
         "from kserve import InferenceRESTClient",
     )?;
-    // crossfade's built-in scikit-learn runtime (MLServer from PyPI), made as a user makes
-    // it: with `crossfade runtime install`.
+    // crossfade's built-in scikit-learn and MLflow runtimes (MLServer from PyPI), made as a
+    // user makes them: with `crossfade runtime install`.
     run(
         "cargo",
         &[
@@ -86,6 +86,7 @@ fn test() -> anyhow::Result<()> {
             "runtime",
             "install",
             "sklearn",
+            "mlflow",
             "--runtimes-dir",
             RUNTIMES_DIR,
         ],

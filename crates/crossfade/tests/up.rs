@@ -1998,6 +1998,64 @@ fn kserve_formats_serve_through_built_in_runtimes_with_nothing_of_the_users() {
 }
 
 #[test]
+fn an_mlflow_model_serves_on_the_built_in_runtime() {
+    let store = tempfile::tempdir().unwrap();
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/iris-mlflow");
+    let uri = artifact::push(&model, &format!("file://{}/mlflow", store.path().display())).unwrap();
+    let runtimes = runtimes_dir();
+    assert!(
+        Path::new(&runtimes)
+            .join("mlserver-mlflow/bin/mlserver")
+            .exists(),
+        "the built-in runtime mlserver-mlflow is not installed in {runtimes}: run `cargo xtask test`"
+    );
+    // As KServe's docs write an MLflow InferenceService.
+    let repo = GitRepo::new();
+    repo.write(
+        "mlflow.yaml",
+        &format!(
+            "apiVersion: serving.kserve.io/v1beta1\nkind: InferenceService\nmetadata:\n  name: mlflow-iris\nspec:\n  predictor:\n    model:\n      modelFormat:\n        name: mlflow\n      protocolVersion: v2\n      storageUri: \"{uri}\"\n"
+        ),
+    );
+    repo.commit("an MLflow model");
+    let data = tempfile::tempdir().unwrap();
+    let up = Up::start(
+        data.path(),
+        &[
+            "--repo",
+            repo.path().to_str().unwrap(),
+            "--runtimes-dir",
+            &runtimes,
+        ],
+    );
+    up.sync();
+    let status = up.status();
+    assert_eq!(
+        service(&status, "mlflow-iris")["health"],
+        "Healthy",
+        "{status:#}"
+    );
+    // V2 as MLServer's MLflow runtime takes a model without a signature: a NumPy request.
+    let (code, _, body) = up.infer(
+        "/v2/models/mlflow-iris/infer",
+        &[],
+        r#"{"parameters": {"content_type": "np"}, "inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32", "data": [6.8, 2.8, 4.8, 1.4, 6.0, 3.4, 4.5, 1.6]}]}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([1, 1]), "{v}");
+    // V1, translated (with the content type MLServer needs).
+    let (code, _, body) = up.infer(
+        "/v1/models/mlflow-iris:predict",
+        &[],
+        r#"{"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["predictions"], serde_json::json!([1, 1]), "{v}");
+}
+
+#[test]
 fn a_rollout_judged_by_a_real_prometheus() {
     let models = Models::publish(&["iris-logreg-v1", "iris-mlp-v1", "iris-fails-some"]);
     let [v1, v2, bad] = models.uris();

@@ -780,7 +780,16 @@ async fn infer(
     if let Backend::Proxy(up) = &rev.backend {
         let path = format!("/v2/models/{model}/infer");
         let protocol = Protocol::V2 { json_len };
-        return proxy_infer(gw, up, &path, headers, body, measure, &routed, protocol).await;
+        // A JSON request is JSON to the model server too, whatever the client said (curl's
+        // `-d` says form data, which MLServer refuses); a binary one keeps its own type.
+        let mut headers = headers.clone();
+        if json_len.is_none() {
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        return proxy_infer(gw, up, &path, &headers, body, measure, &routed, protocol).await;
     }
     let computed = offload(gw, body.len(), {
         let (model, rev, body) = (model.to_owned(), Arc::clone(rev), body.clone());

@@ -393,7 +393,8 @@ pub fn parse_v1(body: &[u8], specs: &[TensorSpec]) -> Result<Tensor, BadRequest>
 
 /// A V1 request as a V2 one, for a model server that speaks only V2: one input, the one the
 /// server declares when it declares exactly one (its name and datatype), else `input-0` of
-/// the instances' shape, FP64 for numbers and BYTES for strings.
+/// the instances' shape, FP64 for numbers and BYTES for strings, with MLServer's content type
+/// for it (`np`, or `str` for strings).
 pub fn v1_as_v2_request(
     body: &[u8],
     declared: Option<&[TensorSpec]>,
@@ -403,12 +404,23 @@ pub fn v1_as_v2_request(
         _ => v1_tensor(body, "input-0", None)?,
     };
     let data = data_json(&tensor.name, &tensor.data)?;
-    let request = json!({"inputs": [{
-        "name": tensor.name,
-        "shape": tensor.shape,
-        "datatype": tensor.data.datatype().as_str(),
-        "data": data,
-    }]});
+    // MLServer decodes by content type: a tensor (NumPy) or strings, which is what V1
+    // instances are; without one, a runtime with no signature (MLflow's) gets the request
+    // itself.
+    let content_type = match tensor.data.datatype() {
+        DataType::Bytes => "str",
+        _ => "np",
+    };
+    let request = json!({
+        "parameters": {"content_type": content_type},
+        "inputs": [{
+            "name": tensor.name,
+            "shape": tensor.shape,
+            "datatype": tensor.data.datatype().as_str(),
+            "parameters": {"content_type": content_type},
+            "data": data,
+        }],
+    });
     Ok(request.to_string().into_bytes())
 }
 
@@ -735,4 +747,47 @@ fn check_nesting(name: &str, data: &Value, shape: &[usize]) -> Result<(), BadReq
         at.iter().map(|i| format!("[{i}]")).collect()
     }
     walk(data, shape, &mut Vec::new()).map_err(|why| BadRequest(format!("input {name}: {why}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v1_instances_become_one_v2_input_with_mlservers_content_type() {
+        let v2: Value = serde_json::from_slice(
+            &v1_as_v2_request(br#"{"instances": [[1, 2.5], [3, 4]]}"#, None).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            v2,
+            json!({
+                "parameters": {"content_type": "np"},
+                "inputs": [{"name": "input-0", "shape": [2, 2], "datatype": "FP64",
+                    "parameters": {"content_type": "np"}, "data": [1.0, 2.5, 3.0, 4.0]}],
+            })
+        );
+        // Strings are BYTES, decoded as strings.
+        let v2: Value = serde_json::from_slice(
+            &v1_as_v2_request(br#"{"instances": ["a review", "another"]}"#, None).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v2["inputs"][0]["datatype"], "BYTES");
+        assert_eq!(v2["parameters"]["content_type"], "str");
+        // The input the server declares, when it declares one.
+        let declared = [TensorSpec {
+            name: "X".into(),
+            datatype: DataType::F32,
+            shape: vec![None, Some(2)],
+        }];
+        let v2: Value = serde_json::from_slice(
+            &v1_as_v2_request(br#"{"instances": [[1, 2]]}"#, Some(&declared)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(v2["inputs"][0]["name"], "X");
+        assert_eq!(v2["inputs"][0]["datatype"], "FP32");
+        // Ragged instances are the client's error.
+        let err = v1_as_v2_request(br#"{"instances": [[1, 2], [3]]}"#, None).unwrap_err();
+        assert!(err.0.contains("instance 1"), "{}", err.0);
+    }
 }
