@@ -93,6 +93,14 @@ enum Output {
     OnnxClassifier { labels: Vec<i64> },
     /// An ONNX `TreeEnsembleRegressor`'s one output (FP32 [N, targets]).
     OnnxRegressor,
+    /// An ONNX binary classifier whose weights are for one class, as onnxruntime answers it
+    /// from the one score `s` (the sum and base value): with positive weights (probabilities,
+    /// no transform) the label is the second when `s > 0.5` and the probabilities `[1 - s,
+    /// s]`; with mixed weights (a LOGISTIC booster) the second when `s > 0` and `[σ(-s), σ(s)]`.
+    OnnxBinary {
+        labels: [i64; 2],
+        positive_weights: bool,
+    },
 }
 
 /// The trees laid out for evaluation: in each tree a node's children are adjacent (`right ==
@@ -308,7 +316,10 @@ impl Forest {
         let work = n * self.flat.trees.len();
         // A classifier's label is the class of the highest score before the transform (which
         // may round two scores to one), as onnxruntime picks it.
-        let transform = !matches!(self.output, Output::OnnxClassifier { .. });
+        let transform = !matches!(
+            self.output,
+            Output::OnnxClassifier { .. } | Output::OnnxBinary { .. }
+        );
         if threads > 1 && n >= 64 && work >= 5_000 {
             let per = n.div_ceil(threads);
             std::thread::scope(|scope| {
@@ -365,6 +376,35 @@ impl Forest {
                         name: self.outputs[1].name.clone(),
                         shape: vec![n, self.groups],
                         data: TensorData::F32(out.iter().map(|v| *v as f32).collect()),
+                    },
+                ])
+            }
+            Output::OnnxBinary {
+                labels,
+                positive_weights,
+            } => {
+                let (mut chosen, mut probabilities) =
+                    (Vec::with_capacity(n), Vec::with_capacity(2 * n));
+                for &m in &out {
+                    let s = m as f32;
+                    let (second, p) = if *positive_weights {
+                        (s > 0.5, [1.0 - s, s])
+                    } else {
+                        (s > 0.0, [logistic(-s), logistic(s)])
+                    };
+                    chosen.push(labels[usize::from(second)]);
+                    probabilities.extend(p);
+                }
+                Ok(vec![
+                    Tensor {
+                        name: self.outputs[0].name.clone(),
+                        shape: vec![n],
+                        data: TensorData::I64(chosen),
+                    },
+                    Tensor {
+                        name: self.outputs[1].name.clone(),
+                        shape: vec![n, 2],
+                        data: TensorData::F32(probabilities),
                     },
                 ])
             }
@@ -758,6 +798,13 @@ fn lightgbm_goes_left_flat<const CATS: bool>(n: &FlatNode, x: f64, cats: &[Vec<u
     } else {
         x <= n.threshold
     }
+}
+
+/// The logistic function in single precision, computed from `|x|` (no overflow for large
+/// negative `x`), as onnxruntime computes it.
+fn logistic(x: f32) -> f32 {
+    let v = 1.0 / (1.0 + (-x.abs()).exp());
+    if x < 0.0 { 1.0 - v } else { v }
 }
 
 fn in_bitset(bits: &[u32], i: u32) -> bool {

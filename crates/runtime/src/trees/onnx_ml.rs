@@ -8,9 +8,12 @@
 //!
 //! What is read: a graph of exactly one such node from its input to its outputs (a classifier's
 //! `label` and `probabilities`, as skl2onnx writes them with `zipmap` off; a regressor's one
-//! output), float thresholds, integer class labels. Anything else (a ZipMap, string labels, a
-//! binary classifier's single-class weights, `BRANCH_EQ`, `SOFTMAX_ZERO`, `PROBIT`, `MIN` and
-//! `MAX`, a model that mixes `<` and `<=`) is `None`: tract serves such a model as before.
+//! output), float thresholds, integer class labels; a binary classifier as the converters write
+//! it (weights for one class: positive ones with no transform, scikit-learn's forests; mixed
+//! ones with `LOGISTIC`, boosters), with onnxruntime's rules for its two probabilities. Anything
+//! else (a ZipMap, string labels, other binary forms, `BRANCH_EQ`, `SOFTMAX_ZERO`, `PROBIT`,
+//! `MIN` and `MAX`, a model that mixes `<` and `<=`) is `None`: tract serves such a model as
+//! before.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -189,20 +192,37 @@ fn read(
     {
         return Ok(None);
     }
-    let link = match attrs.string("post_transform").unwrap_or("NONE") {
+    let post = attrs.string("post_transform").unwrap_or("NONE");
+    let mut link = match post {
         "NONE" => Link::Identity,
         "LOGISTIC" => Link::Sigmoid(1.0),
         "SOFTMAX" => Link::Softmax,
         _ => return Ok(None),
     };
+    let mut binary = None;
     let (prefix, groups, labels) = if classifier {
         let labels = attrs.ints("classlabels_int64s").to_vec();
-        // Two classes: onnxruntime's binary rules (one class's weights give both
-        // probabilities) are not read here.
-        if labels.len() < 3 {
-            return Ok(None);
+        match labels.len() {
+            0 | 1 => return Ok(None),
+            2 => {
+                // Two classes, weights for one: onnxruntime's binary case, as every converter
+                // writes it (scikit-learn's forests with positive weights and no transform;
+                // boosters with mixed weights and LOGISTIC). One score; see `Output`.
+                let ids = attrs.ints("class_ids");
+                if ids.iter().any(|&c| c != 0) || attrs.floats("base_values").len() > 1 {
+                    return Ok(None);
+                }
+                let positive = attrs.floats("class_weights").iter().all(|w| *w >= 0.0);
+                match (positive, post) {
+                    (true, "NONE") | (false, "LOGISTIC") => {}
+                    _ => return Ok(None),
+                }
+                binary = Some((positive, [labels[0], labels[1]]));
+                link = Link::Identity;
+                ("class", 1, labels)
+            }
+            _ => ("class", labels.len(), labels),
         }
-        ("class", labels.len(), labels)
     } else {
         let n = attrs.0.get("n_targets").map_or(1, |a| a.i);
         let n = usize::try_from(n).map_err(|_| bad(format!("n_targets {n}")))?;
@@ -413,8 +433,18 @@ fn read(
         if outputs.len() != 2 {
             return Ok(None);
         }
+        let (output, classes) = match binary {
+            Some((positive_weights, labels)) => (
+                Output::OnnxBinary {
+                    labels,
+                    positive_weights,
+                },
+                2,
+            ),
+            None => (Output::OnnxClassifier { labels }, groups),
+        };
         (
-            Output::OnnxClassifier { labels },
+            output,
             vec![
                 TensorSpec {
                     name: name(0),
@@ -424,7 +454,7 @@ fn read(
                 TensorSpec {
                     name: name(1),
                     datatype: DataType::F32,
-                    shape: vec![None, Some(groups as i64)],
+                    shape: vec![None, Some(classes as i64)],
                 },
             ],
         )

@@ -253,6 +253,11 @@ fn onnx_ml_ensembles_answer_as_onnxruntime() {
         "onnx-ml/sklearn-rf-regressor",
         "onnx-ml/xgb-iris-onnx",
         "onnx-ml/lgb-iris-onnx",
+        // Binary: weights for one class.
+        "onnx-ml/sklearn-rf-binary",
+        "onnx-ml/sklearn-gb-binary",
+        "onnx-ml/xgb-binary-onnx",
+        "onnx-ml/lgb-binary-onnx",
     ];
     for case in cases {
         let forest = Forest::load_onnx_ml(&root.join(format!("{case}.onnx")))
@@ -348,8 +353,8 @@ fn other_onnx_models_are_not_read_as_ensembles() {
         "models/iris-logreg-v1.onnx",
         "models/iris-zipmap.onnx",
         "models/iris-mlp-v1.onnx",
-        // Binary classifiers: onnxruntime's single-class rules are not read.
-        "trees/xgb-binary-small.onnx",
+        // A ZipMap after the ensemble.
+        "trees/lgb-binary-large.onnx",
     ] {
         assert!(
             Forest::load_onnx_ml(&root.join(path)).unwrap().is_none(),
