@@ -1995,6 +1995,26 @@ fn kserve_formats_serve_through_built_in_runtimes_with_nothing_of_the_users() {
             .contains("crossfade runtime install sklearn"),
         "{failed:#}"
     );
+    // Installed (here: the tests' environment linked in), `crossfade sync` loads it again.
+    std::os::unix::fs::symlink(
+        Path::new(&runtimes).join("mlserver-sklearn"),
+        empty.path().join("mlserver-sklearn"),
+    )
+    .unwrap();
+    up.sync();
+    let status = up.status();
+    let revision = &service(&status, "sklearn-iris")["revisions"][0];
+    assert_eq!(revision["state"], "Ready", "{status:#}");
+    assert_eq!(
+        revision["name"], "sklearn-iris-predictor-00001",
+        "{status:#}"
+    );
+    let (code, _, answer) = up.infer(
+        "/v1/models/sklearn-iris:predict",
+        &[],
+        r#"{"instances": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}"#,
+    );
+    assert_eq!(code, 200, "{answer}");
 }
 
 #[test]

@@ -246,6 +246,9 @@ impl AppState {
         let waiters = self.fetching.take().unwrap_or_default();
         let manual = waiters.iter().any(|w| w.trigger == api::Trigger::Manual);
         let result = self.sync(fetched, manual, now, plan);
+        if manual {
+            self.retry_failed(plan);
+        }
         self.dirty_source = true;
         self.next_poll = now + self.poll_wait();
         let why = waiters
@@ -282,6 +285,54 @@ impl AppState {
         }
         // Requests that came during the fetch get one of their own.
         self.start_fetch(plan);
+    }
+
+    /// `crossfade sync` tries again every desired revision that failed to load: what failed
+    /// may have been the machine's (a runtime not installed, a claim not mapped, a registry
+    /// down), which the operator has fixed since. The revision keeps its name.
+    fn retry_failed(&mut self, plan: &mut Plan) {
+        let failed: Vec<(ServiceId, String)> = self
+            .desired
+            .iter()
+            .filter_map(|(id, want)| {
+                let live = self.live.services.get(id)?;
+                let rev = live.revisions.iter().find(|r| {
+                    r.spec_hash == want.spec_hash && matches!(r.state, RevisionState::Failed { .. })
+                })?;
+                Some((id.clone(), rev.name.clone()))
+            })
+            .collect();
+        for (id, name) in failed {
+            let model = self.desired[&id].model.clone();
+            if let Some(rev) = self
+                .live
+                .services
+                .get_mut(&id)
+                .and_then(|l| l.revisions.iter_mut().find(|r| r.name == name))
+            {
+                rev.state = RevisionState::Pending;
+            }
+            if let Some(r) = self
+                .records
+                .get_mut(&id)
+                .and_then(|rs| rs.iter_mut().find(|r| r.name == name))
+            {
+                r.state = store::RevisionState::Pending;
+                r.reason = None;
+                plan.writes.push(store::Write::Revision(r.clone()));
+            }
+            plan.logs.push((
+                tracing::Level::INFO,
+                format!("{id}: revision {name} failed before; loading it again"),
+            ));
+            plan.loads.push(LoadJob {
+                service: id.clone(),
+                revision: name,
+                format: model.format.name.clone(),
+                uri: model.storage_uri.clone(),
+                runtime: choose_runtime(&self.runtimes, &id.namespace, &model),
+            });
+        }
     }
 
     // --- sync: from a fetched commit to the desired state ---
