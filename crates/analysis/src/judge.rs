@@ -158,16 +158,19 @@ pub fn metric_phase(limits: &Limits, measurements: &[Measurement], stopping: boo
 }
 
 /// The phase of a run from its metrics' phases and whether each is dry-run (Argo's
-/// `assessRunStatus`): the worst final phase of the metrics that count; Successful when all
-/// are; Running otherwise.
+/// `assessRunStatus`): the worst final phase of the metrics that count (not dry-run ones);
+/// Successful when every metric, dry-run ones included, is done and none that counts is worse;
+/// Running otherwise.
 pub fn run_phase(metrics: impl IntoIterator<Item = (Phase, bool)>) -> Phase {
     let mut worst = Phase::Successful;
     let mut all_done = true;
     for (phase, dry_run) in metrics {
+        // As Argo: a dry-run metric's result never decides the run, but the run is done only
+        // when it is done too.
+        all_done &= phase.is_completed();
         if dry_run {
             continue;
         }
-        all_done &= phase.is_completed();
         if phase.is_completed() && phase.severity() > worst.severity() {
             worst = phase;
         }
@@ -332,5 +335,8 @@ mod tests {
         // Dry-run metrics never decide.
         assert_eq!(run_phase([(Failed, true), (Successful, false)]), Successful);
         assert_eq!(run_phase([(Failed, true)]), Successful);
+        // A dry-run metric still measuring keeps a run that would pass running.
+        assert_eq!(run_phase([(Running, true), (Successful, false)]), Running);
+        assert_eq!(run_phase([(Pending, true), (Successful, false)]), Running);
     }
 }
