@@ -1344,7 +1344,12 @@ fn the_readme_rollout_decides_at_one_request_a_second_with_replay() {
     let seen = load.finish();
     assert_eq!(max, 0, "stopped before any live traffic: {r:#}");
     let run = aborted_back_to(&r, "iris-predictor-00002");
-    assert_eq!(failed_measurement(&run)["metric"], "answers-agree", "{r:#}");
+    // Both shadow metrics see the wrong answers; either may report first.
+    let failed = failed_measurement(&run);
+    assert!(
+        failed["metric"] == "answers-agree" || failed["metric"] == "predictions-drift",
+        "{r:#}"
+    );
     assert!(seen.keys().all(|(_, code)| *code == 200), "{seen:?}");
     assert!(
         !seen.keys().any(|(rev, _)| rev == "iris-predictor-00003"),
@@ -1638,7 +1643,12 @@ fn model_server_canaries_are_judged_in_the_shadow_too() {
     assert_eq!(max, 0, "{r:#}");
     let run = aborted_back_to(&r, "iris-predictor-00001");
     let failed = failed_measurement(&run);
-    assert_eq!(failed["metric"], "answers-agree", "{r:#}");
+    // Stopped by its mirrored answers: both shadow metrics see it (measured side by side,
+    // either may report first).
+    assert!(
+        failed["metric"] == "answers-agree" || failed["metric"] == "predictions-drift",
+        "{r:#}"
+    );
 
     repo.write("iris.yaml", &queue_isvc(&retrained));
     repo.commit("the model server retrained");
