@@ -118,20 +118,7 @@ impl ProcessRuntime {
             .map(|a| self.substitute(a))
             .collect();
         let port = self.port.to_string();
-        let mut cmd = Command::new(&argv[0]);
-        // A scrubbed environment: what a program needs to run, then the container's own
-        // `env`. Never crossfade's (tokens, webhook secrets, cloud credentials).
-        cmd.env_clear();
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                cmd.env(name, value);
-            }
-        }
-        if std::env::var_os("PATH").is_none() {
-            cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
-        }
-        // Its own process group, so that stopping it stops what it started too.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut cmd = sandboxed(&argv[0]);
         cmd.args(&argv[1..])
             .current_dir(&self.spec.model_dir)
             .env("PORT", &port)
@@ -228,6 +215,24 @@ fn supervise(runtime: std::sync::Weak<ProcessRuntime>) {
 pub const INHERITED_ENV: &[&str] = &[
     "PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR",
 ];
+
+/// `program` with a scrubbed environment (what a program needs to run, [`INHERITED_ENV`];
+/// never crossfade's tokens, webhook secrets or cloud credentials; the caller adds its own
+/// `env`) in a process group of its own, so that stopping it stops what it started too.
+fn sandboxed(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    for name in INHERITED_ENV {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    if std::env::var_os("PATH").is_none() {
+        cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
+    }
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    cmd
+}
 
 /// Stops a child's process group: SIGTERM, up to 5 s to exit, then SIGKILL to whatever of the
 /// group is left.
@@ -344,17 +349,7 @@ pub fn run_job(
     loop {
         attempts += 1;
         let dir = tempfile_dir(work)?;
-        let mut cmd = Command::new(program);
-        cmd.env_clear();
-        for name in INHERITED_ENV {
-            if let Some(value) = std::env::var_os(name) {
-                cmd.env(name, value);
-            }
-        }
-        if std::env::var_os("PATH").is_none() {
-            cmd.env("PATH", "/usr/local/bin:/usr/bin:/bin");
-        }
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let mut cmd = sandboxed(program);
         cmd.args(args)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
             .current_dir(&dir)
